@@ -1,0 +1,251 @@
+"""The patching core: one forward pass that evaluates any subset of edges.
+
+Every reader slot gets its own copy of the residual stream:
+
+    input(reader) = residual - sum over its upstream edges that are out of the circuit of
+                    (live source output - reference source output)
+
+where the residual is the sum of the source outputs of this very run, and the reference is the
+corrupted run's output (patching), zero (zero ablation) or its mean over the corrupted prompts (mean
+ablation). An edge in the circuit therefore carries its source's live value and an edge out of it the
+reference value; with every edge kept this is the model's own forward, with none kept it is the
+corrupted forward.
+
+Head outputs are kept before the output projection (`d_head` wide per head) and contracted through it
+one source layer at a time, so no [batch, pos, n_sources, d_model] tensor is ever built.
+
+Padding is on the right and attention is causal, so padding tokens never influence a real token and
+no attention mask is needed; callers read each row at its own last real token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .graph import Graph, Stage
+from .models import Adapter
+
+
+@dataclass
+class Activations:
+    """Source outputs of a run. Head outputs `z` are per head, before the output projection."""
+
+    embed: torch.Tensor  # [N, P, d]
+    z: list[torch.Tensor]  # per layer [N, P, H, d_head]
+    mlp: list[torch.Tensor]  # per layer [N, P, d]
+    resid: list[torch.Tensor] = field(default_factory=list)  # per stage, when recorded
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Activations":
+        return Activations(fn(self.embed), [fn(t) for t in self.z], [fn(t) for t in self.mlp],
+                           [fn(t) for t in self.resid])
+
+    def minus(self, other: "Activations") -> "Activations":
+        """Per-source differences self - other (broadcasting), e.g. corrupted - clean."""
+        return Activations(self.embed - other.embed, [a - b for a, b in zip(self.z, other.z)],
+                           [a - b for a, b in zip(self.mlp, other.mlp)])
+
+
+@dataclass
+class RunResult:
+    logits: torch.Tensor  # [N, V] at `last` (or [N, P, V] when last is None)
+    acts: Activations | None
+
+
+def _project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x: [N, P, d] (shared by all heads) or [N, P, heads, d] (one input per head) -> [N, P, heads, d_head]."""
+    heads, d_head, d = weight.shape
+    if x.dim() == 3:
+        out = (x @ weight.reshape(heads * d_head, d).T).view(*x.shape[:2], heads, d_head)
+    else:
+        out = torch.einsum("nphm,hkm->nphk", x, weight)
+    return out + bias if bias is not None else out
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding on the first cos.shape[-1] dims of x [N, P, heads, d_head] (partial RoPE too)."""
+    rd = cos.shape[-1]
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    x_rot, x_pass = x[..., :rd], x[..., rd:]
+    half = rd // 2
+    rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
+    return torch.cat((x_rot * cos + rotated * sin, x_pass), dim=-1)
+
+
+def _causal_mask(p: int, window: int | None, dtype, device) -> torch.Tensor:
+    i = torch.arange(p, device=device)
+    allowed = i[None, :] <= i[:, None]
+    if window is not None:
+        allowed &= i[None, :] > i[:, None] - window
+    return torch.zeros(p, p, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def attention(adapter: Adapter, layer: int, xq, xk, xv, rotary) -> torch.Tensor:
+    """Head outputs z [N, P, H, d_head] from normalised q/k/v inputs (shared or one per slot)."""
+    w = adapter.heads(layer)
+    q, k, v = _project(xq, w.q, w.q_bias), _project(xk, w.k, w.k_bias), _project(xv, w.v, w.v_bias)
+    if rotary is not None:
+        q, k = _rotate(q, *rotary), _rotate(k, *rotary)
+    n, p, h, dh = q.shape
+    kv = k.shape[2]
+    # Grouped-query attention natively: query heads h = g * group + j share key/value head g.
+    qg = q.view(n, p, kv, h // kv, dh).permute(0, 2, 3, 1, 4)  # [N, kv, group, P, dh]
+    kg = k.permute(0, 2, 3, 1).unsqueeze(2)  # [N, kv, 1, dh, P]
+    vg = v.permute(0, 2, 1, 3).unsqueeze(2)  # [N, kv, 1, P, dh]
+    scores = (qg @ kg) * adapter.attn_scale(layer)
+    scores = scores + _causal_mask(p, adapter.sliding_window(layer), scores.dtype, scores.device)
+    pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+    return (pattern @ vg).permute(0, 3, 1, 2, 4).reshape(n, p, h, dh)
+
+
+def head_writes(adapter: Adapter, layer: int, z: torch.Tensor) -> torch.Tensor:
+    """Per-head writes to the residual stream [N, P, H, d] (one layer at a time, transiently)."""
+    return torch.einsum("nphk,hkm->nphm", z, adapter.heads(layer).out.to(z.dtype))
+
+
+def attention_output(adapter: Adapter, layer: int, z: torch.Tensor) -> torch.Tensor:
+    w = adapter.heads(layer)
+    h, dh, d = w.out.shape
+    out = z.reshape(*z.shape[:2], h * dh) @ w.out.reshape(h * dh, d)
+    return out + w.out_bias if w.out_bias is not None else out
+
+
+def source_rows(graph: Graph, layer: int) -> tuple[int, int]:
+    """Source index range of layer's heads; its MLP is the row right after."""
+    start = 1 + layer * (graph.n_heads + 1)
+    return start, start + graph.n_heads
+
+
+def _mix(delta: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """delta [N, P, S, d] weighted by weights [N|1, S, D] -> [N, P, D, d]."""
+    if weights.shape[0] == 1:
+        return torch.einsum("npsm,sd->npdm", delta, weights[0])
+    return torch.einsum("npsm,nsd->npdm", delta, weights)
+
+
+def _stage_update(adapter, graph: Graph, stage: Stage, off: torch.Tensor, live_nonzero, deltas) -> torch.Tensor | None:
+    """Sum over the stage's out-of-circuit edges of (live - reference) source outputs, per reader."""
+    emb, zs, mlps = deltas
+    sl = slice(stage.start, stage.stop)
+    total = None
+
+    def add(term):
+        nonlocal total
+        total = term if total is None else total + term
+
+    if live_nonzero[0, sl].any():
+        add(_mix(emb.unsqueeze(2), off[:, 0:1, sl]))
+    for layer in range(graph.n_layers):
+        h0, h1 = source_rows(graph, layer)
+        if h0 >= stage.n_upstream:
+            break
+        if live_nonzero[h0:h1, sl].any():
+            add(_mix(head_writes(adapter, layer, zs[layer]), off[:, h0:h1, sl]))
+        if h1 < stage.n_upstream and live_nonzero[h1, sl].any():
+            add(_mix(mlps[layer].unsqueeze(2), off[:, h1:h1 + 1, sl]))
+    return total
+
+
+GradHook = Callable[[Stage, torch.Tensor], None]
+
+
+def run(
+    adapter: Adapter,
+    graph: Graph,
+    ids: torch.Tensor,
+    *,
+    last: torch.Tensor | None = None,
+    ref: Activations | None = None,
+    off: torch.Tensor | None = None,
+    embeds: torch.Tensor | None = None,
+    record: bool = False,
+    record_resid: bool = False,
+    grad_hook: GradHook | None = None,
+    grad_stages: set[int] | None = None,
+    start_stage: int = 0,
+    start_resid: torch.Tensor | None = None,
+) -> RunResult:
+    """One forward pass of the model through its own modules, with edges patched as `off` says.
+
+    ids: [N, P] right-padded token ids; last: [N] position read for the logits (None: all positions).
+    off: [N | 1, n_sources, n_readers], 1 where the edge is out of the circuit (carries `ref`), 0 where
+      it is in; fractional values interpolate. None: every edge kept (the model's own forward).
+    embeds: replaces the embedding output (EAP-IG interpolates it).
+    grad_hook(stage, grad [N, P, readers, d]): called in backward with the gradient at each reader
+      input of the stages in grad_stages (all stages when None); the caller runs backward.
+    start_stage/start_resid: begin at a stage from a given residual (upstream sources not run).
+    """
+    n, p = ids.shape
+    positions = torch.arange(p, device=ids.device)[None].expand(n, p)
+    if start_resid is not None:
+        resid = start_resid
+        emb = None
+    else:
+        emb = adapter.embed(ids) if embeds is None else embeds
+        resid = emb
+    rotary = adapter.rotary(resid, positions)
+    patching = off is not None and ref is not None
+    if patching:
+        off = off.to(resid.dtype)
+        live_nonzero = (off != 0).any(dim=0).cpu().numpy()
+        d_emb = emb - ref.embed if emb is not None else None
+    d_z, d_mlp = [None] * graph.n_layers, [None] * graph.n_layers
+    rec = Activations(emb.detach() if (record and emb is not None) else None, [None] * graph.n_layers,
+                      [None] * graph.n_layers)
+
+    def reader_inputs(stage: Stage, stage_idx: int) -> torch.Tensor:
+        """[N, P, readers, d] or [N, P, d] when every reader sees the plain residual."""
+        x = None
+        if patching and live_nonzero[:stage.n_upstream, stage.start:stage.stop].any():
+            x = resid.unsqueeze(2) - _stage_update(adapter, graph, stage, off, live_nonzero, (d_emb, d_z, d_mlp))
+        if grad_hook is not None and (grad_stages is None or stage_idx in grad_stages):
+            if x is None:
+                x = resid.unsqueeze(2).expand(n, p, stage.stop - stage.start, resid.shape[-1])
+            if x.requires_grad:
+                x.register_hook(lambda g, st=stage: grad_hook(st, g))
+        return resid if x is None else x
+
+    pending_attn = None
+    for idx, stage in enumerate(graph.stages):
+        if idx < start_stage:
+            continue
+        if record_resid:
+            rec.resid.append(resid.detach())
+        x = reader_inputs(stage, idx)
+        layer = stage.layer
+        if stage.kind == "attn":
+            xn = adapter.attn_norm(layer, x)
+            if xn.dim() == 4:
+                h, kv = graph.n_heads, graph.n_kv_heads
+                xq, xk, xv = xn[:, :, :h], xn[:, :, h:h + kv], xn[:, :, h + kv:]
+            else:
+                xq = xk = xv = xn
+            z = attention(adapter, layer, xq, xk, xv, rotary)
+            if record:
+                rec.z[layer] = z.detach()
+            if patching:
+                d_z[layer] = z - ref.z[layer]
+            attn_out = attention_output(adapter, layer, z)
+            if graph.parallel:
+                pending_attn = attn_out
+            else:
+                resid = resid + attn_out
+        elif stage.kind == "mlp":
+            xn = adapter.mlp_norm(layer, x[:, :, 0] if x.dim() == 4 else x)
+            out = adapter.mlp(layer, xn)
+            if record:
+                rec.mlp[layer] = out.detach()
+            if patching:
+                d_mlp[layer] = out - ref.mlp[layer]
+            resid = resid + out
+            if pending_attn is not None:
+                resid = resid + pending_attn
+                pending_attn = None
+        else:
+            final = x[:, :, 0] if x.dim() == 4 else x
+            if last is not None:
+                final = final[torch.arange(n, device=final.device), last]
+            logits = adapter.unembed(final)
+    return RunResult(logits, rec if (record or record_resid) else None)
