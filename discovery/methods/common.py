@@ -1,0 +1,138 @@
+"""What every method shares: the model, graph, task, metric and the reference activations."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..graph import Graph
+from ..metrics import Metric
+from ..models import LoadedModel
+from ..patching import Activations, head_writes, run, source_rows
+from ..tasks import Batch, Task, check_equal_lengths, iter_batches
+
+INTERVENTIONS = ("patching", "zero", "mean")
+
+
+@dataclass
+class Setup:
+    model: LoadedModel
+    task: Task
+    metric: Metric
+    batch_size: int = 16
+    intervention: str = "patching"
+    progress: bool = False
+    graph: Graph = field(init=False)
+    _mean: Activations | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        if self.intervention not in INTERVENTIONS:
+            raise UserError(f"unknown intervention '{self.intervention}'; choose one of {', '.join(INTERVENTIONS)}")
+        if self.batch_size < 1:
+            raise UserError(f"batch size must be at least 1 (got {self.batch_size})")
+        if self.intervention == "patching":
+            check_equal_lengths(self.task)  # a corrupted activation replaces the clean one position by position
+        self.graph = Graph.from_adapter(self.model.adapter)
+
+    @property
+    def adapter(self):
+        return self.model.adapter
+
+    @property
+    def device(self):
+        return self.adapter.device
+
+    def batches(self, desc: str | None = None):
+        it = iter_batches(self.task, self.batch_size, device=self.device)
+        total = -(-len(self.task) // self.batch_size)
+        return tqdm(it, total=total, desc=desc, file=sys.stderr, disable=not self.progress or desc is None,
+                    leave=False)
+
+    @torch.no_grad()
+    def reference(self, batch: Batch) -> Activations:
+        """What an out-of-circuit edge carries: the corrupted run's outputs, zeros, or their mean."""
+        if self.intervention == "patching":
+            return run(self.adapter, self.graph, batch.corrupted, last=batch.corrupted_last, record=True).acts
+        if self.intervention == "mean":
+            return self._mean_activations()
+        a, d = self.adapter, self.adapter.d_model
+        zeros = torch.zeros(1, 1, d, dtype=a.dtype, device=self.device)
+        return Activations(zeros, [torch.zeros(1, 1, a.n_heads, a.d_head, dtype=a.dtype, device=self.device)] * a.n_layers,
+                           [zeros] * a.n_layers)
+
+    def _mean_activations(self) -> Activations:
+        """Each source's output averaged over every real token of the corrupted prompts."""
+        if self._mean is None:
+            total, count = None, 0
+            for batch in iter_batches(self.task, self.batch_size, device=self.device):
+                acts = run(self.adapter, self.graph, batch.corrupted, last=batch.corrupted_last, record=True).acts
+                pos = torch.arange(batch.corrupted.shape[1], device=self.device)
+                real = (pos[None] <= batch.corrupted_last[:, None]).to(torch.float32)
+                summed = acts.map(lambda t: torch.einsum("np,np...->...", real, t.float())[None, None])
+                total = summed if total is None else Activations(
+                    total.embed + summed.embed, [x + y for x, y in zip(total.z, summed.z)],
+                    [x + y for x, y in zip(total.mlp, summed.mlp)])
+                count += int(real.sum())
+            self._mean = total.map(lambda t: (t / count).to(self.adapter.dtype))
+        return self._mean
+
+    @torch.no_grad()
+    def clean_run(self, batch: Batch, record_resid: bool = False):
+        return run(self.adapter, self.graph, batch.clean, last=batch.clean_last, record=True,
+                   record_resid=record_resid)
+
+
+def reference_residuals(setup: Setup, clean: Activations, delta: Activations) -> list[torch.Tensor]:
+    """Residual at each stage when every upstream source carries its reference value:
+    clean residual + sum over upstream sources of (reference - clean)."""
+    graph, out = setup.graph, []
+    for stage, resid in zip(graph.stages, clean.resid):
+        r = resid + delta.embed
+        for layer in range(graph.n_layers):
+            h0, h1 = source_rows(graph, layer)
+            if h0 >= stage.n_upstream:
+                break
+            r = r + head_writes(setup.adapter, layer, delta.z[layer]).sum(2)
+            if h1 < stage.n_upstream:
+                r = r + delta.mlp[layer]
+        out.append(r)
+    return out
+
+
+def edge_score_hook(setup: Setup, delta: Activations, scores: torch.Tensor, weight: float = 1.0):
+    """Backward hook adding, for every edge into a stage, weight * sum_{n,p} delta_source . grad_reader.
+
+    delta = reference - clean per source, so the product estimates the metric change when the edge is
+    switched to its reference value. Accumulated in fp32 whatever the model dtype."""
+    graph, adapter = setup.graph, setup.adapter
+
+    def hook(stage, grad):
+        g = grad.float()
+        block = scores[:stage.n_upstream, stage.start:stage.stop]
+        block[0] += weight * torch.einsum("npm,npdm->d", delta.embed.float().expand_as(g[:, :, 0]), g)
+        for layer in range(graph.n_layers):
+            h0, h1 = source_rows(graph, layer)
+            if h0 >= stage.n_upstream:
+                break
+            writes = head_writes(adapter, layer, delta.z[layer].float())
+            block[h0:h1] += weight * torch.einsum("nphm,npdm->hd", writes.expand(*g.shape[:2], -1, -1), g)
+            if h1 < stage.n_upstream:
+                block[h1] += weight * torch.einsum("npm,npdm->d", delta.mlp[layer].float().expand_as(g[:, :, 0]), g)
+
+    return hook
+
+
+def to_edge_scores(setup: Setup, matrix: torch.Tensor, n_examples: int) -> torch.Tensor:
+    """[n_sources, n_readers] sums -> per-edge mean over examples, in the graph's edge order."""
+    g = setup.graph
+    src = torch.as_tensor(g.edge_src, device=matrix.device)
+    dst = torch.as_tensor(g.edge_dst, device=matrix.device)
+    return (matrix[src, dst] / n_examples).cpu()
+
+
+def new_score_matrix(setup: Setup) -> torch.Tensor:
+    return torch.zeros(setup.graph.n_sources, setup.graph.n_readers, dtype=torch.float32, device=setup.device)
