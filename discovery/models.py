@@ -316,9 +316,10 @@ def load_model(name_or_path: str, revision: str | None = None, dtype=None, devic
     """Load a causal LM from a local directory or a hub id (trust_remote_code stays off)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    local = os.path.isdir(name_or_path)
-    if not local and (os.path.sep in name_or_path and not name_or_path.count("/") == 1 or name_or_path.startswith(".")):
-        raise UserError(f"model '{name_or_path}' is neither a local directory nor a hub id (owner/name)")
+    looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if not os.path.isdir(name_or_path) and (looks_like_path or os.path.exists(name_or_path)):
+        raise UserError(f"model directory '{name_or_path}' does not exist (give a directory with config.json "
+                        "and weights, or a hub id such as EleutherAI/pythia-70m)")
     try:
         config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=False)
     except (OSError, ValueError) as exc:

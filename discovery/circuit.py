@@ -1,0 +1,167 @@
+"""The circuit file: a versioned, pydantic-validated JSON document (documented in docs/circuit-format.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import UserError
+from .graph import Graph
+
+SCHEMA_VERSION = "1.0"
+
+
+class ModelInfo(BaseModel):
+    name: str
+    revision: str | None = None
+    architecture: str
+    model_type: str
+    config_hash: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    parallel_residual: bool
+    dtype: str
+
+
+class TaskInfo(BaseModel):
+    name: str
+    source: str
+    rows: int
+    content_hash: str
+
+
+class MethodInfo(BaseModel):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class SelectionInfo(BaseModel):
+    kind: Literal["top-n", "threshold", "greedy", "given"]
+    value: float | None = None
+    absolute: bool = True
+    pruned: bool = True
+
+
+class Node(BaseModel):
+    id: str
+    kind: Literal["input", "attention", "kv_head", "mlp", "logits"]
+    layer: int | None = None
+    head: int | None = None
+    in_circuit: bool = False
+
+
+class Edge(BaseModel):
+    name: str
+    source: str
+    target: str
+    slot: Literal["q", "k", "v", "mlp", "logits"]
+    score: float | None
+    in_circuit: bool
+
+
+class CurvePoint(BaseModel):
+    percent: float
+    n_edges: int
+    faithfulness: float | None
+
+
+class Metrics(BaseModel):
+    metric: str
+    clean: float | None = None
+    corrupted: float | None = None
+    circuit: float | None = None
+    faithfulness: float | None = None
+    n_edges: int = 0
+    n_nodes: int = 0
+    curve_signed: list[CurvePoint] = Field(default_factory=list)
+    curve_absolute: list[CurvePoint] = Field(default_factory=list)
+    cpr: float | None = None
+    cmd: float | None = None
+
+
+class Circuit(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    schema_version: str = SCHEMA_VERSION
+    model: ModelInfo
+    task: TaskInfo
+    method: MethodInfo
+    selection: SelectionInfo
+    nodes: list[Node]
+    edges: list[Edge]
+    metrics: Metrics
+    wall_time_s: float | None = None
+    peak_memory_bytes: int | None = None
+    device: str | None = None
+    code_version: str
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def in_circuit(self, graph: Graph) -> np.ndarray:
+        """Bool per edge of `graph` (in its edge order); every edge of the file must be in the graph."""
+        keep = np.zeros(graph.n_edges, dtype=bool)
+        for edge in self.edges:
+            idx = graph.edge_index.get(edge.name)
+            if idx is None:
+                raise UserError(
+                    f"circuit edge '{edge.name}' does not exist in this model's graph (the circuit was made for "
+                    f"{self.model.name}: {self.model.n_layers} layers, {self.model.n_heads} heads); use the same model")
+            keep[idx] = edge.in_circuit
+        return keep
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(self.model_dump_json(indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Circuit":
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            raise UserError(f"circuit file '{path}' not found") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"circuit file '{path}' is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if isinstance(data, dict) and data.get("schema_version", SCHEMA_VERSION).split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+            raise UserError(f"circuit file '{path}' has schema_version {data.get('schema_version')}; "
+                            f"this version reads {SCHEMA_VERSION}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise UserError(f"circuit file '{path}': field '{where}': {err['msg']}") from None
+
+
+def build_edges(graph: Graph, scores, in_circuit) -> list[Edge]:
+    scores = None if scores is None else np.asarray(scores, dtype=np.float64)
+    return [Edge(name=graph.edge_names[e], source=graph.sources[s], target=graph.reader_owner[d],
+                 slot=graph.reader_slot[d], score=None if scores is None else float(scores[e]),
+                 in_circuit=bool(in_circuit[e]))
+            for e, (s, d) in enumerate(zip(graph.edge_src, graph.edge_dst))]
+
+
+def build_nodes(graph: Graph, in_circuit_nodes: set[str]) -> list[Node]:
+    return [Node(**graph.node_info(n), in_circuit=n in in_circuit_nodes) for n in graph.node_ids()]
+
+
+def code_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        v = version("circuitry")
+    except PackageNotFoundError:
+        v = "0+unknown"
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{v}+g{sha}" if sha else v

@@ -1,0 +1,124 @@
+"""The `circuitry` command line. User errors: one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's default prints the whole usage; we print one line
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def _add_model_args(p):
+    p.add_argument("--model", required=True, help="local HF model directory or hub id")
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    p.add_argument("--task", required=True, help="JSONL task file (text rows or token-id rows)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .methods import INTERVENTIONS, METHODS
+    from .metrics import METRICS
+
+    parser = _Parser(prog="circuitry", description="Circuit discovery on Hugging Face causal LMs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    d = sub.add_parser("discover", help="score every edge, select a circuit, evaluate it, write circuit JSON")
+    _add_model_args(d)
+    d.add_argument("--method", default="eap-ig", choices=list(METHODS))
+    d.add_argument("--steps", type=int, default=5, help="interpolation steps for eap-ig methods (default 5)")
+    d.add_argument("--metric", default="logit_diff", choices=list(METRICS))
+    d.add_argument("--intervention", default="patching", choices=list(INTERVENTIONS),
+                   help="what an edge out of the circuit carries (default: the corrupted activation)")
+    sel = d.add_mutually_exclusive_group()
+    sel.add_argument("--top-n", type=int, default=None, help="keep the N most important edges (default 100)")
+    sel.add_argument("--threshold", type=float, default=None, help="keep edges with importance >= T")
+    sel.add_argument("--greedy", type=int, default=None, help="grow N edges from the logits")
+    d.add_argument("--signed", action="store_true", help="rank by signed importance instead of |score|")
+    d.add_argument("--no-prune", action="store_true", help="keep edges with no path from input to logits")
+    d.add_argument("--no-curve", action="store_true", help="skip the faithfulness curve (CPR/CMD)")
+    d.add_argument("--out", required=True, help="where to write the circuit JSON")
+
+    e = sub.add_parser("evaluate", help="evaluate exactly the edges marked in_circuit in a circuit file")
+    _add_model_args(e)
+    e.add_argument("--circuit", required=True)
+    e.add_argument("--metric", default=None, choices=list(METRICS), help="default: the circuit's")
+    e.add_argument("--intervention", default=None, choices=list(INTERVENTIONS), help="default: the circuit's")
+    e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    return parser
+
+
+def _load(args):
+    from .models import load_model
+    from .tasks import load_task
+
+    if not os.path.isfile(args.task):  # before the (possibly slow) model load
+        raise UserError(f"task file '{args.task}' not found")
+    model = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
+    task = load_task(args.task, tokenizer=model.tokenizer, vocab_size=model.vocab_size)
+    return model, task
+
+
+def _fmt(x, spec=".3f"):
+    return "n/a" if x is None else format(x, spec)
+
+
+def cmd_discover(args) -> int:
+    from .discover import discover
+
+    model, task = _load(args)
+    circuit = discover(model, task, args.method, metric=args.metric, intervention=args.intervention,
+                       steps=args.steps, batch_size=args.batch_size, top_n=args.top_n, threshold=args.threshold,
+                       greedy=args.greedy, absolute=not args.signed, prune=not args.no_prune,
+                       curve=not args.no_curve, progress=not args.quiet)
+    circuit.save(args.out)
+    m = circuit.metrics
+    print(f"{circuit.method.name}: {m.n_edges} of {len(circuit.edges)} edges, {m.n_nodes} nodes; "
+          f"{m.metric} clean {_fmt(m.clean)}, corrupted {_fmt(m.corrupted)}, circuit {_fmt(m.circuit)}, "
+          f"faithfulness {_fmt(m.faithfulness)}; CPR {_fmt(m.cpr)}, CMD {_fmt(m.cmd)}; "
+          f"{circuit.wall_time_s:.1f}s -> {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .circuit import Circuit
+    from .discover import evaluate
+
+    circuit = Circuit.load(args.circuit)
+    model, task = _load(args)
+    result = evaluate(model, task, circuit, metric=args.metric, intervention=args.intervention,
+                      batch_size=args.batch_size, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['n_edges']} edges; {result['metric']} clean {_fmt(result['clean'])}, corrupted "
+              f"{_fmt(result['corrupted'])}, circuit {_fmt(result['circuit'])}, faithfulness "
+              f"{_fmt(result['faithfulness'])}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return {"discover": cmd_discover, "evaluate": cmd_evaluate}[args.command](args)
+    except UserError as exc:
+        print(f"circuitry: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("circuitry: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Evaluating circuits: metric of the circuit, of the full model and of the empty circuit;
+faithfulness f = (m(C) - m(empty)) / (m(full) - m(empty)); faithfulness curves, CPR and CMD."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .methods.common import Setup
+from .patching import run
+from .selection import prune as prune_edges
+from .selection import top_n
+
+CURVE_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
+
+
+@torch.no_grad()
+def circuit_metrics(setup: Setup, circuits: list[np.ndarray], max_rows: int = 512, desc: str | None = None) -> np.ndarray:
+    """Mean metric of each circuit (bool per edge) under the setup's intervention."""
+    adapter, graph, metric = setup.adapter, setup.graph, setup.metric
+    valid = torch.as_tensor(graph.valid)
+    offs = torch.stack([valid & ~torch.as_tensor(graph.edge_mask_matrix(c)) for c in circuits]).float()
+    totals = np.zeros(len(circuits))
+    n_examples = 0
+    bar = tqdm(total=len(circuits) * -(-len(setup.task) // setup.batch_size), desc=desc, file=sys.stderr,
+               disable=not setup.progress or desc is None, leave=False)
+    for batch in setup.batches():
+        b = len(batch.rows)
+        ref = setup.reference(batch)
+        clean_logits = setup.clean_run(batch).logits if setup.metric.needs_clean_logits else None
+        per_pass = max(1, max_rows // b)
+        for start in range(0, len(circuits), per_pass):
+            off = offs[start:start + per_pass].to(setup.device)
+            k = off.shape[0]
+            rep = lambda t: t.repeat(k, *([1] * (t.dim() - 1))) if t.shape[0] == b else t
+            result = run(adapter, graph, batch.clean.repeat(k, 1), last=batch.clean_last.repeat(k),
+                         ref=ref.map(rep), off=off.repeat_interleave(b, 0))
+            values = torch.stack([
+                metric(result.logits[i * b:(i + 1) * b], batch, clean_logits).double().sum() for i in range(k)])
+            totals[start:start + k] += values.cpu().numpy()
+            bar.update(k)
+        n_examples += b
+    bar.close()
+    return totals / n_examples
+
+
+def faithfulness(m_circuit: float, m_full: float, m_empty: float) -> float:
+    denom = m_full - m_empty
+    return float("nan") if denom == 0 else float((m_circuit - m_empty) / denom)
+
+
+def evaluate_circuit(setup: Setup, in_circuit: np.ndarray) -> dict:
+    """Metrics of exactly the given edges (no pruning): clean, corrupted, circuit, faithfulness."""
+    graph = setup.graph
+    full, empty, circ = circuit_metrics(
+        setup, [np.ones(graph.n_edges, bool), np.zeros(graph.n_edges, bool), np.asarray(in_circuit, bool)],
+        desc="evaluate")
+    return {"clean": float(full), "corrupted": float(empty), "circuit": float(circ),
+            "faithfulness": faithfulness(circ, full, empty), "n_edges": int(np.sum(in_circuit))}
+
+
+def _area(xs, ys) -> float:
+    ys = np.asarray(ys, dtype=np.float64)
+    if np.isnan(ys).any():
+        return float("nan")
+    return float(np.sum((ys[1:] + ys[:-1]) / 2 * np.diff(xs)))
+
+
+def faithfulness_curves(setup: Setup, scores, percents=CURVE_PERCENTS, prune: bool = True) -> dict:
+    """Faithfulness of the top-k% edges, by signed and by absolute scores; CPR and CMD (MIB).
+
+    CPR: area under f (signed selection); CMD: area under |1 - f| (absolute selection); both over the
+    edge fraction from 0 (the empty circuit, f = 0) to 1, trapezoidal."""
+    graph, hib = setup.graph, setup.metric.higher_is_better
+    circuits, meta = [np.ones(graph.n_edges, bool), np.zeros(graph.n_edges, bool)], []
+    for absolute in (False, True):
+        for pct in percents:
+            n = max(1, int(round(graph.n_edges * pct / 100)))
+            c = top_n(graph, scores, n, higher_is_better=hib, absolute=absolute)
+            circuits.append(prune_edges(graph, c) if prune else c)
+            meta.append((absolute, pct, n))
+    values = circuit_metrics(setup, circuits, desc="faithfulness curve")
+    full, empty = values[0], values[1]
+    curves = {"signed": [], "absolute": []}
+    for (absolute, pct, n), v in zip(meta, values[2:]):
+        curves["absolute" if absolute else "signed"].append(
+            {"percent": pct, "n_edges": n, "faithfulness": faithfulness(v, full, empty)})
+    xs = np.array([0.0] + [p / 100 for p in percents])
+    f_signed = [0.0] + [p["faithfulness"] for p in curves["signed"]]
+    f_abs = [0.0] + [p["faithfulness"] for p in curves["absolute"]]
+    return {"clean": float(full), "corrupted": float(empty), "curve_signed": curves["signed"],
+            "curve_absolute": curves["absolute"], "cpr": _area(xs, f_signed),
+            "cmd": _area(xs, np.abs(1 - np.asarray(f_abs)))}
+
+
+def nan_to_none(x):
+    return None if isinstance(x, float) and math.isnan(x) else x
