@@ -166,6 +166,7 @@ def run(
     grad_stages: set[int] | None = None,
     start_stage: int = 0,
     start_resid: torch.Tensor | None = None,
+    reader_override: dict[int, torch.Tensor] | None = None,
 ) -> RunResult:
     """One forward pass of the model through its own modules, with edges patched as `off` says.
 
@@ -176,6 +177,8 @@ def run(
     grad_hook(stage, grad [N, P, readers, d]): called in backward with the gradient at each reader
       input of the stages in grad_stages (all stages when None); the caller runs backward.
     start_stage/start_resid: begin at a stage from a given residual (upstream sources not run).
+    reader_override: {stage index: [N, P, d]} input seen by every reader of that stage instead of
+      the residual; the residual itself flows on unchanged to later stages.
     """
     n, p = ids.shape
     positions = torch.arange(p, device=ids.device)[None].expand(n, p)
@@ -198,7 +201,9 @@ def run(
     def reader_inputs(stage: Stage, stage_idx: int) -> torch.Tensor:
         """[N, P, readers, d] or [N, P, d] when every reader sees the plain residual."""
         x = None
-        if patching and live_nonzero[:stage.n_upstream, stage.start:stage.stop].any():
+        if reader_override is not None and stage_idx in reader_override:
+            x = reader_override[stage_idx].unsqueeze(2).expand(n, p, stage.stop - stage.start, resid.shape[-1])
+        elif patching and live_nonzero[:stage.n_upstream, stage.start:stage.stop].any():
             x = resid.unsqueeze(2) - _stage_update(adapter, graph, stage, off, live_nonzero, (d_emb, d_z, d_mlp))
         if grad_hook is not None and (grad_stages is None or stage_idx in grad_stages):
             if x is None:

@@ -1,11 +1,12 @@
 """EAP-IG over activations (Hanna et al. 2024): integrated gradients at each point of the residual stream.
 
 For each residual point (one layer's attention input, its MLP input, the logits input; a parallel-
-residual layer's attention and MLP share one), the residual there is interpolated from its reference
-value to its clean value and the rest of the model runs on from it; the gradients at the readers of
-that point, averaged over the steps, are dotted with (reference - clean) of each upstream source. The
-scores into one point add up (as steps grow) to the metric change of switching that whole point to
-its reference: the completeness of integrated gradients."""
+residual layer's attention and MLP share one), the input seen by that point's readers is interpolated
+from its reference value to its clean value while the residual flowing on to later layers stays
+clean; the gradients at those readers, averaged over the steps, are dotted with (reference - clean)
+of each upstream source. So the scores of the edges into one point add up (as steps grow) to the
+metric change of switching exactly those edges to their reference: the completeness of integrated
+gradients, which the tests check."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def eap_ig_activations(setup: Setup, steps: int = 5):
                 x = ref_resid[first] + alpha * (clean.acts.resid[first] - ref_resid[first])
                 x = x.detach().requires_grad_(True)
                 result = run(adapter, graph, batch.clean, last=batch.clean_last, start_stage=first,
-                             start_resid=x, grad_hook=hook, grad_stages=set(point))
+                             start_resid=clean.acts.resid[first], reader_override={i: x for i in point},
+                             grad_hook=hook, grad_stages=set(point))
                 metric(result.logits, batch, clean.logits).sum().backward()
         n_examples += len(batch.rows)
     return to_edge_scores(setup, scores, n_examples)

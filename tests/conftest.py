@@ -1,0 +1,34 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tiny  # noqa: E402
+
+from discovery import task_from_rows, wrap_model  # noqa: E402
+
+
+def token_rows(n=6, length=6, seed=0, vocab=tiny.VOCAB, pos=2):
+    """Rows whose corrupted prompt differs at one position; the answer is the clean token there."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        clean = torch.randint(0, vocab, (length,), generator=g).tolist()
+        corrupted = list(clean)
+        corrupted[pos] = (clean[pos] + 1 + int(torch.randint(0, vocab - 1, (1,), generator=g))) % vocab
+        rows.append({"clean_ids": clean, "corrupted_ids": corrupted, "answer_id": clean[pos],
+                     "wrong_id": corrupted[pos]})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def models():
+    return {fam: wrap_model(tiny.build(fam)) for fam in tiny.FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def task():
+    return task_from_rows(token_rows(), vocab_size=tiny.VOCAB)
