@@ -45,7 +45,7 @@ class MethodInfo(BaseModel):
 
 class SelectionInfo(BaseModel):
     kind: Literal["top-n", "threshold", "greedy", "given"]
-    value: float | None = None
+    value: int | float | None = None  # n for top-n / greedy, the threshold for threshold
     absolute: bool = True
     pruned: bool = True
 
@@ -69,7 +69,8 @@ class Edge(BaseModel):
 
 class CurvePoint(BaseModel):
     percent: float
-    n_edges: int
+    n_selected: int  # top-n edges chosen for this percentage
+    n_edges: int  # edges left after pruning (what was evaluated)
     faithfulness: float | None
 
 
@@ -105,7 +106,14 @@ class Circuit(BaseModel):
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def in_circuit(self, graph: Graph) -> np.ndarray:
-        """Bool per edge of `graph` (in its edge order); every edge of the file must be in the graph."""
+        """Bool per edge of `graph` (in its edge order); the file must be for a model of this shape."""
+        m = self.model
+        shape = (graph.n_layers, graph.n_heads, graph.n_kv_heads, graph.parallel)
+        if (m.n_layers, m.n_heads, m.n_kv_heads, m.parallel_residual) != shape:
+            raise UserError(
+                f"the circuit was made for {m.name} ({m.n_layers} layers, {m.n_heads} heads, {m.n_kv_heads} "
+                f"key/value heads) but this model has {shape[0]} layers, {shape[1]} heads, {shape[2]} key/value "
+                "heads; evaluate it on a model of the same shape")
         keep = np.zeros(graph.n_edges, dtype=bool)
         for edge in self.edges:
             idx = graph.edge_index.get(edge.name)

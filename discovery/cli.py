@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("discover", help="score every edge, select a circuit, evaluate it, write circuit JSON")
     _add_model_args(d)
     d.add_argument("--method", default="eap-ig", choices=list(METHODS))
-    d.add_argument("--steps", type=int, default=5, help="interpolation steps for eap-ig methods (default 5)")
+    d.add_argument("--steps", type=int, default=5, help="interpolation steps (eap-ig and eap-ig-activations only; default 5)")
     d.add_argument("--metric", default="logit_diff", choices=list(METRICS))
     d.add_argument("--intervention", default="patching", choices=list(INTERVENTIONS),
                    help="what an edge out of the circuit carries (default: the corrupted activation)")
@@ -111,6 +111,9 @@ def cmd_evaluate(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.quiet:
+            from transformers.utils import logging as hf_logging
+            hf_logging.disable_progress_bar()
         return {"discover": cmd_discover, "evaluate": cmd_evaluate}[args.command](args)
     except UserError as exc:
         print(f"circuitry: error: {exc}", file=sys.stderr)

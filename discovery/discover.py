@@ -77,7 +77,7 @@ def discover(model: LoadedModel, task: Task, method: str = "eap-ig", *, metric: 
                       circuit=_clean(result["circuit"]), faithfulness=_clean(result["faithfulness"]),
                       n_edges=int(keep.sum()), n_nodes=len(nodes))
     if curve:
-        c = faithfulness_curves(setup, scores)
+        c = faithfulness_curves(setup, scores, prune=prune)
         for key in ("curve_signed", "curve_absolute"):
             setattr(metrics, key, [CurvePoint(**dict(p, faithfulness=_clean(p["faithfulness"]))) for p in c[key]])
         metrics.cpr, metrics.cmd = _clean(c["cpr"]), _clean(c["cmd"])
@@ -103,4 +103,5 @@ def evaluate(model: LoadedModel, task: Task, circuit: Circuit, *, metric: str | 
     out = evaluate_circuit(setup, keep)
     out["metric"] = setup.metric.name
     out["intervention"] = setup.intervention
+    out["same_task"] = task.content_hash == circuit.task.content_hash  # held-out tasks are legitimate
     return {k: _clean(v) for k, v in out.items()}

@@ -3,7 +3,6 @@ faithfulness f = (m(C) - m(empty)) / (m(full) - m(empty)); faithfulness curves, 
 
 from __future__ import annotations
 
-import math
 import sys
 
 import numpy as np
@@ -74,21 +73,23 @@ def faithfulness_curves(setup: Setup, scores, percents=CURVE_PERCENTS, prune: bo
     """Faithfulness of the top-k% edges, by signed and by absolute scores; CPR and CMD (MIB).
 
     CPR: area under f (signed selection); CMD: area under |1 - f| (absolute selection); both over the
-    edge fraction from 0 (the empty circuit, f = 0) to 1, trapezoidal."""
+    selected edge fraction (x = percent / 100, as MIB) from 0 (the empty circuit, f = 0) to 1,
+    trapezoidal. Each point records the edges selected and the edges left after pruning."""
     graph, hib = setup.graph, setup.metric.higher_is_better
     circuits, meta = [np.ones(graph.n_edges, bool), np.zeros(graph.n_edges, bool)], []
     for absolute in (False, True):
         for pct in percents:
             n = max(1, int(round(graph.n_edges * pct / 100)))
             c = top_n(graph, scores, n, higher_is_better=hib, absolute=absolute)
-            circuits.append(prune_edges(graph, c) if prune else c)
-            meta.append((absolute, pct, n))
+            c = prune_edges(graph, c) if prune else c
+            circuits.append(c)
+            meta.append((absolute, pct, n, int(c.sum())))
     values = circuit_metrics(setup, circuits, desc="faithfulness curve")
     full, empty = values[0], values[1]
     curves = {"signed": [], "absolute": []}
-    for (absolute, pct, n), v in zip(meta, values[2:]):
+    for (absolute, pct, n, kept), v in zip(meta, values[2:]):
         curves["absolute" if absolute else "signed"].append(
-            {"percent": pct, "n_edges": n, "faithfulness": faithfulness(v, full, empty)})
+            {"percent": pct, "n_selected": n, "n_edges": kept, "faithfulness": faithfulness(v, full, empty)})
     xs = np.array([0.0] + [p / 100 for p in percents])
     f_signed = [0.0] + [p["faithfulness"] for p in curves["signed"]]
     f_abs = [0.0] + [p["faithfulness"] for p in curves["absolute"]]
@@ -96,6 +97,3 @@ def faithfulness_curves(setup: Setup, scores, percents=CURVE_PERCENTS, prune: bo
             "curve_absolute": curves["absolute"], "cpr": _area(xs, f_signed),
             "cmd": _area(xs, np.abs(1 - np.asarray(f_abs)))}
 
-
-def nan_to_none(x):
-    return None if isinstance(x, float) and math.isnan(x) else x

@@ -146,17 +146,12 @@ class Graph:
         for name, owner, slot in zip(self.readers, self.reader_owner, self.reader_slot):
             if name != owner:
                 g.add_node(name, kind="reader", slot=slot, owner=owner)
-                targets = [owner]
-                if owner.split(".")[1].startswith("kv"):
+                g.add_edge(name, owner, internal=True, slot=slot)
+                if owner.split(".")[1].startswith("kv"):  # a key/value head feeds its group's query heads
                     layer, group = int(owner[1:].split(".")[0]), int(owner.split(".kv")[1])
                     size = self.n_heads // self.n_kv_heads
-                    targets = [f"a{layer}.h{h}" for h in range(group * size, (group + 1) * size)]
-                    g.add_edge(name, owner, internal=True, slot=slot)
-                    targets = [t for t in targets]
-                    for t in targets:
-                        g.add_edge(owner, t, internal=True, slot=slot)
-                    continue
-                g.add_edge(name, owner, internal=True, slot=slot)
+                    for h in range(group * size, (group + 1) * size):
+                        g.add_edge(owner, f"a{layer}.h{h}", internal=True, slot="kv")
         for i, (s, d) in enumerate(zip(self.edge_src, self.edge_dst)):
             attrs = {"name": self.edge_names[i], "slot": self.reader_slot[d], "internal": False}
             if scores is not None:

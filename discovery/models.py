@@ -290,7 +290,10 @@ class LoadedModel:
         return self.hf_model.get_output_embeddings().weight.shape[0]
 
     def config_hash(self) -> str:
-        blob = json.dumps(self.config.to_diff_dict(), sort_keys=True, default=str).encode()
+        """Hash of the architecture config; load-time settings (dtype, path, library version) excluded."""
+        skip = {"dtype", "torch_dtype", "_name_or_path", "transformers_version", "_attn_implementation_autoset"}
+        cfg = {k: v for k, v in self.config.to_diff_dict().items() if k not in skip}
+        blob = json.dumps(cfg, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -314,7 +317,7 @@ def _parse_dtype(dtype) -> torch.dtype | None:
 
 def load_model(name_or_path: str, revision: str | None = None, dtype=None, device=None) -> LoadedModel:
     """Load a causal LM from a local directory or a hub id (trust_remote_code stays off)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     if not os.path.isdir(name_or_path) and (looks_like_path or os.path.exists(name_or_path)):
@@ -334,8 +337,24 @@ def load_model(name_or_path: str, revision: str | None = None, dtype=None, devic
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"could not load model weights for '{name_or_path}': {first}") from None
     hf_model.to(torch.device(device) if device is not None else default_device())
+    return wrap_model(hf_model, _load_tokenizer(name_or_path, revision), name_or_path, revision)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")
+
+
+def _load_tokenizer(name_or_path: str, revision: str | None):
+    """The model's tokenizer, or None when it has none (token-id tasks still work).
+
+    transformers 5 builds an empty tokenizer for a directory without tokenizer files instead of
+    failing, which would silently tokenise text to nothing; so look for the files first."""
+    from transformers import AutoTokenizer
+
+    local = os.path.isdir(name_or_path)
+    if local and not any(os.path.exists(os.path.join(name_or_path, f)) for f in TOKENIZER_FILES):
+        return None
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=False)
     except (OSError, ValueError, TypeError):
-        tokenizer = None  # token-id tasks still work
-    return wrap_model(hf_model, tokenizer, name_or_path, revision)
+        return None
+    return tokenizer if len(tokenizer) > len(set(tokenizer.all_special_ids)) else None
