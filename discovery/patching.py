@@ -82,10 +82,14 @@ def _causal_mask(p: int, window: int | None, dtype, device) -> torch.Tensor:
     return torch.zeros(p, p, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def attention(adapter: Adapter, layer: int, xq, xk, xv, rotary) -> torch.Tensor:
-    """Head outputs z [N, P, H, d_head] from normalised q/k/v inputs (shared or one per slot)."""
+def project_qkv(adapter: Adapter, layer: int, xq, xk, xv):
+    """q [N, P, H, d_head], k and v [N, P, kv_heads, d_head] from normalised inputs (shared or per slot)."""
     w = adapter.heads(layer)
-    q, k, v = _project(xq, w.q, w.q_bias), _project(xk, w.k, w.k_bias), _project(xv, w.v, w.v_bias)
+    return _project(xq, w.q, w.q_bias), _project(xk, w.k, w.k_bias), _project(xv, w.v, w.v_bias)
+
+
+def attend(adapter: Adapter, layer: int, q, k, v, rotary) -> torch.Tensor:
+    """Head outputs z [N, P, H, d_head] (before the output projection)."""
     if rotary is not None:
         q, k = _rotate(q, *rotary), _rotate(k, *rotary)
     n, p, h, dh = q.shape
@@ -148,7 +152,21 @@ def _stage_update(adapter, graph: Graph, stage: Stage, off: torch.Tensor, live_n
     return total
 
 
-GradHook = Callable[[Stage, torch.Tensor], None]
+GradHook = Callable[[Stage, int, torch.Tensor], None]
+
+
+def _slot_gradients(norm, x: torch.Tensor):
+    """Hooks for a stage whose readers all see x: the model runs its own fused projections, and each
+    reader's gradient is rebuilt from the gradient at its head's projection output (head space):
+    through the head's projection weights, then the norm's VJP at x (shared by every slot)."""
+    _, vjp = torch.func.vjp(norm, x.detach())
+    per_slot = torch.func.vmap(lambda c: vjp(c)[0], in_dims=2, out_dims=2)
+
+    def reader_grad(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        g_norm = torch.einsum("nphk,hkm->nphm", grad_out, weight.to(grad_out.dtype))
+        return per_slot(g_norm)
+
+    return reader_grad
 
 
 def run(
@@ -174,8 +192,9 @@ def run(
     off: [N | 1, n_sources, n_readers], 1 where the edge is out of the circuit (carries `ref`), 0 where
       it is in; fractional values interpolate. None: every edge kept (the model's own forward).
     embeds: replaces the embedding output (EAP-IG interpolates it).
-    grad_hook(stage, grad [N, P, readers, d]): called in backward with the gradient at each reader
-      input of the stages in grad_stages (all stages when None); the caller runs backward.
+    grad_hook(stage, first, grad [N, P, readers, d]): called in backward with the gradient at the
+      inputs of the stage's readers first, first + 1, ... for the stages in grad_stages (all when
+      None); the caller runs backward. Unpatched stages keep the model's fused projections.
     start_stage/start_resid: begin at a stage from a given residual (upstream sources not run).
     reader_override: {stage index: [N, P, d]} input seen by every reader of that stage instead of
       the residual; the residual itself flows on unchanged to later stages.
@@ -198,19 +217,25 @@ def run(
     rec = Activations(emb.detach() if (record and emb is not None) else None, [None] * graph.n_layers,
                       [None] * graph.n_layers)
 
+    def wants_grad(stage_idx: int) -> bool:
+        return grad_hook is not None and (grad_stages is None or stage_idx in grad_stages)
+
     def reader_inputs(stage: Stage, stage_idx: int) -> torch.Tensor:
-        """[N, P, readers, d] or [N, P, d] when every reader sees the plain residual."""
-        x = None
+        """[N, P, readers, d] when readers see different inputs, else [N, P, d]."""
+        shared = resid
         if reader_override is not None and stage_idx in reader_override:
-            x = reader_override[stage_idx].unsqueeze(2).expand(n, p, stage.stop - stage.start, resid.shape[-1])
+            shared = reader_override[stage_idx]
         elif patching and live_nonzero[:stage.n_upstream, stage.start:stage.stop].any():
             x = resid.unsqueeze(2) - _stage_update(adapter, graph, stage, off, live_nonzero, (d_emb, d_z, d_mlp))
-        if grad_hook is not None and (grad_stages is None or stage_idx in grad_stages):
-            if x is None:
-                x = resid.unsqueeze(2).expand(n, p, stage.stop - stage.start, resid.shape[-1])
-            if x.requires_grad:
-                x.register_hook(lambda g, st=stage: grad_hook(st, g))
-        return resid if x is None else x
+            if wants_grad(stage_idx) and x.requires_grad:
+                x.register_hook(lambda g, st=stage: grad_hook(st, 0, g))
+            return x
+        if wants_grad(stage_idx) and shared.requires_grad:
+            x = shared.view_as(shared)  # its own autograd node: the gradient of these readers only
+            if stage.kind != "attn":
+                x.register_hook(lambda g, st=stage: grad_hook(st, 0, g.unsqueeze(2)))
+            return x
+        return shared
 
     pending_attn = None
     for idx, stage in enumerate(graph.stages):
@@ -221,13 +246,19 @@ def run(
         x = reader_inputs(stage, idx)
         layer = stage.layer
         if stage.kind == "attn":
-            xn = adapter.attn_norm(layer, x)
+            h, kv = graph.n_heads, graph.n_kv_heads
+            norm = lambda t, layer=layer: adapter.attn_norm(layer, t)
+            xn = norm(x)
             if xn.dim() == 4:
-                h, kv = graph.n_heads, graph.n_kv_heads
-                xq, xk, xv = xn[:, :, :h], xn[:, :, h:h + kv], xn[:, :, h + kv:]
+                q, k, v = project_qkv(adapter, layer, xn[:, :, :h], xn[:, :, h:h + kv], xn[:, :, h + kv:])
             else:
-                xq = xk = xv = xn
-            z = attention(adapter, layer, xq, xk, xv, rotary)
+                q, k, v = project_qkv(adapter, layer, xn, xn, xn)
+                if wants_grad(idx) and q.requires_grad:
+                    reader_grad = _slot_gradients(norm, x)
+                    w = adapter.heads(layer)
+                    for t, weight, first in ((q, w.q, 0), (k, w.k, h), (v, w.v, h + kv)):
+                        t.register_hook(lambda g, wt=weight, f=first, st=stage, rg=reader_grad: grad_hook(st, f, rg(g, wt)))
+            z = attend(adapter, layer, q, k, v, rotary)
             if record:
                 rec.z[layer] = z.detach()
             if patching:

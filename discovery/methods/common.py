@@ -104,24 +104,30 @@ def reference_residuals(setup: Setup, clean: Activations, delta: Activations) ->
 
 
 def edge_score_hook(setup: Setup, delta: Activations, scores: torch.Tensor, weight: float = 1.0):
-    """Backward hook adding, for every edge into a stage, weight * sum_{n,p} delta_source . grad_reader.
+    """Backward hook adding, for every edge into the readers it is given, weight * sum_{n,p}
+    delta_source . grad_reader.
 
     delta = reference - clean per source, so the product estimates the metric change when the edge is
-    switched to its reference value. Accumulated in fp32 whatever the model dtype."""
+    switched to its reference value. The gradient is laid out once per call as [(n p d), readers] so
+    each upstream layer costs one matmul; head deltas stay in d_head until their layer is reached.
+    Accumulated in fp32 whatever the model dtype."""
     graph, adapter = setup.graph, setup.adapter
 
-    def hook(stage, grad):
-        g = grad.float()
-        block = scores[:stage.n_upstream, stage.start:stage.stop]
-        block[0] += weight * torch.einsum("npm,npdm->d", delta.embed.float().expand_as(g[:, :, 0]), g)
+    def hook(stage, first, grad):
+        n, p, r, d = grad.shape
+        g = grad.float().permute(0, 1, 3, 2).reshape(n * p * d, r)
+        block = scores[:stage.n_upstream, stage.start + first:stage.start + first + r]
+        flat = lambda t: t.float().expand(n, p, d).reshape(1, -1)
+        block[0] += weight * (flat(delta.embed) @ g)[0]
         for layer in range(graph.n_layers):
             h0, h1 = source_rows(graph, layer)
             if h0 >= stage.n_upstream:
                 break
-            writes = head_writes(adapter, layer, delta.z[layer].float())
-            block[h0:h1] += weight * torch.einsum("nphm,npdm->hd", writes.expand(*g.shape[:2], -1, -1), g)
+            w_out = adapter.heads(layer).out.float()
+            writes = torch.einsum("nphk,hkm->hnpm", delta.z[layer].float().expand(n, p, -1, -1), w_out)
+            block[h0:h1] += weight * (writes.reshape(h1 - h0, -1) @ g)
             if h1 < stage.n_upstream:
-                block[h1] += weight * torch.einsum("npm,npdm->d", delta.mlp[layer].float().expand_as(g[:, :, 0]), g)
+                block[h1] += weight * (flat(delta.mlp[layer]) @ g)[0]
 
     return hook
 

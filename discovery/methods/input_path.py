@@ -25,7 +25,7 @@ def input_path_scores(setup: Setup, alphas: list[float], desc: str) -> torch.Ten
         state = {}
         for alpha in alphas:
             embeds = (ref.embed + alpha * (clean_embed - ref.embed)).detach().requires_grad_(True)
-            hook = lambda stage, g: state["hook"](stage, g)  # bound once the clean run is known
+            hook = lambda stage, first, g: state["hook"](stage, first, g)  # bound once the clean run is known
             result = run(adapter, graph, batch.clean, last=batch.clean_last, embeds=embeds,
                          record=clean is None, grad_hook=hook)
             if clean is None:  # alpha = 1 is the clean run itself
