@@ -60,7 +60,7 @@ def n_cores() -> int:
         return os.cpu_count() or 1
 
 
-def build(batch_size: int, seq_len: int, device: str, seed: int = 0):
+def build(batch_size: int, seq_len: int, device: str, seed: int = 0, cache_mb=256):
     """The GPT-2-small-shaped model (random init, fp32) and one batch of token rows."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -84,7 +84,8 @@ def build(batch_size: int, seq_len: int, device: str, seed: int = 0):
 
     lm = wrap_model(hf_model)
     task = task_from_rows(rows, vocab_size=VOCAB)
-    setup = Setup(lm, task, get_metric("logit_diff"), batch_size=batch_size)
+    setup = Setup(lm, task, get_metric("logit_diff"), batch_size=batch_size,
+                  write_cache_bytes=int(cache_mb * 2**20))
     tensors = {
         "clean": torch.tensor([r["clean_ids"] for r in rows], device=device),
         "corrupted": torch.tensor([r["corrupted_ids"] for r in rows], device=device),
@@ -166,9 +167,9 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _rss_worker(name, batch_size, seq_len, steps, threads, queue):
+def _rss_worker(name, batch_size, seq_len, steps, threads, queue, cache_mb):
     torch.set_num_threads(threads)
-    hf_model, setup, t = build(batch_size, seq_len, "cpu")
+    hf_model, setup, t = build(batch_size, seq_len, "cpu", cache_mb=cache_mb)
     fn = make_functions(hf_model, setup, t, steps)[name]
     gc.collect()
     base = _status_kb("VmRSS")
@@ -185,7 +186,8 @@ def rss_peak_bytes(name, args, threads) -> int:
     """Peak RSS increase of one call of `name`, in a fresh spawned process that has built the model."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_rss_worker, args=(name, args.batch_size, args.seq_len, args.steps, threads, queue))
+    proc = ctx.Process(target=_rss_worker, args=(name, args.batch_size, args.seq_len, args.steps, threads, queue,
+                                                        args.write_cache_mb))
     proc.start()
     result = queue.get()
     proc.join()
@@ -227,6 +229,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="interleaved measured repetitions (after one warm-up)")
     ap.add_argument("--steps", type=int, default=5, help="EAP-IG steps")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--write-cache-mb", type=float, default=256,
+                    help="Setup.write_cache_bytes in MiB (0: recompute head writes per stage, least memory)")
     ap.add_argument("--skip-memory", action="store_true", help="timings only")
     ap.add_argument("--profile", action="store_true", help="also print a torch.profiler table of one EAP call")
     args = ap.parse_args(argv)
@@ -240,9 +244,9 @@ def main(argv=None) -> int:
     print(f"device {device}{gpu}, torch {torch.__version__}, torch threads {threads}, "
           f"{platform.processor() or platform.machine()}")
     print(f"batch {args.batch_size} x seq {args.seq_len} (one batch), EAP-IG steps {args.steps}, "
-          f"{args.reps} interleaved reps after 1 warm-up each", flush=True)
+          f"{args.reps} interleaved reps after 1 warm-up each, head-write cache {args.write_cache_mb:g} MiB", flush=True)
 
-    hf_model, setup, t = build(args.batch_size, args.seq_len, device)
+    hf_model, setup, t = build(args.batch_size, args.seq_len, device, cache_mb=args.write_cache_mb)
     fns = make_functions(hf_model, setup, t, args.steps)
 
     # Warm-up; on CPU the warm-up call also records the tensor-allocation peak (profiler memory events).

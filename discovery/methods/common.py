@@ -26,6 +26,10 @@ class Setup:
     batch_size: int = 16
     intervention: str = "patching"
     progress: bool = False
+    # Head writes (d_head deltas pushed through the output projection) are cached during a backward
+    # pass while they fit in this many bytes, and recomputed per stage beyond it: speed on small
+    # problems, bounded memory on large ones.
+    write_cache_bytes: int = 256 * 2**20
     graph: Graph = field(init=False)
     _mean: Activations | None = field(default=None, init=False, repr=False)
 
@@ -109,9 +113,22 @@ def edge_score_hook(setup: Setup, delta: Activations, scores: torch.Tensor, weig
 
     delta = reference - clean per source, so the product estimates the metric change when the edge is
     switched to its reference value. The gradient is laid out once per call as [(n p d), readers] so
-    each upstream layer costs one matmul; head deltas stay in d_head until their layer is reached.
+    each upstream layer costs one matmul; head deltas stay in d_head until their layer is reached,
+    and a layer's writes are kept for later stages only within setup.write_cache_bytes.
     Accumulated in fp32 whatever the model dtype."""
     graph, adapter = setup.graph, setup.adapter
+    cache, cached_bytes = {}, [0]
+
+    def head_writes_flat(layer, n, p, d):
+        if layer in cache:
+            return cache[layer]
+        w_out = adapter.heads(layer).out.float()
+        writes = torch.einsum("nphk,hkm->hnpm", delta.z[layer].float().expand(n, p, -1, -1), w_out)
+        writes = writes.reshape(graph.n_heads, n * p * d)
+        if cached_bytes[0] + writes.numel() * 4 <= setup.write_cache_bytes:
+            cache[layer] = writes
+            cached_bytes[0] += writes.numel() * 4
+        return writes
 
     def hook(stage, first, grad):
         n, p, r, d = grad.shape
@@ -123,9 +140,7 @@ def edge_score_hook(setup: Setup, delta: Activations, scores: torch.Tensor, weig
             h0, h1 = source_rows(graph, layer)
             if h0 >= stage.n_upstream:
                 break
-            w_out = adapter.heads(layer).out.float()
-            writes = torch.einsum("nphk,hkm->hnpm", delta.z[layer].float().expand(n, p, -1, -1), w_out)
-            block[h0:h1] += weight * (writes.reshape(h1 - h0, -1) @ g)
+            block[h0:h1] += weight * (head_writes_flat(layer, n, p, d) @ g)
             if h1 < stage.n_upstream:
                 block[h1] += weight * (flat(delta.mlp[layer]) @ g)[0]
 
