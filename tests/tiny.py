@@ -1,7 +1,7 @@
 """Tiny random-weight models of each supported family, built from configs in code (nothing downloaded)."""
 
 import torch
-from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig, Qwen2Config
 
 VOCAB = 97
 
@@ -24,6 +24,10 @@ def config(family: str, n_layers: int = 2, **overrides):
     elif family == "qwen2":  # biases on q/k/v, GQA
         cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=n_layers, num_attention_heads=4,
                           num_key_value_heads=1, intermediate_size=64, max_position_embeddings=64)
+    elif family == "mistral":  # sliding-window attention shorter than the test prompts
+        cfg = MistralConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=n_layers, num_attention_heads=4,
+                            num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
+                            sliding_window=3)
     else:
         raise ValueError(family)
     for k, v in overrides.items():
@@ -42,4 +46,4 @@ def build(family: str, n_layers: int = 2, seed: int = 0, **overrides):
     return model.eval()
 
 
-FAMILIES = ["gpt2", "neox", "neox-seq", "llama", "qwen2"]
+FAMILIES = ["gpt2", "neox", "neox-seq", "llama", "qwen2", "mistral"]
