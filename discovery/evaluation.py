@@ -9,8 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .methods.common import Setup
-from .patching import run
+from .methods.common import Setup, masked_metric_sums
 from .selection import prune as prune_edges
 from .selection import top_n
 
@@ -20,7 +19,7 @@ CURVE_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 @torch.no_grad()
 def circuit_metrics(setup: Setup, circuits: list[np.ndarray], max_rows: int = 512, desc: str | None = None) -> np.ndarray:
     """Mean metric of each circuit (bool per edge) under the setup's intervention."""
-    adapter, graph, metric = setup.adapter, setup.graph, setup.metric
+    graph = setup.graph
     valid = torch.as_tensor(graph.valid)
     offs = torch.stack([valid & ~torch.as_tensor(graph.edge_mask_matrix(c)) for c in circuits]).float()
     totals = np.zeros(len(circuits))
@@ -33,15 +32,9 @@ def circuit_metrics(setup: Setup, circuits: list[np.ndarray], max_rows: int = 51
         clean_logits = setup.clean_run(batch).logits if setup.metric.needs_clean_logits else None
         per_pass = max(1, max_rows // b)
         for start in range(0, len(circuits), per_pass):
-            off = offs[start:start + per_pass].to(setup.device)
-            k = off.shape[0]
-            rep = lambda t: t.repeat(k, *([1] * (t.dim() - 1))) if t.shape[0] == b else t
-            result = run(adapter, graph, batch.clean.repeat(k, 1), last=batch.clean_last.repeat(k),
-                         ref=ref.map(rep), off=off.repeat_interleave(b, 0))
-            values = torch.stack([
-                metric(result.logits[i * b:(i + 1) * b], batch, clean_logits).double().sum() for i in range(k)])
-            totals[start:start + k] += values.cpu().numpy()
-            bar.update(k)
+            off = offs[start:start + per_pass]
+            totals[start:start + off.shape[0]] += masked_metric_sums(setup, batch, ref, off, clean_logits).cpu().numpy()
+            bar.update(off.shape[0])
         n_examples += b
     bar.close()
     return totals / n_examples

@@ -90,6 +90,18 @@ class Setup:
                    record_resid=record_resid)
 
 
+@torch.no_grad()
+def masked_metric_sums(setup: Setup, batch: Batch, ref: Activations, off: torch.Tensor, clean_logits=None) -> torch.Tensor:
+    """Metric summed over the batch's examples for each of K edge masks off [K, n_sources, n_readers],
+    all K evaluated in one forward pass (examples repeated per mask). Returns float64 [K]."""
+    b, k = len(batch.rows), off.shape[0]
+    rep = lambda t: t.repeat(k, *([1] * (t.dim() - 1))) if t.shape[0] == b else t  # broadcast refs stay
+    result = run(setup.adapter, setup.graph, batch.clean.repeat(k, 1), last=batch.clean_last.repeat(k),
+                 ref=ref.map(rep), off=off.to(setup.device).repeat_interleave(b, 0))
+    return torch.stack([setup.metric(result.logits[i * b:(i + 1) * b], batch, clean_logits).double().sum()
+                        for i in range(k)])
+
+
 def reference_residuals(setup: Setup, clean: Activations, delta: Activations) -> list[torch.Tensor]:
     """Residual at each stage when every upstream source carries its reference value:
     clean residual + sum over upstream sources of (reference - clean)."""
