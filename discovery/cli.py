@@ -22,7 +22,10 @@ def _add_model_args(p):
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
-    p.add_argument("--task", required=True, help="JSONL task file (text rows or token-id rows)")
+    p.add_argument("--task", required=True,
+                   help="JSONL task file (text rows or token-id rows), or a built-in task name (see 'circuitry tasks')")
+    p.add_argument("--n", type=int, default=200, help="rows of a built-in task (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="seed of a built-in task (default 0)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -38,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(d)
     d.add_argument("--method", default="eap-ig", choices=list(METHODS))
     d.add_argument("--steps", type=int, default=5, help="interpolation steps (eap-ig and eap-ig-activations only; default 5)")
-    d.add_argument("--metric", default="logit_diff", choices=list(METRICS))
+    d.add_argument("--metric", default=None, choices=list(METRICS),
+                   help="default: the built-in task's own metric, else logit_diff")
     d.add_argument("--intervention", default="patching", choices=list(INTERVENTIONS),
                    help="what an edge out of the circuit carries (default: the corrupted activation)")
     sel = d.add_mutually_exclusive_group()
@@ -56,17 +60,32 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--metric", default=None, choices=list(METRICS), help="default: the circuit's")
     e.add_argument("--intervention", default=None, choices=list(INTERVENTIONS), help="default: the circuit's")
     e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+
+    t = sub.add_parser("tasks", help="list the built-in tasks; 'tasks show NAME' prints sample rows")
+    tsub = t.add_subparsers(dest="tasks_command", parser_class=_Parser)
+    s = tsub.add_parser("show", help="print rows of a built-in task as JSONL (a valid task file)")
+    s.add_argument("name", help="built-in task name")
+    s.add_argument("--n", type=int, default=3, help="rows to print (default 3)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--model", default=None, help="build for this model's tokenizer (single-token checks)")
     return parser
 
 
 def _load(args):
     from .models import load_model
+    from .task_library import TASKS, build_task
     from .tasks import load_task
 
-    if not os.path.isfile(args.task):  # before the (possibly slow) model load
-        raise UserError(f"task file '{args.task}' not found")
+    builtin = not os.path.isfile(args.task) and args.task in TASKS  # a file of that name wins
+    if not builtin and not os.path.isfile(args.task):  # before the (possibly slow) model load
+        if os.sep in args.task or args.task.endswith(".jsonl"):
+            raise UserError(f"task file '{args.task}' not found")
+        raise UserError(f"task '{args.task}' is neither a file nor a built-in task; built-in tasks: {', '.join(TASKS)}")
     model = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
-    task = load_task(args.task, tokenizer=model.tokenizer, vocab_size=model.vocab_size)
+    if builtin:
+        task = build_task(args.task, tokenizer=model.tokenizer, vocab_size=model.vocab_size, n=args.n, seed=args.seed)
+    else:
+        task = load_task(args.task, tokenizer=model.tokenizer, vocab_size=model.vocab_size)
     return model, task
 
 
@@ -108,13 +127,33 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_tasks(args) -> int:
+    from .task_library import TASKS, build_task, sample_rows
+
+    if args.tasks_command is None:
+        width = max(map(len, TASKS))
+        for name, spec in TASKS.items():
+            print(f"{name:<{width}}  {spec.description} [metric {spec.metric}; {spec.reference}]")
+        return 0
+    tokenizer = vocab_size = None
+    if args.model is not None:
+        from .models import load_model
+        model = load_model(args.model, device="cpu")
+        tokenizer, vocab_size = model.tokenizer, model.vocab_size
+        build_task(args.name, tokenizer=tokenizer, vocab_size=vocab_size, n=args.n, seed=args.seed)  # all checks
+    for row in sample_rows(args.name, n=args.n, seed=args.seed, tokenizer=tokenizer, vocab_size=vocab_size):
+        print(json.dumps(row))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        if args.quiet:
+        if getattr(args, "quiet", False):
             from transformers.utils import logging as hf_logging
             hf_logging.disable_progress_bar()
-        return {"discover": cmd_discover, "evaluate": cmd_evaluate}[args.command](args)
+        commands = {"discover": cmd_discover, "evaluate": cmd_evaluate, "tasks": cmd_tasks}
+        return commands[args.command](args)
     except UserError as exc:
         print(f"circuitry: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

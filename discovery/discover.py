@@ -58,12 +58,14 @@ def select(setup: Setup, scores, *, top: int | None = None, thresh: float | None
     return keep, SelectionInfo(kind=info[0], value=info[1], absolute=absolute, pruned=do_prune)
 
 
-def discover(model: LoadedModel, task: Task, method: str = "eap-ig", *, metric: str = "logit_diff",
+def discover(model: LoadedModel, task: Task, method: str = "eap-ig", *, metric: str | None = None,
              intervention: str = "patching", steps: int = 5, batch_size: int = 16, top_n: int | None = None,
              threshold: float | None = None, greedy: int | None = None, absolute: bool = True,
              prune: bool = True, curve: bool = True, progress: bool = False) -> Circuit:
-    """Find a circuit: scores for every edge, the selected circuit, its faithfulness (and curve)."""
+    """Find a circuit: scores for every edge, the selected circuit, its faithfulness (and curve).
+    The metric defaults to the task's own (built-in tasks), else logit_diff."""
     started = time.perf_counter()
+    metric = metric or task.metric or "logit_diff"
     if torch.device(model.adapter.device).type == "cuda":
         torch.cuda.reset_peak_memory_stats(model.adapter.device)
     setup = Setup(model, task, get_metric(metric), batch_size=batch_size, intervention=intervention,

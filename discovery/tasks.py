@@ -62,6 +62,7 @@ class Task:
     corrupted_ids: list[list[int]]
     answer_ids: list[list[int]]
     wrong_ids: list[list[int]]
+    metric: str | None = None  # the metric the task is meant for (built-in tasks); None: the caller's choice
 
     def __len__(self) -> int:
         return len(self.clean_ids)

@@ -1,0 +1,1 @@
+"""Small models with known mechanisms: trained toy models shipped with circuitry, and planted circuits."""
