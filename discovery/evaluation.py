@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .methods.common import Setup, masked_metric_sums
+from .methods.common import Setup, masked_metric_values
 from .selection import prune as prune_edges
 from .selection import top_n
 
@@ -17,13 +17,14 @@ CURVE_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 
 
 @torch.no_grad()
-def circuit_metrics(setup: Setup, circuits: list[np.ndarray], max_rows: int = 512, desc: str | None = None) -> np.ndarray:
-    """Mean metric of each circuit (bool per edge) under the setup's intervention."""
+def circuit_metrics(setup: Setup, circuits: list[np.ndarray], max_rows: int = 512, desc: str | None = None,
+                    per_example: bool = False) -> np.ndarray:
+    """Mean metric of each circuit (bool per edge) under the setup's intervention; with per_example,
+    the metric of every example instead: [n_circuits, n_examples] in task row order."""
     graph = setup.graph
     valid = torch.as_tensor(graph.valid)
     offs = torch.stack([valid & ~torch.as_tensor(graph.edge_mask_matrix(c)) for c in circuits]).float()
-    totals = np.zeros(len(circuits))
-    n_examples = 0
+    values = np.zeros((len(circuits), len(setup.task)))
     bar = tqdm(total=len(circuits) * -(-len(setup.task) // setup.batch_size), desc=desc, file=sys.stderr,
                disable=not setup.progress or desc is None, leave=False)
     for batch in setup.batches():
@@ -33,11 +34,11 @@ def circuit_metrics(setup: Setup, circuits: list[np.ndarray], max_rows: int = 51
         per_pass = max(1, max_rows // b)
         for start in range(0, len(circuits), per_pass):
             off = offs[start:start + per_pass]
-            totals[start:start + off.shape[0]] += masked_metric_sums(setup, batch, ref, off, clean_logits).cpu().numpy()
+            values[start:start + off.shape[0], batch.rows] = masked_metric_values(
+                setup, batch, ref, off, clean_logits).cpu().numpy()
             bar.update(off.shape[0])
-        n_examples += b
     bar.close()
-    return totals / n_examples
+    return values if per_example else values.mean(1)
 
 
 def faithfulness(m_circuit: float, m_full: float, m_empty: float) -> float:
@@ -62,12 +63,16 @@ def _area(xs, ys) -> float:
     return float(np.sum((ys[1:] + ys[:-1]) / 2 * np.diff(xs)))
 
 
-def faithfulness_curves(setup: Setup, scores, percents=CURVE_PERCENTS, prune: bool = True) -> dict:
+def faithfulness_curves(setup: Setup, scores, percents=CURVE_PERCENTS, prune: bool = True, bootstrap: int = 0,
+                        seed: int = 0, confidence: float = 0.95) -> dict:
     """Faithfulness of the top-k% edges, by signed and by absolute scores; CPR and CMD (MIB).
 
     CPR: area under f (signed selection); CMD: area under |1 - f| (absolute selection); both over the
     selected edge fraction (x = percent / 100, as MIB) from 0 (the empty circuit, f = 0) to 1,
-    trapezoidal. Each point records the edges selected and the edges left after pruning."""
+    trapezoidal. Each point records the edges selected and the edges left after pruning.
+
+    With bootstrap=B, examples are resampled B times (with replacement) and every faithfulness, CPR
+    and CMD gets a percentile confidence interval `*_ci` = [low, high]."""
     graph, hib = setup.graph, setup.metric.higher_is_better
     circuits, meta = [np.ones(graph.n_edges, bool), np.zeros(graph.n_edges, bool)], []
     for absolute in (False, True):
@@ -77,10 +82,28 @@ def faithfulness_curves(setup: Setup, scores, percents=CURVE_PERCENTS, prune: bo
             c = prune_edges(graph, c) if prune else c
             circuits.append(c)
             meta.append((absolute, pct, n, int(c.sum())))
-    values = circuit_metrics(setup, circuits, desc="faithfulness curve")
-    full, empty = values[0], values[1]
+    values = circuit_metrics(setup, circuits, desc="faithfulness curve", per_example=True)
+    out = _summarize(values.mean(1), meta, percents)
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        n_ex = values.shape[1]
+        draws = [_summarize(values[:, rng.integers(0, n_ex, n_ex)].mean(1), meta, percents) for _ in range(bootstrap)]
+        tail = (1 - confidence) / 2 * 100
+        ci = lambda xs: [float(v) for v in np.nanpercentile(np.asarray(xs, float), [tail, 100 - tail])]  # noqa: E731
+        for key in ("cpr", "cmd"):
+            out[f"{key}_ci"] = ci([d[key] for d in draws])
+        for key in ("curve_signed", "curve_absolute"):
+            for i, point in enumerate(out[key]):
+                point["faithfulness_ci"] = ci([d[key][i]["faithfulness"] for d in draws])
+        out["bootstrap"] = {"resamples": bootstrap, "confidence": confidence, "seed": seed}
+    return out
+
+
+def _summarize(means: np.ndarray, meta: list, percents) -> dict:
+    """Curves, CPR and CMD from the mean metric of [full, empty, *curve circuits]."""
+    full, empty = means[0], means[1]
     curves = {"signed": [], "absolute": []}
-    for (absolute, pct, n, kept), v in zip(meta, values[2:]):
+    for (absolute, pct, n, kept), v in zip(meta, means[2:]):
         curves["absolute" if absolute else "signed"].append(
             {"percent": pct, "n_selected": n, "n_edges": kept, "faithfulness": faithfulness(v, full, empty)})
     xs = np.array([0.0] + [p / 100 for p in percents])
@@ -89,4 +112,3 @@ def faithfulness_curves(setup: Setup, scores, percents=CURVE_PERCENTS, prune: bo
     return {"clean": float(full), "corrupted": float(empty), "curve_signed": curves["signed"],
             "curve_absolute": curves["absolute"], "cpr": _area(xs, f_signed),
             "cmd": _area(xs, np.abs(1 - np.asarray(f_abs)))}
-

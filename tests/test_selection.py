@@ -78,3 +78,30 @@ def test_faithfulness_curve_ends_and_areas(models, task):
     assert c["cpr"] == pytest.approx(np.trapezoid(fs, xs))
     fa = np.array([0] + [p["faithfulness"] for p in c["curve_absolute"]])
     assert c["cmd"] == pytest.approx(np.trapezoid(np.abs(1 - fa), xs))
+
+
+def test_per_example_metrics_average_to_the_means(models, task):
+    setup = Setup(models["llama"], task, get_metric("logit_diff"), batch_size=4)  # 6 rows: a partial batch
+    rng = np.random.default_rng(2)
+    circuits = [rng.random(setup.graph.n_edges) < f for f in (0.1, 0.5)]
+    per = circuit_metrics(setup, circuits, per_example=True)
+    assert per.shape == (2, len(task))
+    np.testing.assert_allclose(per.mean(1), circuit_metrics(setup, circuits), rtol=1e-9)
+    one = Setup(models["llama"], task.subset([3]), get_metric("logit_diff"))  # row 3 on its own
+    np.testing.assert_allclose(per[:, 3], circuit_metrics(one, circuits), atol=1e-5)
+
+
+def test_bootstrap_intervals(models, task):
+    setup = Setup(models["gpt2"], task, get_metric("logit_diff"), batch_size=6)
+    scores = np.random.default_rng(1).normal(size=setup.graph.n_edges)
+    plain = faithfulness_curves(setup, scores)
+    c = faithfulness_curves(setup, scores, bootstrap=200, seed=0)
+    assert c["cpr"] == plain["cpr"] and c["bootstrap"]["resamples"] == 200
+    lo, hi = c["cpr_ci"]
+    assert lo < c["cpr"] < hi  # resampling six different examples moves the estimate
+    for p in c["curve_absolute"][:-1]:
+        assert p["faithfulness_ci"][0] <= p["faithfulness_ci"][1]
+    assert c["curve_signed"][-1]["faithfulness_ci"] == pytest.approx([1.0, 1.0])  # the full model, every resample
+    same = Setup(models["gpt2"], task.subset([2] * 6), get_metric("logit_diff"), batch_size=6)
+    c = faithfulness_curves(same, scores, bootstrap=50)
+    assert c["cpr_ci"] == pytest.approx([c["cpr"], c["cpr"]])  # identical examples: no spread

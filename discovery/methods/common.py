@@ -91,15 +91,21 @@ class Setup:
 
 
 @torch.no_grad()
-def masked_metric_sums(setup: Setup, batch: Batch, ref: Activations, off: torch.Tensor, clean_logits=None) -> torch.Tensor:
-    """Metric summed over the batch's examples for each of K edge masks off [K, n_sources, n_readers],
-    all K evaluated in one forward pass (examples repeated per mask). Returns float64 [K]."""
+def masked_metric_values(setup: Setup, batch: Batch, ref: Activations, off: torch.Tensor,
+                         clean_logits=None) -> torch.Tensor:
+    """The metric of each of the batch's examples under each of K edge masks off [K, n_sources, n_readers],
+    all K evaluated in one forward pass (examples repeated per mask). Returns float64 [K, batch]."""
     b, k = len(batch.rows), off.shape[0]
     rep = lambda t: t.repeat(k, *([1] * (t.dim() - 1))) if t.shape[0] == b else t  # broadcast refs stay
     result = run(setup.adapter, setup.graph, batch.clean.repeat(k, 1), last=batch.clean_last.repeat(k),
                  ref=ref.map(rep), off=off.to(setup.device).repeat_interleave(b, 0))
-    return torch.stack([setup.metric(result.logits[i * b:(i + 1) * b], batch, clean_logits).double().sum()
+    return torch.stack([setup.metric(result.logits[i * b:(i + 1) * b], batch, clean_logits).double()
                         for i in range(k)])
+
+
+def masked_metric_sums(setup: Setup, batch: Batch, ref: Activations, off: torch.Tensor, clean_logits=None) -> torch.Tensor:
+    """masked_metric_values summed over the batch's examples: float64 [K]."""
+    return masked_metric_values(setup, batch, ref, off, clean_logits).sum(1)
 
 
 def reference_residuals(setup: Setup, clean: Activations, delta: Activations) -> list[torch.Tensor]:
