@@ -56,6 +56,18 @@ def evaluate_circuit(setup: Setup, in_circuit: np.ndarray) -> dict:
             "faithfulness": faithfulness(circ, full, empty), "n_edges": int(np.sum(in_circuit))}
 
 
+def edge_auc(scores, truth) -> float:
+    """ROC AUC of |score| as a detector of the true edges (bool per edge); unscored (NaN) edges rank
+    last. NaN when the truth has only one class."""
+    from sklearn.metrics import roc_auc_score
+
+    truth = np.asarray(truth, bool)
+    if truth.all() or not truth.any():
+        return float("nan")
+    importance = np.nan_to_num(np.abs(np.asarray(scores, np.float64)), nan=-1.0)
+    return float(roc_auc_score(truth, importance))
+
+
 def _area(xs, ys) -> float:
     ys = np.asarray(ys, dtype=np.float64)
     if np.isnan(ys).any():

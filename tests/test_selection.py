@@ -105,3 +105,18 @@ def test_bootstrap_intervals(models, task):
     same = Setup(models["gpt2"], task.subset([2] * 6), get_metric("logit_diff"), batch_size=6)
     c = faithfulness_curves(same, scores, bootstrap=50)
     assert c["cpr_ci"] == pytest.approx([c["cpr"], c["cpr"]])  # identical examples: no spread
+
+
+def test_edge_auc_is_the_pairwise_ranking_probability():
+    from discovery.evaluation import edge_auc
+
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=40)
+    scores[:5] = [0.3, -0.3, 2.0, np.nan, 0.0]  # a tie in |score| and an unscored edge
+    truth = rng.random(40) < 0.3
+    truth[:3] = True
+    imp = np.nan_to_num(np.abs(scores), nan=-1.0)
+    pos, neg = imp[truth], imp[~truth]
+    pairs = [(p > n) + 0.5 * (p == n) for p in pos for n in neg]  # Mann-Whitney by brute force
+    assert edge_auc(scores, truth) == pytest.approx(np.mean(pairs))
+    assert np.isnan(edge_auc(scores, np.ones(40, bool)))

@@ -1,1 +1,5 @@
-"""Small models with known mechanisms: trained toy models shipped with circuitry, and planted circuits."""
+"""Small models with known mechanisms: planted circuits (and, in progress, trained toy models)."""
+
+from .planted import FAMILIES, Planted, ablation_effects, default_circuit, plant, planted_config
+
+__all__ = ["FAMILIES", "Planted", "ablation_effects", "default_circuit", "plant", "planted_config"]
