@@ -47,10 +47,10 @@ class Lexicon:
         self.vocab_size = vocab_size
         self._cache: dict[str, int | None] = {}
 
-    def _encode(self, text: str, special: bool = False) -> list[int]:
+    def encode(self, text: str, special: bool = False) -> list[int]:
         return [int(i) for i in self.tokenizer(text, add_special_tokens=special)["input_ids"]]
 
-    def _bad_id(self, i: int) -> bool:
+    def bad_id(self, i: int) -> bool:
         unk = getattr(self.tokenizer, "unk_token_id", None)
         return (unk is not None and i == unk) or (self.vocab_size is not None and i >= self.vocab_size)
 
@@ -60,9 +60,9 @@ class Lexicon:
             return None
         key = (" " if space else "") + word
         if key not in self._cache:
-            ctx = self._encode("the")
-            full = self._encode("the" + key)
-            ok = len(full) == len(ctx) + 1 and full[:len(ctx)] == ctx and not self._bad_id(full[-1])
+            ctx = self.encode("the")
+            full = self.encode("the" + key)
+            ok = len(full) == len(ctx) + 1 and full[:len(ctx)] == ctx and not self.bad_id(full[-1])
             self._cache[key] = full[-1] if ok else None
         return self._cache[key]
 
@@ -110,15 +110,15 @@ def check_size(name: str, n, seed) -> None:
 
 def _continuation(lex: Lexicon, task: str, prompt: str, prompt_ids: list[int], text: str) -> int:
     """Token id of `text` right after `prompt`; it must be exactly one known token."""
-    full = lex._encode(prompt + text, special=True)
-    if full[:len(prompt_ids)] != prompt_ids or len(full) != len(prompt_ids) + 1 or lex._bad_id(full[-1]):
+    full = lex.encode(prompt + text, special=True)
+    if full[:len(prompt_ids)] != prompt_ids or len(full) != len(prompt_ids) + 1 or lex.bad_id(full[-1]):
         raise TaskError(f"task '{task}': the answer {text!r} after {prompt[-40:]!r} is not a single token for this "
                         f"tokenizer; this task cannot be built for this model, give a custom JSONL task instead")
     return full[-1]
 
 
 def _unknown_words(lex: Lexicon, text: str) -> list[str]:
-    return [p for p in pieces(text) if any(lex._bad_id(i) for i in lex._encode(" " + p))]
+    return [p for p in pieces(text) if any(lex.bad_id(i) for i in lex.encode(" " + p))]
 
 
 def encode_examples(spec: BuiltinTask, examples: list[Example], lex: Lexicon) -> list[dict]:
@@ -128,9 +128,9 @@ def encode_examples(spec: BuiltinTask, examples: list[Example], lex: Lexicon) ->
         if ex.ids is not None:
             rows.append(ex.row())
             continue
-        clean, corrupted = lex._encode(ex.clean, special=True), lex._encode(ex.corrupted, special=True)
+        clean, corrupted = lex.encode(ex.clean, special=True), lex.encode(ex.corrupted, special=True)
         for text, ids in ((ex.clean, clean), (ex.corrupted, corrupted)):
-            if any(lex._bad_id(i) for i in ids):
+            if any(lex.bad_id(i) for i in ids):
                 raise TaskError(f"task '{spec.name}': template words {_unknown_words(lex, text)} are not in this "
                                 f"tokenizer's vocabulary (prompt {text!r}); this task cannot be built for this model")
         if len(clean) != len(corrupted):

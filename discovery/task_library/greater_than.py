@@ -26,11 +26,11 @@ class GreaterThan(BuiltinTask):
         """The two-digit years that are one token right after the century (as GPT-2 splits " 1732")."""
         if lex.tokenizer is None:
             return list(range(100))
-        century = lex._encode(" " + CENTURY)
+        century = lex.encode(" " + CENTURY)
         ok = []
         for y in range(100):
-            ids = lex._encode(f" {CENTURY}{y:02d}")
-            if len(ids) == len(century) + 1 and ids[:len(century)] == century and not lex._bad_id(ids[-1]):
+            ids = lex.encode(f" {CENTURY}{y:02d}")
+            if len(ids) == len(century) + 1 and ids[:len(century)] == century and not lex.bad_id(ids[-1]):
                 ok.append(y)
         return ok
 
