@@ -1,0 +1,127 @@
+"""The known mechanism of the toy induction model, read from its own attention patterns.
+
+This is computed independently of the discovery methods: it only runs the Hugging Face model with
+`output_attentions=True` (eager attention) on held-out repeated random-token sequences
+`<bos> S S` and averages attention weights:
+
+- previous-token score of a head: mean attention from position i to i-1 (over i >= 2, so the
+  position right after `<bos>` does not count);
+- induction score of a head: mean attention from a token of the second copy of S to the token right
+  after that token's occurrence in the first copy (position i - len(S) + 1).
+
+Heads of layer 0 whose previous-token score is at least PREV_THRESHOLD are the previous-token heads;
+heads of layer 1 whose induction score is at least INDUCTION_THRESHOLD are the induction heads. The
+expected circuit for the built-in `induction` task (clean `S + S[:k]`, corrupted `S' + S[:k]`,
+answer `S[k]`, wrong `S'[k]`) then follows from which activations differ between clean and corrupted:
+
+- the query of an induction head at the last position reads the token `S[k-1]`, which is the same in
+  both prompts, so no query edge carries a difference;
+- its key at the position of `S[k]` in the first copy says "my previous token is S[k-1]": it is the
+  previous-token head's output there (`a0.hP->a1.hI<k>`), which copies the embedding of the previous
+  token (`input->a0.hP<v>`); the previous-token head's own attention pattern is positional, so its q
+  and k edges are not expected;
+- its value at that position is the embedding of `S[k]` itself (`input->a1.hI<v>`), which it copies
+  to the output (`a1.hI->logits`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+PREV_THRESHOLD = 0.4
+INDUCTION_THRESHOLD = 0.4
+SEGMENT = 10  # tokens in S for the scoring sequences <bos> S S (as in the built-in induction task)
+N_SPECIAL = 3  # <pad> <unk> <bos>: ids below this never appear in S
+BOS_ID = 2
+
+
+def _hf_model(model):
+    """A Hugging Face model with eager attention from a directory, a `toy:` name or a LoadedModel."""
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(model, (str, os.PathLike)):
+        path = str(model)
+        if path.startswith("toy:"):
+            from ..models import toy_model_dir
+            path = toy_model_dir(path)
+        return AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
+    hf = getattr(model, "hf_model", model)
+    return hf.eval()
+
+
+def repeated_sequences(vocab_size: int, n: int, seed: int, segment: int = SEGMENT, bos_id: int = BOS_ID):
+    """[n, 1 + 2 * segment] ids `<bos> S S`, S of distinct ordinary tokens, from a seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    pool = vocab_size - N_SPECIAL
+    s = torch.stack([torch.randperm(pool, generator=g)[:segment] for _ in range(n)]) + N_SPECIAL
+    return torch.cat([torch.full((n, 1), bos_id), s, s], dim=1)
+
+
+@torch.no_grad()
+def attention_patterns(hf_model, ids: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer [batch, heads, query, key] attention weights, from the model's eager attention."""
+    previous = hf_model.config._attn_implementation
+    if previous != "eager":
+        hf_model.set_attn_implementation("eager")
+    try:
+        out = hf_model(ids.to(next(hf_model.parameters()).device), output_attentions=True)
+    finally:
+        if previous != "eager":
+            hf_model.set_attn_implementation(previous)
+    return [a.float().cpu() for a in out.attentions]
+
+
+def head_scores(model, n: int = 200, seed: int = 12345, segment: int = SEGMENT) -> dict:
+    """Previous-token and induction score of every head: {"prev_token": [[...] per layer], "induction": ...}."""
+    hf = _hf_model(model)
+    ids = repeated_sequences(hf.config.vocab_size, n, seed, segment)
+    atts = attention_patterns(hf, ids)
+    t = ids.shape[1]
+    q = torch.arange(2, t)  # previous-token: i -> i-1, from the second token of S on
+    second = torch.arange(1 + segment, t)  # the second copy of S
+    prev, ind = [], []
+    for a in atts:
+        prev.append(a[:, :, q, q - 1].mean(dim=(0, 2)).tolist())
+        ind.append(a[:, :, second, second - segment + 1].mean(dim=(0, 2)).tolist())
+    return {"prev_token": prev, "induction": ind, "n": n, "seed": seed, "segment": segment}
+
+
+def expected_edges(prev_heads: list[str], induction_heads: list[str]) -> list[str]:
+    """The circuit edges, in the project's edge names, for the built-in `induction` task."""
+    edges = []
+    for p in prev_heads:
+        edges.append(f"input->{p}<v>")
+    for i in induction_heads:
+        edges += [f"{p}->{i}<k>" for p in prev_heads]
+        edges += [f"input->{i}<v>", f"{i}->logits"]
+    return edges
+
+
+def ground_truth(model, n: int = 200, seed: int = 12345, prev_threshold: float = PREV_THRESHOLD,
+                 induction_threshold: float = INDUCTION_THRESHOLD) -> dict:
+    """Heads, their scores, the thresholds and the expected edges of the induction model."""
+    scores = head_scores(model, n, seed)
+    prev = [f"a0.h{h}" for h, s in enumerate(scores["prev_token"][0]) if s >= prev_threshold]
+    ind = [f"a1.h{h}" for h, s in enumerate(scores["induction"][1]) if s >= induction_threshold]
+    return {
+        "task": "induction",
+        "method": "attention patterns of the model itself (output_attentions, eager), independent of the "
+                  "discovery methods; see discovery/toy/ground_truth.py",
+        "thresholds": {"prev_token": prev_threshold, "induction": induction_threshold},
+        "scores": scores,
+        "heads": {"prev_token": prev, "induction": ind},
+        "edges": expected_edges(prev, ind),
+        "not_expected": "query edges (the query token is the same in clean and corrupted prompts), the "
+                        "previous-token head's q/k edges (its pattern is positional), MLP edges (the MLPs write "
+                        "nothing in this model)",
+    }
+
+
+def write_ground_truth(model_dir: str | os.PathLike, **kwargs) -> dict:
+    gt = ground_truth(model_dir, **kwargs)
+    Path(model_dir, "ground_truth.json").write_text(json.dumps(gt, indent=2) + "\n")
+    return gt

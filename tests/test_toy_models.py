@@ -1,0 +1,154 @@
+"""The trained toy models shipped in discovery/toy/models/: tokenizer, accuracy, ground truth,
+checkpoints, `toy:` names and the training script's determinism. No full training here."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from discovery import UserError, load_model
+from discovery.models import TOY_MODELS
+from discovery.task_library import build_task, vocabulary
+from discovery.toy.ground_truth import attention_patterns, head_scores, repeated_sequences
+from discovery.toy.train import induction_accuracy, ioi_accuracy, train
+
+INDUCTION = Path(TOY_MODELS) / "induction"
+IOI = Path(TOY_MODELS) / "ioi"
+TEST_SEED = 4242  # not a training seed (0) nor the held-out seed of the model cards (1000003)
+
+INDUCTION_MIN_ACCURACY = 0.9  # top-1 on the second copy of a repeated segment
+INDUCTION_TASK_MIN = 0.95  # built-in induction task: logit(S[k]) > logit(S'[k])
+IOI_MIN_ACCURACY = 0.9  # logit(IO) > logit(S)
+
+
+@pytest.fixture(scope="module")
+def induction():
+    return load_model("toy:induction", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def gt():
+    return json.loads((INDUCTION / "ground_truth.json").read_text())
+
+
+@pytest.mark.parametrize("model_dir", [INDUCTION], ids=["induction"])  # the IOI model is not shipped yet
+def test_tokenizer_round_trips_every_vocabulary_word(model_dir):
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    words = vocabulary()
+    assert len(tok) == len(words) + 3 and tok.convert_ids_to_tokens([0, 1, 2]) == ["<pad>", "<unk>", "<bos>"]
+    for w in words:
+        ids = tok(w, add_special_tokens=False)["input_ids"]
+        assert ids == [tok.convert_tokens_to_ids(w)] and ids[0] > 2, w
+        assert tok.decode(ids) == w
+    sentence = "When Mary and John went to the store, John gave a drink to Mary in 1732."
+    ids = tok(sentence)["input_ids"]
+    assert ids[0] == tok.bos_token_id and tok.unk_token_id not in ids
+    assert tok.convert_ids_to_tokens(ids[-4:]) == ["in", "17", "32", "."]
+    assert tok.decode(ids, skip_special_tokens=True) == \
+        "When Mary and John went to the store , John gave a drink to Mary in 17 32 ."
+    assert tok("Zyxwv", add_special_tokens=False)["input_ids"] == [tok.unk_token_id]
+
+
+def test_induction_model_is_attention_only_and_loads_with_transformers():
+    hf = AutoModelForCausalLM.from_pretrained(INDUCTION)
+    assert hf.config.model_type == "gpt2" and hf.config.n_layer == 2 and hf.config.n_head == 4
+    for block in hf.transformer.h:
+        assert not block.mlp.c_proj.weight.any() and not block.mlp.c_proj.bias.any()
+
+
+def test_induction_model_predicts_repeated_segments(induction):
+    acc = induction_accuracy(induction.hf_model, induction.vocab_size, n=256, seed=TEST_SEED,
+                             seq_len=induction.config.n_positions, max_segment=10)
+    assert acc > INDUCTION_MIN_ACCURACY
+    # and not by chance: the same model on sequences with nothing repeated cannot predict the "second copy"
+    task = build_task("induction", tokenizer=induction.tokenizer, vocab_size=induction.vocab_size, n=100,
+                      seed=TEST_SEED)
+    length = max(map(len, task.clean_ids))
+    ids = torch.tensor([r + [0] * (length - len(r)) for r in task.clean_ids])
+    last = torch.tensor([len(r) - 1 for r in task.clean_ids])
+    with torch.no_grad():
+        clean = induction.hf_model(ids).logits[torch.arange(100), last]
+        corrupted_ids = torch.tensor([r + [0] * (length - len(r)) for r in task.corrupted_ids])
+        corrupted = induction.hf_model(corrupted_ids).logits[torch.arange(100), last]
+    ans = torch.tensor([a[0] for a in task.answer_ids])
+    wrong = torch.tensor([w[0] for w in task.wrong_ids])
+    rows = torch.arange(100)
+    assert (clean[rows, ans] > clean[rows, wrong]).float().mean() > INDUCTION_TASK_MIN
+    # without the first copy of S (corrupted prompt) S[k] is no longer predicted
+    assert (clean.argmax(-1) == ans).float().mean() > INDUCTION_MIN_ACCURACY
+    assert (corrupted.argmax(-1) == ans).float().mean() < 0.05
+
+
+def test_ground_truth_file_matches_fresh_head_scores(induction, gt):
+    sc = gt["scores"]
+    fresh = head_scores(induction, n=sc["n"], seed=sc["seed"], segment=sc["segment"])
+    for key in ("prev_token", "induction"):
+        torch.testing.assert_close(torch.tensor(fresh[key]), torch.tensor(sc[key]), atol=1e-4, rtol=0)
+    th = gt["thresholds"]
+    assert gt["heads"]["prev_token"] == [f"a0.h{h}" for h, s in enumerate(sc["prev_token"][0]) if s >= th["prev_token"]]
+    assert gt["heads"]["induction"] == [f"a1.h{h}" for h, s in enumerate(sc["induction"][1]) if s >= th["induction"]]
+    assert gt["heads"]["prev_token"] and gt["heads"]["induction"]
+    p, i = gt["heads"]["prev_token"][0], gt["heads"]["induction"][0]
+    assert {f"input->{p}<v>", f"{p}->{i}<k>", f"input->{i}<v>", f"{i}->logits"} <= set(gt["edges"])
+    names = set(_graph_edges(induction))
+    assert set(gt["edges"]) <= names
+
+
+def _graph_edges(lm):
+    from discovery import Graph
+    return Graph.from_adapter(lm.adapter).edge_names
+
+
+def test_previous_token_and_induction_heads_do_what_they_are_named_for(induction, gt):
+    ids = repeated_sequences(induction.vocab_size, 64, TEST_SEED, segment=10)
+    atts = attention_patterns(induction.hf_model, ids)
+    t = ids.shape[1]
+    for head in gt["heads"]["prev_token"]:
+        pattern = atts[0][:, int(head.split(".h")[1])]  # [batch, query, key]
+        target = torch.arange(2, t) - 1
+        hits = (pattern[:, 2:].argmax(-1) == target).float().mean()
+        assert hits > 0.9, (head, float(hits))
+    fresh = head_scores(induction, n=64, seed=TEST_SEED, segment=10)
+    for head in gt["heads"]["induction"]:
+        assert fresh["induction"][1][int(head.split(".h")[1])] > gt["thresholds"]["induction"]
+    # layer 0 sees no previous-token information, so none of its heads scores as an induction head
+    assert max(fresh["induction"][0]) < gt["thresholds"]["induction"]
+
+
+def test_checkpoints_load_by_revision_and_show_the_circuit_forming():
+    revisions = sorted(os.listdir(INDUCTION / "checkpoints"))
+    assert len(revisions) >= 6 and all(r.startswith("step-") for r in revisions)
+    first = load_model("toy:induction", revision=revisions[0], device="cpu")
+    last = load_model("toy:induction", revision=revisions[-1], device="cpu")
+    assert first.revision == revisions[0] and first.name == "toy:induction"
+    early, final = (max(head_scores(m, n=64, seed=TEST_SEED, segment=10)["induction"][1]) for m in (first, last))
+    assert final > early + 0.3, (early, final)
+
+
+def test_toy_names_resolve_and_unknown_ones_list_the_available(induction):
+    assert Path(induction.name.replace("toy:", "")) == Path("induction") and induction.revision is None
+    with pytest.raises(UserError, match=r"unknown toy model 'toy:nope'; available: toy:induction$"):
+        load_model("toy:nope")
+    with pytest.raises(UserError, match=r"has no revision 'step-9'; available: step-\d{6}, .*step-\d{6}$") as err:
+        load_model("toy:induction", revision="step-9")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["induction", "ioi"])
+def test_training_is_deterministic(tmp_path, kind):
+    def weights(out, seed):
+        train(kind, out, seed=seed, steps=16, evaluate=False)
+        return load_file(out / "model.safetensors")
+
+    a, b, c = weights(tmp_path / "a", 0), weights(tmp_path / "b", 0), weights(tmp_path / "c", 1)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "a")
+    assert loaded.config.model_type == "gpt2"
+    if kind == "induction":
+        assert len(list((tmp_path / "a" / "checkpoints").iterdir())) >= 6
