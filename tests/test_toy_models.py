@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from discovery import UserError, load_model
+from discovery import Graph, UserError, load_model
 from discovery.models import TOY_MODELS
 from discovery.task_library import build_task, vocabulary
 from discovery.toy.ground_truth import attention_patterns, head_scores, repeated_sequences
@@ -35,7 +35,7 @@ def gt():
     return json.loads((INDUCTION / "ground_truth.json").read_text())
 
 
-@pytest.mark.parametrize("model_dir", [INDUCTION], ids=["induction"])  # the IOI model is not shipped yet
+@pytest.mark.parametrize("model_dir", [INDUCTION, IOI], ids=["induction", "ioi"])
 def test_tokenizer_round_trips_every_vocabulary_word(model_dir):
     tok = AutoTokenizer.from_pretrained(model_dir)
     words = vocabulary()
@@ -61,10 +61,11 @@ def test_induction_model_is_attention_only_and_loads_with_transformers():
 
 
 def test_induction_model_predicts_repeated_segments(induction):
-    acc = induction_accuracy(induction.hf_model, induction.vocab_size, n=256, seed=TEST_SEED,
-                             seq_len=induction.config.n_positions, max_segment=10)
-    assert acc > INDUCTION_MIN_ACCURACY
-    # and not by chance: the same model on sequences with nothing repeated cannot predict the "second copy"
+    for pair_frac in (0.8, 0.0):  # as in training; segments of 3-10 tokens only
+        acc = induction_accuracy(induction.hf_model, induction.vocab_size, n=256, seed=TEST_SEED,
+                                 seq_len=induction.config.n_positions, max_segment=10, pair_frac=pair_frac)
+        assert acc > INDUCTION_MIN_ACCURACY, (pair_frac, acc)
+    # the built-in induction task: S[k] after S + S[:k], and not after S' + S[:k], where nothing is repeated
     task = build_task("induction", tokenizer=induction.tokenizer, vocab_size=induction.vocab_size, n=100,
                       seed=TEST_SEED)
     length = max(map(len, task.clean_ids))
@@ -86,35 +87,35 @@ def test_induction_model_predicts_repeated_segments(induction):
 def test_ground_truth_file_matches_fresh_head_scores(induction, gt):
     sc = gt["scores"]
     fresh = head_scores(induction, n=sc["n"], seed=sc["seed"], segment=sc["segment"])
-    for key in ("prev_token", "induction"):
+    for key in ("prev_token", "current_token", "induction"):
         torch.testing.assert_close(torch.tensor(fresh[key]), torch.tensor(sc[key]), atol=1e-4, rtol=0)
-    th = gt["thresholds"]
-    assert gt["heads"]["prev_token"] == [f"a0.h{h}" for h, s in enumerate(sc["prev_token"][0]) if s >= th["prev_token"]]
-    assert gt["heads"]["induction"] == [f"a1.h{h}" for h, s in enumerate(sc["induction"][1]) if s >= th["induction"]]
-    assert gt["heads"]["prev_token"] and gt["heads"]["induction"]
-    p, i = gt["heads"]["prev_token"][0], gt["heads"]["induction"][0]
-    assert {f"input->{p}<v>", f"{p}->{i}<k>", f"input->{i}<v>", f"{i}->logits"} <= set(gt["edges"])
-    names = set(_graph_edges(induction))
-    assert set(gt["edges"]) <= names
+    th, heads = gt["thresholds"], gt["heads"]
+    assert heads["prev_token"] == [f"a0.h{h}" for h, s in enumerate(sc["prev_token"][0]) if s >= th["prev_token"]]
+    assert heads["induction"] == [f"a1.h{h}" for h, s in enumerate(sc["induction"][1]) if s >= th["induction"]]
+    assert heads["prev_token"] and heads["current_token"] and heads["induction"]
+    p, c, i = heads["prev_token"][0], heads["current_token"][0], heads["induction"][0]
+    assert {f"input->{p}<v>", f"{p}->{i}<k>", f"input->{c}<v>", f"{c}->{i}<v>", f"input->{i}<v>",
+            f"{i}->logits"} <= set(gt["edges"])
+    assert not any(e.endswith("<q>") or "->m" in e or e.startswith("m") for e in gt["edges"])
+    assert set(gt["edges"]) <= set(Graph.from_adapter(induction.adapter).edge_names)
 
 
-def _graph_edges(lm):
-    from discovery import Graph
-    return Graph.from_adapter(lm.adapter).edge_names
-
-
-def test_previous_token_and_induction_heads_do_what_they_are_named_for(induction, gt):
+def test_heads_do_what_they_are_named_for(induction, gt):
     ids = repeated_sequences(induction.vocab_size, 64, TEST_SEED, segment=10)
     atts = attention_patterns(induction.hf_model, ids)
     t = ids.shape[1]
-    for head in gt["heads"]["prev_token"]:
-        pattern = atts[0][:, int(head.split(".h")[1])]  # [batch, query, key]
-        target = torch.arange(2, t) - 1
-        hits = (pattern[:, 2:].argmax(-1) == target).float().mean()
-        assert hits > 0.9, (head, float(hits))
+    head = lambda name: int(name.split(".h")[1])  # noqa: E731
+    for name in gt["heads"]["prev_token"]:
+        top = atts[0][:, head(name), 2:].argmax(-1)  # [batch, query]: the most attended key
+        assert (top == torch.arange(2, t) - 1).float().mean() > 0.9, name
+    for name in gt["heads"]["current_token"]:
+        top = atts[0][:, head(name), 1:].argmax(-1)
+        assert (top == torch.arange(1, t)).float().mean() > 0.9, name
     fresh = head_scores(induction, n=64, seed=TEST_SEED, segment=10)
-    for head in gt["heads"]["induction"]:
-        assert fresh["induction"][1][int(head.split(".h")[1])] > gt["thresholds"]["induction"]
+    for name in gt["heads"]["induction"]:
+        top = atts[1][:, head(name), 11:].argmax(-1)  # second copy of S -> the token after its first occurrence
+        assert (top == torch.arange(11, t) - 9).float().mean() > 0.9, name
+        assert fresh["induction"][1][head(name)] > gt["thresholds"]["induction"]
     # layer 0 sees no previous-token information, so none of its heads scores as an induction head
     assert max(fresh["induction"][0]) < gt["thresholds"]["induction"]
 
@@ -129,13 +130,23 @@ def test_checkpoints_load_by_revision_and_show_the_circuit_forming():
     assert final > early + 0.3, (early, final)
 
 
+def test_ioi_model_prefers_the_indirect_object():
+    lm = load_model("toy:ioi", device="cpu")
+    acc = ioi_accuracy(lm.hf_model, lm.tokenizer, n=300, seed=TEST_SEED)
+    assert acc["io_beats_s"] > IOI_MIN_ACCURACY, acc
+    assert acc["top1"] > IOI_MIN_ACCURACY, acc
+
+
 def test_toy_names_resolve_and_unknown_ones_list_the_available(induction):
-    assert Path(induction.name.replace("toy:", "")) == Path("induction") and induction.revision is None
-    with pytest.raises(UserError, match=r"unknown toy model 'toy:nope'; available: toy:induction$"):
+    assert induction.name == "toy:induction" and induction.revision is None
+    assert Path(induction.hf_model.name_or_path).resolve() == INDUCTION.resolve()
+    with pytest.raises(UserError, match=r"unknown toy model 'toy:nope'; available: toy:induction, toy:ioi$"):
         load_model("toy:nope")
     with pytest.raises(UserError, match=r"has no revision 'step-9'; available: step-\d{6}, .*step-\d{6}$") as err:
         load_model("toy:induction", revision="step-9")
     assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="toy model 'toy:ioi' has no revision 'main'; available: none$"):
+        load_model("toy:ioi", revision="main")
 
 
 @pytest.mark.parametrize("kind", ["induction", "ioi"])

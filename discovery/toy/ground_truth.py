@@ -1,27 +1,31 @@
 """The known mechanism of the toy induction model, read from its own attention patterns.
 
 This is computed independently of the discovery methods: it only runs the Hugging Face model with
-`output_attentions=True` (eager attention) on held-out repeated random-token sequences
-`<bos> S S` and averages attention weights:
+`output_attentions=True` (eager attention) on held-out repeated random-token sequences `<bos> S S`
+(S of SEGMENT distinct tokens, as in the built-in `induction` task) and averages attention weights:
 
 - previous-token score of a head: mean attention from position i to i-1 (over i >= 2, so the
   position right after `<bos>` does not count);
-- induction score of a head: mean attention from a token of the second copy of S to the token right
-  after that token's occurrence in the first copy (position i - len(S) + 1).
+- current-token score: mean attention from position i to itself (over i >= 1);
+- induction score: mean attention from a token of the second copy of S to the token right after
+  that token's occurrence in the first copy (position i - len(S) + 1).
 
-Heads of layer 0 whose previous-token score is at least PREV_THRESHOLD are the previous-token heads;
-heads of layer 1 whose induction score is at least INDUCTION_THRESHOLD are the induction heads. The
-expected circuit for the built-in `induction` task (clean `S + S[:k]`, corrupted `S' + S[:k]`,
-answer `S[k]`, wrong `S'[k]`) then follows from which activations differ between clean and corrupted:
+Layer-0 heads whose previous-token score is at least PREV_THRESHOLD are the previous-token heads,
+layer-0 heads whose current-token score is at least CURRENT_THRESHOLD the current-token heads, and
+layer-1 heads whose induction score is at least INDUCTION_THRESHOLD the induction heads. The expected
+circuit for the built-in `induction` task (clean `S + S[:k]`, corrupted `S' + S[:k]`, answer `S[k]`,
+wrong `S'[k]`) follows from which activations differ between the clean and corrupted prompts:
 
-- the query of an induction head at the last position reads the token `S[k-1]`, which is the same in
-  both prompts, so no query edge carries a difference;
-- its key at the position of `S[k]` in the first copy says "my previous token is S[k-1]": it is the
-  previous-token head's output there (`a0.hP->a1.hI<k>`), which copies the embedding of the previous
-  token (`input->a0.hP<v>`); the previous-token head's own attention pattern is positional, so its q
-  and k edges are not expected;
-- its value at that position is the embedding of `S[k]` itself (`input->a1.hI<v>`), which it copies
-  to the output (`a1.hI->logits`).
+- the query of an induction head at the last position reads the token `S[k-1]`, the same in both
+  prompts, so no query edge carries a difference;
+- its key at the position of `S[k]` in the first copy says "my previous token is S[k-1]": that is the
+  previous-token head's output there (`a0.hP->a1.hI<k>`), a copy of the previous token's embedding
+  (`input->a0.hP<v>`); the previous-token head's own pattern is positional, so its q/k edges are not
+  expected;
+- its value at that position is the token `S[k]` itself, read directly (`input->a1.hI<v>`) and through
+  the current-token heads, which attend to their own position and re-write that token
+  (`input->a0.hC<v>`, `a0.hC->a1.hI<v>`);
+- the induction head writes the copied token to the output (`a1.hI->logits`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 import torch
 
 PREV_THRESHOLD = 0.4
+CURRENT_THRESHOLD = 0.4
 INDUCTION_THRESHOLD = 0.4
 SEGMENT = 10  # tokens in S for the scoring sequences <bos> S S (as in the built-in induction task)
 N_SPECIAL = 3  # <pad> <unk> <bos>: ids below this never appear in S
@@ -76,47 +81,53 @@ def attention_patterns(hf_model, ids: torch.Tensor) -> list[torch.Tensor]:
 
 
 def head_scores(model, n: int = 200, seed: int = 12345, segment: int = SEGMENT) -> dict:
-    """Previous-token and induction score of every head: {"prev_token": [[...] per layer], "induction": ...}."""
+    """Previous-token, current-token and induction score of every head, each as [[per head] per layer]:
+    {"prev_token", "current_token", "induction", "n", "seed", "segment"}. `model`: a model directory,
+    a `toy:` name, a LoadedModel or a Hugging Face model."""
     hf = _hf_model(model)
     ids = repeated_sequences(hf.config.vocab_size, n, seed, segment)
     atts = attention_patterns(hf, ids)
     t = ids.shape[1]
     q = torch.arange(2, t)  # previous-token: i -> i-1, from the second token of S on
+    cur = torch.arange(1, t)
     second = torch.arange(1 + segment, t)  # the second copy of S
-    prev, ind = [], []
+    prev, self_, ind = [], [], []
     for a in atts:
         prev.append(a[:, :, q, q - 1].mean(dim=(0, 2)).tolist())
+        self_.append(a[:, :, cur, cur].mean(dim=(0, 2)).tolist())
         ind.append(a[:, :, second, second - segment + 1].mean(dim=(0, 2)).tolist())
-    return {"prev_token": prev, "induction": ind, "n": n, "seed": seed, "segment": segment}
+    return {"prev_token": prev, "current_token": self_, "induction": ind, "n": n, "seed": seed, "segment": segment}
 
 
-def expected_edges(prev_heads: list[str], induction_heads: list[str]) -> list[str]:
+def expected_edges(prev_heads: list[str], current_heads: list[str], induction_heads: list[str]) -> list[str]:
     """The circuit edges, in the project's edge names, for the built-in `induction` task."""
-    edges = []
-    for p in prev_heads:
-        edges.append(f"input->{p}<v>")
+    edges = [f"input->{p}<v>" for p in prev_heads] + [f"input->{c}<v>" for c in current_heads]
     for i in induction_heads:
         edges += [f"{p}->{i}<k>" for p in prev_heads]
-        edges += [f"input->{i}<v>", f"{i}->logits"]
+        edges += [f"input->{i}<v>"] + [f"{c}->{i}<v>" for c in current_heads]
+        edges.append(f"{i}->logits")
     return edges
 
 
 def ground_truth(model, n: int = 200, seed: int = 12345, prev_threshold: float = PREV_THRESHOLD,
-                 induction_threshold: float = INDUCTION_THRESHOLD) -> dict:
+                 current_threshold: float = CURRENT_THRESHOLD, induction_threshold: float = INDUCTION_THRESHOLD) -> dict:
     """Heads, their scores, the thresholds and the expected edges of the induction model."""
     scores = head_scores(model, n, seed)
-    prev = [f"a0.h{h}" for h, s in enumerate(scores["prev_token"][0]) if s >= prev_threshold]
-    ind = [f"a1.h{h}" for h, s in enumerate(scores["induction"][1]) if s >= induction_threshold]
+    pick = lambda key, layer, th: [f"a{layer}.h{h}" for h, s in enumerate(scores[key][layer]) if s >= th]  # noqa: E731
+    prev = pick("prev_token", 0, prev_threshold)
+    cur = [h for h in pick("current_token", 0, current_threshold) if h not in prev]
+    ind = pick("induction", 1, induction_threshold)
     return {
         "task": "induction",
-        "method": "attention patterns of the model itself (output_attentions, eager), independent of the "
-                  "discovery methods; see discovery/toy/ground_truth.py",
-        "thresholds": {"prev_token": prev_threshold, "induction": induction_threshold},
+        "method": "attention patterns of the model itself (output_attentions, eager attention) on held-out "
+                  "sequences <bos> S S, independent of the discovery methods; see discovery/toy/ground_truth.py",
+        "thresholds": {"prev_token": prev_threshold, "current_token": current_threshold,
+                       "induction": induction_threshold},
         "scores": scores,
-        "heads": {"prev_token": prev, "induction": ind},
-        "edges": expected_edges(prev, ind),
+        "heads": {"prev_token": prev, "current_token": cur, "induction": ind},
+        "edges": expected_edges(prev, cur, ind),
         "not_expected": "query edges (the query token is the same in clean and corrupted prompts), the "
-                        "previous-token head's q/k edges (its pattern is positional), MLP edges (the MLPs write "
+                        "previous-token heads' q/k edges (their pattern is positional), MLP edges (the MLPs write "
                         "nothing in this model)",
     }
 

@@ -3,8 +3,8 @@
     python -m discovery.toy.train induction --out discovery/toy/models/induction --seed 0
     python -m discovery.toy.train ioi --out discovery/toy/models/ioi --seed 0
 
-`induction`: an attention-only 2-layer GPT-2 trained on random tokens containing a repeated segment at
-a varying offset; intermediate checkpoints go to `<out>/checkpoints/step-XXXXXX/`, and the expected
+`induction`: an attention-only 2-layer GPT-2 trained on random tokens containing repeated segments (mostly
+pairs) at varying offsets; intermediate checkpoints go to `<out>/checkpoints/step-XXXXXX/`, and the expected
 circuit (from its attention patterns) to `<out>/ground_truth.json`. `ioi`: a 4-layer GPT-2 trained on
 sentences of the built-in `ioi` task. Each output directory is a Hugging Face model directory
 (safetensors, config, tokenizer) with a model card `README.md` and `training_log.json`.
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .tokenizer import BOS, PAD, SPECIAL, build_tokenizer
+from .tokenizer import BOS, SPECIAL, build_tokenizer
 
 N_SPECIAL = len(SPECIAL)
 
@@ -178,7 +178,8 @@ def induction_task_accuracy(model, tokenizer, n: int = 200, seed: int = HELDOUT_
     t = max(map(len, task.clean_ids))
     ids = torch.tensor([r + [tokenizer.pad_token_id] * (t - len(r)) for r in task.clean_ids])  # right-padded
     last = torch.tensor([len(r) - 1 for r in task.clean_ids])
-    logits = model(ids).logits[torch.arange(len(last)), last]
+    mask = (torch.arange(t)[None] <= last[:, None]).long()
+    logits = model(ids, attention_mask=mask).logits[torch.arange(len(last)), last]
     ans = torch.tensor([a[0] for a in task.answer_ids])
     wrong = torch.tensor([w[0] for w in task.wrong_ids])
     rows = torch.arange(len(ans))
@@ -203,6 +204,26 @@ def ioi_accuracy(model, tokenizer, n: int = 500, seed: int = HELDOUT_SEED_OFFSET
             "mean_logit_diff": float((final[rows, io] - final[rows, s]).mean())}
 
 
+def crosscheck(model_dir: Path, gt: dict, n: int = 64, seed: int = HELDOUT_SEED_OFFSET) -> dict:
+    """How the ground-truth edges fare under circuitry's own exact patching (a check for the model card;
+    the ground truth itself never uses the discovery methods)."""
+    import numpy as np
+
+    from discovery import Setup, circuit_metrics, get_metric, load_model, score_edges
+    from discovery.task_library import build_task
+
+    lm = load_model(str(model_dir), device="cpu")
+    task = build_task("induction", tokenizer=lm.tokenizer, vocab_size=lm.vocab_size, n=n, seed=seed)
+    setup = Setup(lm, task, get_metric("logit_diff"), batch_size=n)
+    keep = np.zeros(len(setup.graph.edge_names), dtype=bool)
+    keep[[setup.graph.edge_index[e] for e in gt["edges"]]] = True
+    full, empty, circuit = (float(x) for x in circuit_metrics(setup, [np.ones_like(keep), np.zeros_like(keep), keep]))
+    scores = np.abs(score_edges(setup, "exact").numpy())
+    top = np.argsort(-scores, kind="stable")[:len(gt["edges"])]
+    return {"n": n, "seed": seed, "full": full, "empty": empty, "circuit": circuit,
+            "faithfulness": (circuit - empty) / (full - empty), "in_top": int(keep[top].sum())}
+
+
 # --------------------------------------------------------------------------------------- training
 
 
@@ -222,15 +243,27 @@ def save_dir(model, tokenizer, path: Path) -> None:
 
 def train(kind: str, out: Path, seed: int = 0, steps: int | None = None, threads: int = 1,
           evaluate: bool = True, argv: list[str] | None = None, **overrides) -> dict:
+    """Train one toy model into `out` (replaced if it exists) and return its training log. `steps` and
+    `overrides` (Recipe fields) change the recipe; torch's thread count and determinism flag are
+    restored afterwards."""
     recipe = RECIPES[kind]
     if steps is not None:
         overrides = {**overrides, "steps": steps, "warmup": min(recipe.warmup, max(1, steps // 10))}
     recipe = Recipe(**{**asdict(recipe), **overrides})
+    threads_before, deterministic_before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(kind, recipe, Path(out), seed, evaluate, argv)
+    finally:
+        torch.set_num_threads(threads_before)
+        torch.use_deterministic_algorithms(deterministic_before)
+
+
+def _train(kind: str, recipe: Recipe, out: Path, seed: int, evaluate: bool, argv: list[str] | None) -> dict:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
     random.seed(seed)
     torch.manual_seed(seed)
     start = time.time()
@@ -302,10 +335,15 @@ def train(kind: str, out: Path, seed: int = 0, steps: int | None = None, threads
             for ck in sorted((out / "checkpoints").iterdir()):
                 sc = head_scores(ck)
                 log["checkpoints"].append({"revision": ck.name, "step": int(ck.name.split("-")[1]),
-                                           "prev_token": sc["prev_token"][0], "induction": sc["induction"][1]})
+                                           "prev_token": sc["prev_token"][0], "current_token": sc["current_token"][0],
+                                           "induction": sc["induction"][1]})
             log["ground_truth"] = write_ground_truth(out)
+            log["crosscheck"] = crosscheck(out, log["ground_truth"], seed=heldout)
         else:
             log["heldout"] = {"seed": heldout, **ioi_accuracy(model, tokenizer, seed=heldout)}
+            seen = set(zip(prompts, ios))
+            fresh = ioi_texts(500, heldout, tokenizer)
+            log["heldout"]["also_in_training"] = sum((p, io) in seen for p, io in zip(fresh[0], fresh[1]))
     log["total_wall_s"] = round(time.time() - start, 1)
     command = "python -m discovery.toy.train " + " ".join(shlex.quote(a) for a in (argv or [kind, "--out", str(out),
                                                                                            "--seed", str(seed)]))
@@ -376,26 +414,41 @@ def model_card(kind: str, r: Recipe, log: dict, model) -> str:
                   f"**{h['induction_task']['answer_beats_wrong']:.3f}**",
                   f"- prompts longer than {r.n_positions} tokens do not fit the position embeddings"]
     elif h:
-        lines += [f"Fresh `ioi` examples (500, seed {h['seed']}), last prompt position: logit(IO) > logit(S) in "
+        lines += [f"Fresh `ioi` examples (500, seed {h['seed']}; {h['also_in_training']} of these sentences also "
+                  f"occur among the training sentences), last prompt position: logit(IO) > logit(S) in "
                   f"**{h['io_beats_s']:.3f}**, top-1 IO **{h['top1']:.3f}**, mean logit(IO) - logit(S) "
-                  f"{h['mean_logit_diff']:.2f}."]
+                  f"{h['mean_logit_diff']:.2f}. No ground truth is shipped for this model: its mechanism is "
+                  "whatever training found."]
     gt = log.get("ground_truth")
     if gt:
         sc = gt["scores"]
         lines += ["", "## Ground truth (`ground_truth.json`)", "",
                   f"From the model's own attention patterns on {sc['n']} held-out sequences `<bos> S S` "
                   f"(|S| = {sc['segment']}, seed {sc['seed']}), independently of the discovery methods "
-                  "(`discovery/toy/ground_truth.py`). Previous-token score: mean attention from i to i-1; induction "
-                  "score: mean attention from a token of the second copy to the token after its first occurrence.", "",
-                  "| head | prev-token | induction |", "|---|---|---|"]
+                  "(`discovery/toy/ground_truth.py`). Previous-token score: mean attention from i to i-1; current-token "
+                  "score: from i to i; induction score: from a token of the second copy to the token after its first "
+                  "occurrence.", "",
+                  "| head | prev-token | current-token | induction |", "|---|---|---|---|"]
         for layer in range(len(sc["prev_token"])):
             for hh in range(len(sc["prev_token"][layer])):
-                lines.append(f"| a{layer}.h{hh} | {sc['prev_token'][layer][hh]:.3f} | {sc['induction'][layer][hh]:.3f} |")
-        lines += ["", f"Previous-token heads (layer 0, score >= {gt['thresholds']['prev_token']}): "
-                  f"{', '.join(gt['heads']['prev_token']) or 'none'}. Induction heads (layer 1, score >= "
-                  f"{gt['thresholds']['induction']}): {', '.join(gt['heads']['induction']) or 'none'}.", "",
-                  "Expected edges for the built-in `induction` task (clean `S + S[:k]`, corrupted `S' + S[:k]`): "
-                  + ", ".join(f"`{e}`" for e in gt["edges"]) + ". Not expected: " + gt["not_expected"] + "."]
+                lines.append(f"| a{layer}.h{hh} | {sc['prev_token'][layer][hh]:.3f} | "
+                             f"{sc['current_token'][layer][hh]:.3f} | {sc['induction'][layer][hh]:.3f} |")
+        th, heads = gt["thresholds"], gt["heads"]
+        lines += ["", f"Previous-token heads (layer 0, score >= {th['prev_token']}): "
+                  f"{', '.join(heads['prev_token']) or 'none'}. Current-token heads (layer 0, attend to their own "
+                  f"position, score >= {th['current_token']}): {', '.join(heads['current_token']) or 'none'}. "
+                  f"Induction heads (layer 1, score >= {th['induction']}): {', '.join(heads['induction']) or 'none'}.",
+                  "", f"Expected edges ({len(gt['edges'])}) for the built-in `induction` task (clean `S + S[:k]`, "
+                  "corrupted `S' + S[:k]`): " + ", ".join(f"`{e}`" for e in gt["edges"]) + ". Not expected: "
+                  + gt["not_expected"] + "."]
+        cc = log.get("crosscheck")
+        if cc:
+            lines += ["", f"Cross-check with circuitry's exact activation patching (built-in `induction` task, "
+                      f"{cc['n']} rows, seed {cc['seed']}; not used to build the ground truth): logit difference "
+                      f"{cc['full']:.2f} with every edge, {cc['empty']:.2f} with none, {cc['circuit']:.2f} with only "
+                      f"the expected edges, so their faithfulness is **{cc['faithfulness']:.2f}**; "
+                      f"{cc['in_top']} of the {len(gt['edges'])} edges with the largest |score| are expected edges. "
+                      f"The rest is spread over small edges, mostly the value paths of the other layer-0 heads."]
     if log["checkpoints"]:
         lines += ["", "## Checkpoints (`checkpoints/step-XXXXXX`, `load_model(\"toy:induction\", revision=...)`)", "",
                   "The circuit forming: best previous-token score in layer 0 and best induction score in layer 1.",
