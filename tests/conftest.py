@@ -32,3 +32,19 @@ def models():
 @pytest.fixture(scope="session")
 def task():
     return task_from_rows(token_rows(), vocab_size=tiny.VOCAB)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One small local Ray for the whole test session (ray.init costs seconds): 2 CPUs of resources
+    whatever the machine, no dashboard, token auth off (Ray 2.60 turns it on for new local clusters).
+    Tests that need other topologies (ray.cluster_utils.Cluster) start their own after `ray.shutdown()`
+    and must leave Ray shut down; this fixture re-inits if it finds Ray down."""
+    ray = pytest.importorskip("ray")
+    import os
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
