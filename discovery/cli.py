@@ -11,6 +11,13 @@ from .errors import UserError
 
 EXIT_USER_ERROR = 2
 
+# Subcommands contributed by the other packages: each module has register(subparsers), which adds its
+# parsers with set_defaults(func=handler); handler(args) -> exit code.
+EXTENSION_MODULES = [
+    # "labeling.cli",
+    # "service.cli",
+]
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's default prints the whole usage; we print one line
@@ -68,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=3, help="rows to print (default 3)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--model", default=None, help="build for this model's tokenizer (single-token checks)")
+
+    import importlib
+    for module in EXTENSION_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 
@@ -153,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             from transformers.utils import logging as hf_logging
             hf_logging.disable_progress_bar()
         commands = {"discover": cmd_discover, "evaluate": cmd_evaluate, "tasks": cmd_tasks}
-        return commands[args.command](args)
+        handler = commands.get(args.command) or args.func
+        return handler(args)
     except UserError as exc:
         print(f"circuitry: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
