@@ -44,8 +44,8 @@ class MethodInfo(BaseModel):
 
 
 class SelectionInfo(BaseModel):
-    kind: Literal["top-n", "threshold", "greedy", "given"]
-    value: int | float | None = None  # n for top-n / greedy, the threshold for threshold
+    kind: Literal["top-n", "threshold", "greedy", "given", "acdc"]
+    value: int | float | None = None  # n for top-n / greedy, the threshold for threshold, tau for acdc
     absolute: bool = True
     pruned: bool = True
 
@@ -152,7 +152,7 @@ class Circuit(BaseModel):
 def build_edges(graph: Graph, scores, in_circuit) -> list[Edge]:
     scores = None if scores is None else np.asarray(scores, dtype=np.float64)
     return [Edge(name=graph.edge_names[e], source=graph.sources[s], target=graph.reader_owner[d],
-                 slot=graph.reader_slot[d], score=None if scores is None else float(scores[e]),
+                 slot=graph.reader_slot[d], score=None if scores is None or np.isnan(scores[e]) else float(scores[e]),
                  in_circuit=bool(in_circuit[e]))
             for e, (s, d) in enumerate(zip(graph.edge_src, graph.edge_dst))]
 

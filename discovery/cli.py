@@ -38,6 +38,7 @@ def _add_model_args(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .discover import ACDC_METHODS
     from .methods import INTERVENTIONS, METHODS
     from .metrics import METRICS
 
@@ -46,10 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("discover", help="score every edge, select a circuit, evaluate it, write circuit JSON")
     _add_model_args(d)
-    d.add_argument("--method", default="eap-ig", choices=list(METHODS))
+    d.add_argument("--method", default="eap-ig", choices=list(METHODS) + list(ACDC_METHODS),
+                   help="edge scoring (then --top-n/--threshold/--greedy), or acdc / eap-ig+acdc (then --tau)")
     d.add_argument("--steps", type=int, default=5, help="interpolation steps (eap-ig and eap-ig-activations only; default 5)")
     d.add_argument("--metric", default=None, choices=list(METRICS),
-                   help="default: the built-in task's own metric, else logit_diff")
+                   help="default: kl for ACDC; else the built-in task's own metric, else logit_diff")
+    d.add_argument("--tau", type=_taus, default=None,
+                   help="ACDC threshold(s): remove an edge if the metric moves by at most tau (default 0.01); "
+                        "a comma-separated list gives one circuit per tau from one run (files NAME.tau=T.json)")
+    d.add_argument("--candidates", type=int, default=None,
+                   help="eap-ig+acdc: ACDC decides only over the top-K edges by |EAP-IG score| (default 1000)")
     d.add_argument("--intervention", default="patching", choices=list(INTERVENTIONS),
                    help="what an edge out of the circuit carries (default: the corrupted activation)")
     sel = d.add_mutually_exclusive_group()
@@ -100,6 +107,21 @@ def _load(args):
     return model, task
 
 
+def _taus(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tau takes numbers separated by commas, e.g. 1e-3,1e-2 (got '{text}')")
+    if not values:
+        raise argparse.ArgumentTypeError("--tau needs at least one number")
+    return values
+
+
+def _tau_path(out: str, tau: float) -> str:
+    root, ext = os.path.splitext(out)
+    return f"{root}.tau={tau:g}{ext or '.json'}"
+
+
 def _fmt(x, spec=".3f"):
     return "n/a" if x is None else format(x, spec)
 
@@ -107,17 +129,23 @@ def _fmt(x, spec=".3f"):
 def cmd_discover(args) -> int:
     from .discover import discover
 
+    taus = args.tau or []
+    many = len(taus) > 1
     model, task = _load(args)
-    circuit = discover(model, task, args.method, metric=args.metric, intervention=args.intervention,
-                       steps=args.steps, batch_size=args.batch_size, top_n=args.top_n, threshold=args.threshold,
-                       greedy=args.greedy, absolute=not args.signed, prune=not args.no_prune,
-                       curve=not args.no_curve, progress=not args.quiet)
-    circuit.save(args.out)
-    m = circuit.metrics
-    print(f"{circuit.method.name}: {m.n_edges} of {len(circuit.edges)} edges, {m.n_nodes} nodes; "
-          f"{m.metric} clean {_fmt(m.clean)}, corrupted {_fmt(m.corrupted)}, circuit {_fmt(m.circuit)}, "
-          f"faithfulness {_fmt(m.faithfulness)}; CPR {_fmt(m.cpr)}, CMD {_fmt(m.cmd)}; "
-          f"{circuit.wall_time_s:.1f}s -> {args.out}")
+    result = discover(model, task, args.method, metric=args.metric, intervention=args.intervention,
+                      steps=args.steps, batch_size=args.batch_size, top_n=args.top_n, threshold=args.threshold,
+                      greedy=args.greedy, absolute=not args.signed, prune=not args.no_prune,
+                      curve=not args.no_curve, progress=not args.quiet, tau=taus[0] if len(taus) == 1 else None,
+                      taus=taus if many else None, candidates=args.candidates)
+    for circuit in result if many else [result]:
+        out = _tau_path(args.out, circuit.selection.value) if many else args.out
+        circuit.save(out)
+        m, p = circuit.metrics, circuit.method.params
+        acdc = f"tau {p['tau']:g}, {p['n_forward_passes']} forward passes; " if "tau" in p else ""
+        print(f"{circuit.method.name}: {acdc}{m.n_edges} of {len(circuit.edges)} edges, {m.n_nodes} nodes; "
+              f"{m.metric} clean {_fmt(m.clean)}, corrupted {_fmt(m.corrupted)}, circuit {_fmt(m.circuit)}, "
+              f"faithfulness {_fmt(m.faithfulness)}; CPR {_fmt(m.cpr)}, CMD {_fmt(m.cmd)}; "
+              f"{circuit.wall_time_s:.1f}s -> {out}")
     return 0
 
 

@@ -17,7 +17,8 @@ from .evaluation import evaluate_circuit, faithfulness_curves
 from .methods import Setup, score_edges
 from .metrics import get_metric
 from .models import LoadedModel
-from .selection import greedy, nodes_in_circuit, prune, threshold, top_n
+from .selection import greedy, nodes_in_circuit, threshold, top_n
+from .selection import prune as prune_edges  # `prune` is discover()'s flag
 from .tasks import Task
 
 
@@ -54,38 +55,94 @@ def select(setup: Setup, scores, *, top: int | None = None, thresh: float | None
         n = 100 if top is None else top
         keep, info = top_n(graph, scores, n, higher_is_better=hib, absolute=absolute), ("top-n", n)
     if do_prune:
-        keep = prune(graph, keep)
+        keep = prune_edges(graph, keep)
     return keep, SelectionInfo(kind=info[0], value=info[1], absolute=absolute, pruned=do_prune)
+
+
+ACDC_METHODS = ("acdc", "eap-ig+acdc")
+ACDC_DEFAULT_METRIC = "kl"  # Conmy et al.: distance from the clean model's output distribution
+DEFAULT_CANDIDATES = 1000
 
 
 def discover(model: LoadedModel, task: Task, method: str = "eap-ig", *, metric: str | None = None,
              intervention: str = "patching", steps: int = 5, batch_size: int = 16, top_n: int | None = None,
              threshold: float | None = None, greedy: int | None = None, absolute: bool = True,
-             prune: bool = True, curve: bool = True, progress: bool = False) -> Circuit:
+             prune: bool = True, curve: bool = True, progress: bool = False, tau: float | None = None,
+             taus: list[float] | None = None, candidates: int | None = None):
     """Find a circuit: scores for every edge, the selected circuit, its faithfulness (and curve).
-    The metric defaults to the task's own (built-in tasks), else logit_diff."""
+
+    The metric defaults to the task's own (built-in tasks), else logit_diff; for ACDC to KL.
+    Scoring methods (METHODS) select by top_n / threshold / greedy. ACDC methods (ACDC_METHODS) decide
+    the circuit themselves: `acdc` over every edge, `eap-ig+acdc` over the `candidates` edges EAP-IG
+    ranks highest (|score|); tau is the threshold (default 0.01), and `taus` gives one circuit per
+    threshold from one run (a list of Circuits is returned, in the order given)."""
     started = time.perf_counter()
-    metric = metric or task.metric or "logit_diff"
+    acdc_method = method in ACDC_METHODS
+    if not acdc_method and (tau is not None or taus is not None or candidates is not None):
+        raise UserError(f"tau and candidates apply to {' and '.join(ACDC_METHODS)}, not to '{method}'")
+    if acdc_method and any(x is not None for x in (top_n, threshold, greedy)):
+        raise UserError(f"{method} decides the circuit itself by tau; drop --top-n/--threshold/--greedy")
+    metric = metric or (ACDC_DEFAULT_METRIC if acdc_method else task.metric or "logit_diff")
     if torch.device(model.adapter.device).type == "cuda":
         torch.cuda.reset_peak_memory_stats(model.adapter.device)
     setup = Setup(model, task, get_metric(metric), batch_size=batch_size, intervention=intervention,
                   progress=progress)
+    params = {"metric": metric, "intervention": intervention, "batch_size": batch_size}
+    if method in ("eap-ig", "eap-ig-activations", "eap-ig+acdc"):
+        params["steps"] = steps
+    if acdc_method:
+        return _discover_acdc(setup, model, task, method, params, tau=tau, taus=taus, candidates=candidates,
+                              steps=steps, prune=prune, curve=curve, started=started)
     scores = score_edges(setup, method, steps=steps).numpy()
     keep, selection = select(setup, scores, top=top_n, thresh=threshold, grow=greedy, absolute=absolute,
                              do_prune=prune)
+    return _package(setup, model, task, method, params, scores, keep, selection, curve=curve, prune=prune,
+                    started=started)
+
+
+def _discover_acdc(setup: Setup, model, task, method, params, *, tau, taus, candidates, steps, prune, curve,
+                   started) -> Circuit | list[Circuit]:
+    from .methods.acdc import DEFAULT_TAU, acdc
+
+    if tau is not None and taus is not None:
+        raise UserError("give tau or taus, not both")
+    tau_list = list(taus) if taus is not None else [DEFAULT_TAU if tau is None else tau]
+    cand_mask = None
+    if method == "eap-ig+acdc":
+        k = DEFAULT_CANDIDATES if candidates is None else candidates
+        if k < 1:
+            raise UserError(f"--candidates must be at least 1 (got {k})")
+        ranking = score_edges(setup, "eap-ig", steps=steps).numpy()
+        cand_mask = top_n(setup.graph, ranking, min(k, setup.graph.n_edges), absolute=True)
+        params["candidates"] = int(cand_mask.sum())
+    elif candidates is not None:
+        raise UserError("--candidates applies to eap-ig+acdc (plain acdc decides every edge)")
+    results = acdc(setup, taus=tau_list, candidates=cand_mask)
+    circuits = []
+    for r in results:
+        keep = prune_edges(setup.graph, r.in_circuit) if prune else r.in_circuit
+        p = dict(params, tau=r.tau, n_forward_passes=r.n_forward_passes, n_edges_evaluated=r.n_edges_evaluated,
+                 n_edges_dead=r.n_edges_dead, n_edges_kept=int(r.in_circuit.sum()))
+        selection = SelectionInfo(kind="acdc", value=r.tau, absolute=False, pruned=prune)
+        circuits.append(_package(setup, model, task, method, p, r.scores, keep, selection, curve=curve,
+                                 prune=prune, started=started))
+    return circuits if taus is not None else circuits[0]
+
+
+def _package(setup: Setup, model, task, method, params, scores, keep, selection, *, curve, prune,
+             started) -> Circuit:
+    """Evaluate the chosen edges (and the faithfulness curve of the scores) into a Circuit."""
     result = evaluate_circuit(setup, keep)
     nodes = nodes_in_circuit(setup.graph, keep)
+    metric = setup.metric.name
     metrics = Metrics(metric=metric, clean=_clean(result["clean"]), corrupted=_clean(result["corrupted"]),
                       circuit=_clean(result["circuit"]), faithfulness=_clean(result["faithfulness"]),
                       n_edges=int(keep.sum()), n_nodes=len(nodes))
-    if curve:
-        c = faithfulness_curves(setup, scores, prune=prune)
+    if curve:  # undecided edges (NaN: outside eap-ig+acdc's candidates) rank last
+        c = faithfulness_curves(setup, np.nan_to_num(scores, nan=0.0), prune=prune)
         for key in ("curve_signed", "curve_absolute"):
             setattr(metrics, key, [CurvePoint(**dict(p, faithfulness=_clean(p["faithfulness"]))) for p in c[key]])
         metrics.cpr, metrics.cmd = _clean(c["cpr"]), _clean(c["cmd"])
-    params = {"metric": metric, "intervention": intervention, "batch_size": batch_size}
-    if method in ("eap-ig", "eap-ig-activations"):
-        params["steps"] = steps
     return Circuit(
         model=model_info(model),
         task=TaskInfo(name=task.name, source=task.source, rows=len(task), content_hash=task.content_hash),
