@@ -25,8 +25,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from discovery import Graph, Setup, UserError, get_metric, load_model, score_edges  # noqa: E402
+from discovery import Graph, Setup, get_metric, load_model, score_edges  # noqa: E402
 from discovery.evaluation import edge_auc, faithfulness_curves  # noqa: E402
+from discovery.models import toy_model_dir  # noqa: E402
 from discovery.task_library import build_task  # noqa: E402
 from discovery.toy.planted import plant  # noqa: E402
 
@@ -43,10 +44,7 @@ def truth_from_names(graph: Graph, names: list[str]) -> np.ndarray:
 
 def induction_case(n: int, seed: int):
     model = load_model("toy:induction", device="cpu")
-    gt = json.loads((Path(model.name) / "ground_truth.json").read_text()) if Path(model.name).is_dir() else None
-    if gt is None:
-        from discovery.toy.ground_truth import ground_truth
-        gt = ground_truth(model)
+    gt = json.loads((Path(toy_model_dir("toy:induction")) / "ground_truth.json").read_text())
     task = build_task("induction", model.tokenizer, model.vocab_size, n=n, seed=seed)
     graph = Graph.from_adapter(model.adapter)
     return {"name": "induction (toy:induction)", "model": model, "task": task,
@@ -159,12 +157,10 @@ def main(argv=None) -> dict:
     builders = {"induction": lambda: induction_case(args.rows, args.seed + 1000),
                 "planted": lambda: planted_case(0.1, args.rows, args.seed),
                 "ioi": lambda: ioi_case(args.rows, args.seed + 1000)}
-    cases = []
-    for name in args.cases.split(","):
-        try:
-            cases.append(builders[name]())
-        except UserError as exc:  # the shipped toy models are not in every checkout yet
-            print(f"skipping {name}: {exc}", file=sys.stderr)
+    unknown = set(args.cases.split(",")) - set(builders)
+    if unknown:
+        ap.error(f"unknown case(s) {', '.join(sorted(unknown))}; choose from {', '.join(builders)}")
+    cases = [builders[name]() for name in args.cases.split(",")]
     rows = []
     for case in cases:
         for method in methods:
