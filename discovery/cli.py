@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--intervention", default=None, choices=list(INTERVENTIONS), help="default: the circuit's")
     e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
 
+    df = sub.add_parser("diff", help="compare two circuit files: edges gained/lost, score changes, Jaccard, labels")
+    df.add_argument("a", help="circuit JSON (e.g. the earlier checkpoint)")
+    df.add_argument("b", help="circuit JSON to compare against A")
+    df.add_argument("--top", type=int, default=20, help="score changes to list (default 20)")
+    df.add_argument("--json", action="store_true", help="print the whole diff as one JSON object")
+
     t = sub.add_parser("tasks", help="list the built-in tasks; 'tasks show NAME' prints sample rows")
     tsub = t.add_subparsers(dest="tasks_command", parser_class=_Parser)
     s = tsub.add_parser("show", help="print rows of a built-in task as JSONL (a valid task file)")
@@ -166,6 +172,29 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_diff(args) -> int:
+    from labeling.schema import LabeledCircuit  # reads plain and labeled circuit files alike
+
+    from .diff import diff_circuits
+
+    if args.top < 0:
+        raise UserError(f"--top must be non-negative (got {args.top})")
+    d = diff_circuits(LabeledCircuit.load(args.a), LabeledCircuit.load(args.b), top=args.top)
+    if args.json:
+        print(d.model_dump_json())
+        return 0
+    print(d.summary())
+    for title, edges in (("gained", d.edges_gained), ("lost", d.edges_lost)):
+        if edges:
+            print(f"{title}: " + ", ".join(e.name for e in edges))
+    for c in d.score_changes:
+        if c.delta is not None:
+            print(f"  {c.name:<28} {c.score_a:+.4f} -> {c.score_b:+.4f} ({c.delta:+.4f})")
+    for n in d.label_changes:
+        print(f"  {n.component}: {n.label_a!r} {n.tags_a} -> {n.label_b!r} {n.tags_b}")
+    return 0
+
+
 def cmd_tasks(args) -> int:
     from .task_library import TASKS, build_task, sample_rows
 
@@ -191,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "quiet", False):
             from transformers.utils import logging as hf_logging
             hf_logging.disable_progress_bar()
-        commands = {"discover": cmd_discover, "evaluate": cmd_evaluate, "tasks": cmd_tasks}
+        commands = {"discover": cmd_discover, "evaluate": cmd_evaluate, "diff": cmd_diff, "tasks": cmd_tasks}
         handler = commands.get(args.command) or args.func
         return handler(args)
     except UserError as exc:
