@@ -14,7 +14,7 @@ EXIT_USER_ERROR = 2
 # Subcommands contributed by the other packages: each module has register(subparsers), which adds its
 # parsers with set_defaults(func=handler); handler(args) -> exit code.
 EXTENSION_MODULES = [
-    # "labeling.cli",
+    "labeling.cli",
     # "service.cli",
 ]
 

@@ -58,12 +58,19 @@ def _hf_model(model):
     return hf.eval()
 
 
-def repeated_sequences(vocab_size: int, n: int, seed: int, segment: int = SEGMENT, bos_id: int = BOS_ID):
-    """[n, 1 + 2 * segment] ids `<bos> S S`, S of distinct ordinary tokens, from a seeded generator."""
+def repeated_sequences(vocab_size: int, n: int, seed: int, segment: int = SEGMENT, bos_id: int | None = BOS_ID,
+                       pool=None):
+    """[n, 1 + 2 * segment] ids `<bos> S S`, S of distinct ordinary tokens, from a seeded generator.
+    pool: the token ids S is drawn from (default: every id from N_SPECIAL on, the toy tokenizers'
+    ordinary tokens); bos_id None: no `<bos>` column ([n, 2 * segment])."""
     g = torch.Generator().manual_seed(seed)
-    pool = vocab_size - N_SPECIAL
-    s = torch.stack([torch.randperm(pool, generator=g)[:segment] for _ in range(n)]) + N_SPECIAL
-    return torch.cat([torch.full((n, 1), bos_id), s, s], dim=1)
+    if pool is None:
+        s = torch.stack([torch.randperm(vocab_size - N_SPECIAL, generator=g)[:segment] for _ in range(n)]) + N_SPECIAL
+    else:
+        pool = torch.as_tensor(list(pool), dtype=torch.long)
+        s = torch.stack([pool[torch.randperm(len(pool), generator=g)[:segment]] for _ in range(n)])
+    parts = [s, s] if bos_id is None else [torch.full((n, 1), bos_id), s, s]
+    return torch.cat(parts, dim=1)
 
 
 @torch.no_grad()

@@ -1,0 +1,162 @@
+"""The heuristic labeler (default, offline): labels from thresholded evidence.
+
+A head gets an attention role when its pattern score reaches the threshold on the repeated random
+tokens or on the task prompts; copying roles need its OV circuit to copy (or anti-copy) and its direct
+write to move the answer. When nothing reaches a threshold the label says so: role `other`, status
+`heuristic_only`, and a description of what was measured, never an invented role. `s_inhibition` is
+never assigned here: it is a statement about what a head's output does to other heads' queries, which
+these measurements do not test.
+"""
+
+from __future__ import annotations
+
+from .schema import HeadEvidence, LabelRecord, MLPEvidence, Provenance
+
+LABELER_VERSION = "heuristic-v1"
+
+THRESHOLDS = {
+    "previous_token": 0.4,  # mean attention to the previous token (as discovery/toy/ground_truth.py)
+    "induction": 0.4,  # mean attention to the token after the earlier copy of the current token
+    "duplicate_token": 0.4,  # mean attention to earlier copies of the current token
+    "self_attention": 0.4,  # mean attention to its own position (a "current-token" head: tag positional)
+    "sink": 0.5,  # mean attention to the first position
+    "ov_copying": 0.5,  # share of sampled tokens whose own logit is in the top k of the OV map
+    "ov_suppression": 0.5,
+    "direct_relative": 0.25,  # |direct effect on answer - wrong| vs the largest among the labeled heads
+    "min_queries": 20,  # a dataset's pattern score counts only when averaged over at least this many queries
+}
+
+# pattern -> (role tag, label, what the head does)
+PATTERN_ROLES = {
+    "induction": ("induction", "Induction head",
+                  "attends from each token to the token right after that token's previous occurrence"),
+    "previous_token": ("previous_token", "Previous-token head", "attends from each token to the token before it"),
+    "duplicate_token": ("duplicate_token", "Duplicate-token head",
+                        "attends from each token to earlier occurrences of the same token"),
+    "self_attention": ("positional", "Current-token (self-attention) head", "attends from each token to itself"),
+    "sink": ("attention_sink", "Attention-sink head (attends to first token)",
+             "puts most of its attention on the first position"),
+}
+PATTERN_NAMES = {"previous_token": "previous-token", "induction": "induction", "duplicate_token": "duplicate-token",
+                 "self_attention": "self-attention", "sink": "first-token (sink)"}
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _where(ev: HeadEvidence, name: str, min_queries: int = THRESHOLDS["min_queries"]) -> tuple[float, str]:
+    """The best score of a pattern over the datasets that measured it on enough queries (a score over
+    a handful of chance repeats in short random prompts is noise), and a phrase naming the values."""
+    vals = [(getattr(p, name), p.n_queries.get(name, min_queries),
+             "repeated random tokens" if p.data.source == "repeated_random_tokens" else "the task prompts")
+            for p in ev.patterns]
+    vals = [(v, n, w) for v, n, w in vals if v is not None and n >= min_queries]
+    best = max((v for v, _, _ in vals), default=0.0)
+    text = ", ".join(f"{_fmt(v)} on {w}" for v, _, w in vals)
+    return best, text
+
+
+def _provenance() -> Provenance:
+    return Provenance(backend="heuristic", labeler_version=LABELER_VERSION)
+
+
+def label_head(node: str, ev: HeadEvidence, max_direct: float, thresholds: dict | None = None) -> LabelRecord:
+    th = {**THRESHOLDS, **(thresholds or {})}
+    if ev.ov is not None and ev.ov.silent:
+        return LabelRecord(component=node, kind="head", label="Silent head: writes nothing",
+                           description="Its output projection writes nothing (the OV map is zero), so whatever it "
+                                       "attends to cannot affect the model.",
+                           role_tags=["other"], confidence=0.0, status="heuristic_only", evidence=ev,
+                           provenance=_provenance())
+    fired = []  # (score, pattern)
+    for name in PATTERN_ROLES:
+        best, _ = _where(ev, name, th["min_queries"])
+        if best >= th[name]:
+            fired.append((best, name))
+    fired.sort(key=lambda x: -x[0])
+    ov, direct = ev.ov, (ev.logits.answer_minus_wrong if ev.logits else None)
+    strong = direct is not None and max_direct > 0 and abs(direct) >= th["direct_relative"] * max_direct
+    copies = ov is not None and ov.copying >= th["ov_copying"]
+    tags = [PATTERN_ROLES[name][0] for _, name in fired]
+    sentences = []
+    if fired:
+        score, name = fired[0]
+        _, where = _where(ev, name, th["min_queries"])
+        label = PATTERN_ROLES[name][1]
+        sentences.append(f"It {PATTERN_ROLES[name][2]} ({PATTERN_NAMES[name]} score {where}).")
+        confidence = min(1.0, max(0.0, score))
+        if len(fired) > 1:
+            also = "; ".join(f"{PATTERN_NAMES[n]} {s:.2f}" for s, n in fired[1:])
+            sentences.append(f"It also passes the threshold as: {also}.")
+    else:
+        label, confidence = None, 0.0
+    # Copying roles: an induction head already copies by definition, so it is not also a name mover.
+    copy_note = None
+    if copies and strong and direct > 0 and "induction" not in tags:
+        tags.append("name_mover")
+        if label is None:
+            label, confidence = "Copying (name-mover) head", min(1.0, ov.copying)
+        copy_note = "name_mover"
+    elif ov is not None and ov.suppression >= th["ov_suppression"] and strong and direct < 0:
+        tags.append("copy_suppression")
+        if label is None:
+            label, confidence = "Copy-suppression head", min(1.0, ov.suppression)
+        copy_note = "copy_suppression"
+    if ov is not None and direct is not None:
+        if copy_note == "copy_suppression":
+            what = (f"its OV circuit maps tokens to their own negative logit (suppression score "
+                    f"{ov.suppression:.2f}, chance {ov.chance:.2f})")
+        elif copies:
+            what = f"its OV circuit copies tokens (copying score {ov.copying:.2f}, chance {ov.chance:.2f})"
+        else:
+            what = f"its OV circuit does not copy (copying score {ov.copying:.2f}, chance {ov.chance:.2f})"
+        sentences.append(f"{what[0].upper()}{what[1:]}, and its direct write changes logit(answer) - logit(wrong) "
+                         f"by {direct:+.2f}.")
+    if label is None:
+        best_name, best_val = max(((n, _where(ev, n, th["min_queries"])[0]) for n in PATTERN_ROLES),
+                                  key=lambda x: x[1])
+        sentences.insert(0, f"No tested attention pattern reaches its threshold (highest: {PATTERN_NAMES[best_name]} "
+                            f"{best_val:.2f}; previous-token, duplicate-token, induction and self-attention need "
+                            f"{th['previous_token']:.2f}, sink {th['sink']:.2f}).")
+        return LabelRecord(component=node, kind="head", label="Unclassified head: no tested pattern",
+                           description=" ".join(sentences[:3]), role_tags=["other"], confidence=0.0,
+                           status="heuristic_only", evidence=ev, provenance=_provenance())
+    return LabelRecord(component=node, kind="head", label=label, description=" ".join(sentences[:3]),
+                       role_tags=tags, confidence=round(confidence, 4), status="ok", evidence=ev,
+                       provenance=_provenance())
+
+
+def _quote(tokens: list[str], n: int) -> str:
+    return ", ".join("'" + t[:20].replace(" ", "\u2423") + "'" for t in tokens[:n])  # one word per token
+
+
+def label_mlp(node: str, ev: MLPEvidence) -> LabelRecord:
+    """MLPs have no role in the vocabulary: the label states where it writes and what it promotes."""
+    if ev.silent:
+        return LabelRecord(
+            component=node, kind="mlp", label="Silent MLP: writes nothing",
+            description=f"Its output is zero (largest output norm {ev.max_activation:.2g}) at every position of "
+                        "the evidence prompts, so it cannot affect the model's output on this task.",
+            role_tags=["other"], confidence=0.0, status="heuristic_only", evidence=ev, provenance=_provenance())
+    tokens = ev.top_tokens
+    desc = [f"It writes most (output norm up to {ev.max_activation:.2f}) at positions whose token is "
+            f"{_quote(tokens, 5)} in the task prompts."]
+    if ev.logits is not None and ev.logits.promoted:
+        desc.append(f"Read through the unembedding, its output there promotes "
+                    f"{_quote([t.token for t in ev.logits.promoted], 4)} and suppresses "
+                    f"{_quote([t.token for t in ev.logits.suppressed], 4)}.")
+    label = f"MLP most active on {_quote(tokens, 2)}" if tokens else "MLP with no distinctive context"
+    if len(label.split()) > 8:
+        label = f"MLP most active on {_quote(tokens, 1)}"
+    return LabelRecord(component=node, kind="mlp", label=label, description=" ".join(desc), role_tags=["other"],
+                       confidence=0.0, status="heuristic_only", evidence=ev, provenance=_provenance())
+
+
+def heuristic_labels(evidence: dict, thresholds: dict | None = None) -> dict[str, LabelRecord]:
+    """A label per component of the evidence bundle, in its order."""
+    directs = [abs(ev.logits.answer_minus_wrong) for ev in evidence.values()
+               if ev.kind == "head" and ev.logits is not None and ev.logits.answer_minus_wrong is not None]
+    max_direct = max(directs, default=0.0)
+    return {node: (label_head(node, ev, max_direct, thresholds) if ev.kind == "head" else label_mlp(node, ev))
+            for node, ev in evidence.items()}

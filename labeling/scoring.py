@@ -1,0 +1,161 @@
+"""Scoring explanations on held-out data (the odd task rows; the evidence came from the even rows).
+
+Heads, pair classification: the held-out positives are the (query, key) position pairs where the head
+put its strongest attention, the decoys a low-attention key of the same query. A scorer reads the
+explanation and gives each pair a probability; the score is ROC AUC of positives over decoys (0.5 is
+chance, 1 perfect). MLPs, detection: held-out positions where the MLP writes most vs positions below
+its median; the score is the balanced accuracy of the scorer's yes/no (p >= 0.5).
+
+Two scorers:
+- evidence_agreement (offline): an explanation's role tags are turned into predicates on a pair (the
+  key is the previous token / the token after an earlier copy of the query token / an earlier copy /
+  the first position / the query itself); tags without a positional predicate score every pair 0.5.
+  For an MLP the explanation's tokens (those it quotes, or the evidence's top tokens for the heuristic
+  label) predict "active" when the context ends in one of them.
+- llm: the explanation and the pairs (or contexts) go to the LLM, which answers probabilities.
+Each comes with a random-label baseline: the same scorer with a label that does not belong to the
+component (the evidence-agreement one averages over every single role tag; the LLM one takes another
+component's label, drawn with the seed, or a neutral sentence when there is no other)."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+from . import prompts
+from .evidence import HeldOutContext, HeldOutPair
+from .llm_labeler import ask_json
+from .schema import ROLE_TAGS, DataRef, LabelRecord, ScoreResult
+
+NEUTRAL = ("A component of a transformer language model.", "It is part of the circuit for this task.")
+
+
+# --- predicates ----------------------------------------------------------------------------------
+
+def pair_predicate(tag: str, ids: list[int], i: int, j: int) -> float:
+    """1 when the (query i, key j) pair is what the role predicts, 0 when not, 0.5 when the role says
+    nothing about positions."""
+    if tag == "previous_token":
+        return float(j == i - 1)
+    if tag == "positional":
+        return float(j == i)
+    if tag == "attention_sink":
+        return float(j == 0)
+    if tag == "duplicate_token":
+        return float(j < i and ids[j] == ids[i])
+    if tag == "induction":
+        return float(1 <= j < i and ids[j - 1] == ids[i])
+    return 0.5
+
+
+def tags_pair_score(tags: list[str], p: HeldOutPair) -> float:
+    vals = [pair_predicate(t, p.ids, p.query_pos, p.key_pos) for t in tags] or [0.5]
+    return max(vals)
+
+
+def _auc(y, s) -> float | None:
+    y = np.asarray(y, dtype=bool)
+    if y.all() or not y.any():
+        return None
+    return float(roc_auc_score(y, np.asarray(s, dtype=np.float64)))
+
+
+def _bacc(y, pred) -> float | None:
+    y = np.asarray(y, dtype=bool)
+    if y.all() or not y.any():
+        return None
+    return float(balanced_accuracy_score(y, np.asarray(pred, dtype=bool)))
+
+
+def agreement_head(tags: list[str], pairs: list[HeldOutPair], data: DataRef | None) -> ScoreResult:
+    y = [p.positive for p in pairs]
+    value = _auc(y, [tags_pair_score(tags, p) for p in pairs])
+    base = [_auc(y, [tags_pair_score([t], p) for p in pairs]) for t in ROLE_TAGS]
+    base = [b for b in base if b is not None]
+    return ScoreResult(scorer="evidence_agreement", metric="roc_auc", value=value,
+                       random_baseline=float(np.mean(base)) if base else None,
+                       n_positive=sum(y), n_negative=len(y) - sum(y), data=data,
+                       note=None if value is not None else "held-out pairs need both positives and decoys")
+
+
+def quoted_tokens(text: str) -> set[str]:
+    return set(re.findall(r"'([^']{1,40})'", text)) | set(re.findall(r'"([^"]{1,40})"', text))
+
+
+def agreement_mlp(rec: LabelRecord, contexts: list[HeldOutContext], names, data: DataRef | None,
+                  seed: int) -> ScoreResult:
+    tokens = quoted_tokens(f"{rec.label} {rec.description}")
+    if rec.provenance.backend == "heuristic" and rec.evidence is not None:
+        tokens |= set(rec.evidence.top_tokens)
+    y = [c.positive for c in contexts]
+    value = _bacc(y, [names(c.ids[c.pos]) in tokens for c in contexts])
+    # baseline: as many tokens drawn at random from the held-out contexts' own tokens
+    pool = sorted({names(c.ids[c.pos]) for c in contexts})
+    rng = random.Random(seed)
+    base = []
+    for _ in range(20):
+        pick = set(rng.sample(pool, min(len(tokens & set(pool)) or 1, len(pool)))) if pool else set()
+        b = _bacc(y, [names(c.ids[c.pos]) in pick for c in contexts])
+        if b is not None:
+            base.append(b)
+    return ScoreResult(scorer="evidence_agreement", metric="balanced_accuracy", value=value,
+                       random_baseline=float(np.mean(base)) if base else None,
+                       n_positive=sum(y), n_negative=len(y) - sum(y), data=data,
+                       note=None if value is not None else "no held-out contexts (silent MLP or too few positions)")
+
+
+# --- the LLM scorer --------------------------------------------------------------------------------
+
+def _probabilities(n: int):
+    def parse(data: dict) -> list[float]:
+        got = {}
+        for item in data["scores"]:
+            got[int(item["id"])] = min(1.0, max(0.0, float(item["p"])))
+        missing = [k for k in range(1, n + 1) if k not in got]
+        if missing:
+            raise ValueError(f"no score for items {missing[:5]}")
+        return [got[k] for k in range(1, n + 1)]
+    return parse
+
+
+def _order(n: int, seed: int, component: str) -> list[int]:
+    """A seeded shuffle, so positives and decoys are not told apart by position in the list."""
+    order = list(range(n))
+    random.Random(f"{seed}:{component}").shuffle(order)
+    return order
+
+
+def llm_score(client, rec: LabelRecord, other: tuple[str, str] | None, pairs, contexts, names, data, seed: int):
+    """(ScoreResult, usage, error) for the record's explanation and for the random-label baseline."""
+    from .schema import Usage
+    usage = Usage()
+    is_head = rec.kind == "head"
+    items = pairs if is_head else contexts
+    if not items or all(x.positive for x in items) or not any(x.positive for x in items):
+        return ScoreResult(scorer=f"llm:{client.config.model}", metric="roc_auc" if is_head else "balanced_accuracy",
+                           data=data, note="nothing held out to score"), usage, None
+    order = _order(len(items), seed, rec.component)
+    shown = [items[k] for k in order]
+    y = [x.positive for x in shown]
+
+    def run(label, description):
+        if is_head:
+            msgs = prompts.pair_scoring_messages(label, description, [(p.ids, p.query_pos, p.key_pos) for p in shown],
+                                                 names)
+            asked = ask_json(client, msgs, prompts.PAIRS_FORMAT, prompts.SCORE_PAIRS_VERSION, _probabilities(len(shown)))
+        else:
+            msgs = prompts.detection_messages(label, description, [(c.ids, c.pos) for c in shown], names)
+            asked = ask_json(client, msgs, prompts.DETECT_FORMAT, prompts.DETECT_VERSION, _probabilities(len(shown)))
+        usage.add(asked.usage)
+        if asked.value is None:
+            return None, asked.error
+        return (_auc(y, asked.value) if is_head else _bacc(y, [p >= 0.5 for p in asked.value])), None
+
+    value, err = run(rec.label, rec.description)
+    base, berr = run(*(other or NEUTRAL))
+    return ScoreResult(scorer=f"llm:{client.config.model}", metric="roc_auc" if is_head else "balanced_accuracy",
+                       value=value, random_baseline=base, n_positive=sum(y), n_negative=len(y) - sum(y), data=data,
+                       note=err or (f"baseline: {berr}" if berr else None)), usage, err

@@ -1,0 +1,184 @@
+"""The LLM path against a real chat-completions server on loopback (tests/labeling_server.py): the real
+`openai` client, retries, the cache, failures ending in the right status with the heuristic label kept."""
+
+import json
+
+import pytest
+import torch
+from labeling_helpers import INDUCTION_EDGES, hand_circuit
+from labeling_server import FakeLLM
+
+from discovery import load_model
+from discovery.circuit import Circuit
+from discovery.cli import main
+from discovery.task_library import build_task
+from labeling import EvidenceConfig, LLMClient, LLMConfig, collect_evidence, label_circuit
+from labeling.heuristic import heuristic_labels
+from labeling.llm_labeler import llm_label
+
+SMALL = EvidenceConfig(seed=0, n_repeated=16, max_task_rows=16, ov_tokens=128, n_heldout=6)
+
+
+@pytest.fixture(scope="module")
+def induction():
+    torch.set_num_threads(1)
+    model = load_model("toy:induction", device="cpu")
+    task = build_task("induction", tokenizer=model.tokenizer, vocab_size=model.vocab_size, n=16, seed=3)
+    circuit = hand_circuit(model, task, INDUCTION_EDGES)
+    return model, task, circuit
+
+
+@pytest.fixture(scope="module")
+def heuristic(induction):
+    model, task, circuit = induction
+    bundle = collect_evidence(model, task, circuit, ["a0.h3", "a1.h0"], SMALL)
+    return heuristic_labels(bundle.evidence)
+
+
+@pytest.fixture
+def server():
+    with FakeLLM() as s:
+        yield s
+
+
+def config(server, tmp_path, **kw):
+    base = dict(base_url=server.base_url, model="test-model", api_key="sk-test", timeout_s=0.5, max_retries=3,
+                backoff_s=0.01, max_backoff_s=0.05, concurrency=2, cache_dir=tmp_path / "cache")
+    return LLMConfig(**{**base, **kw})
+
+
+def test_label_circuit_with_the_llm_and_the_cache(induction, server, tmp_path, monkeypatch):
+    model, task, circuit = induction
+    monkeypatch.setenv("CIRCUITRY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CIRCUITRY_LLM_BASE_URL", server.base_url)
+    monkeypatch.setenv("CIRCUITRY_LLM_MODEL", "test-model")
+    monkeypatch.setenv("CIRCUITRY_LLM_API_KEY", "sk-secret-key")
+    before = circuit.model_dump()
+    out = label_circuit(circuit, model, task, "openai", components=["a0.h3", "a1.h0"], evidence=SMALL)
+    assert circuit.model_dump() == before
+    by = {r.component: r for r in out.labels}
+    assert by["a0.h3"].label == "LLM label for a0.h3" and by["a0.h3"].status == "ok"
+    assert by["a0.h3"].provenance.heuristic_label == "Previous-token head"
+    assert by["a0.h3"].provenance.template_version == "label-v1"
+    # every request was the real client's: temperature 0, the seed, the JSON schema, the model
+    assert all(r["temperature"] == 0 and r["seed"] == 0 and r["model"] == "test-model" for r in server.requests)
+    assert {r["response_format"]["json_schema"]["name"] for r in server.requests} == \
+        {"component_label", "pair_scores"}
+    # 2 labels + 2 x (explanation + random-label baseline) scoring calls
+    assert len(server.requests) == 6 and out.labeling.usage.calls == 6
+    assert out.labeling.usage.prompt_tokens == 600 and out.labeling.scorer == "llm"
+    s = by["a0.h3"].scores["llm"]
+    assert s.metric == "roc_auc" and s.value is not None and s.random_baseline is not None
+    assert "evidence_agreement" in by["a0.h3"].scores
+    assert list((tmp_path / "home" / "cache" / "llm").rglob("*.json"))  # $CIRCUITRY_HOME/cache/llm
+    assert "sk-secret-key" not in out.model_dump_json()  # the key is never written out
+    # nothing of the circuit is lost
+    assert out.model_dump(include=set(Circuit.model_fields) - {"schema_version"}) == \
+        circuit.model_dump(exclude={"schema_version"})
+
+    again = label_circuit(circuit, model, task, "openai", components=["a0.h3", "a1.h0"], evidence=SMALL)
+    assert len(server.requests) == 6  # the cache answered everything
+    assert again.labeling.usage.calls == 0 and again.labeling.usage.cached == 6
+    assert [r.label for r in again.labels] == [r.label for r in out.labels]
+
+
+def test_llm_scorer_separates_a_right_from_a_wrong_explanation(induction, server, tmp_path):
+    """The server's scorer takes "previous" literally: the previous-token head's heuristic label
+    ("Previous-token head") gets AUC 1 on its held-out pairs; an induction head with that label does not."""
+    model, task, circuit = induction
+    out = label_circuit(circuit, model, task, "heuristic", components=["a0.h3", "a1.h0"], evidence=SMALL,
+                        scorer="llm", llm=config(server, tmp_path))
+    by = {r.component: r for r in out.labels}
+    assert by["a0.h3"].scores["llm"].value == 1.0
+    assert by["a0.h3"].scores["llm"].random_baseline < 1.0  # the baseline got the induction head's label
+    assert by["a1.h0"].scores["llm"].random_baseline == 1.0 or by["a1.h0"].scores["llm"].value == 0.5
+    assert out.labels[0].provenance.backend == "heuristic" and out.labeling.scorer == "llm"
+
+
+@pytest.mark.parametrize("script, retries", [(["429", "500"], 2), (["timeout"], 1), (["500", "429", "500"], 3)])
+def test_retries_then_success(heuristic, server, tmp_path, script, retries):
+    server.script = list(script)
+    rec = llm_label(LLMClient(config(server, tmp_path)), heuristic["a0.h3"], "toy", "induction")
+    assert rec.status == "ok" and rec.label == "LLM label for a0.h3"
+    assert rec.provenance.usage.retries == retries and rec.provenance.usage.calls == retries + 1
+    assert server.behaviours == script + ["ok"]
+
+
+def test_retries_exhausted_keep_the_heuristic_label(heuristic, server, tmp_path):
+    server.script = ["500"] * 10
+    rec = llm_label(LLMClient(config(server, tmp_path, max_retries=2)), heuristic["a0.h3"], "toy", "induction")
+    assert rec.status == "llm_failed" and rec.label == "Previous-token head" and rec.role_tags == ["previous_token"]
+    assert len(server.requests) == 3 and "gave up after 3 attempts" in rec.provenance.error
+    assert rec.evidence == heuristic["a0.h3"].evidence
+
+
+def test_no_retry_on_4xx(heuristic, server, tmp_path):
+    server.script = ["400"]
+    rec = llm_label(LLMClient(config(server, tmp_path)), heuristic["a1.h0"], "toy", "induction")
+    assert rec.status == "llm_failed" and rec.label == "Induction head"
+    assert len(server.requests) == 1 and "HTTP 400" in rec.provenance.error
+
+
+def test_refusal_keeps_the_heuristic_label(heuristic, server, tmp_path):
+    server.script = ["refusal"]
+    rec = llm_label(LLMClient(config(server, tmp_path)), heuristic["a1.h0"], "toy", "induction")
+    assert rec.status == "llm_failed" and "refused" in rec.provenance.error and rec.label == "Induction head"
+
+
+def test_malformed_json_gets_one_repair(heuristic, server, tmp_path):
+    server.script = ["malformed"]
+    rec = llm_label(LLMClient(config(server, tmp_path)), heuristic["a0.h3"], "toy", "induction")
+    assert rec.status == "ok" and len(server.requests) == 2
+    repair = server.requests[1]["messages"]
+    assert repair[-2]["role"] == "assistant" and repair[-2]["content"].startswith("this is not JSON")
+    assert "not JSON" in repair[-1]["content"]
+
+
+def test_malformed_twice_is_unparsed(heuristic, server, tmp_path):
+    server.script = ["malformed", "malformed"]
+    rec = llm_label(LLMClient(config(server, tmp_path)), heuristic["a0.h3"], "toy", "induction")
+    assert rec.status == "unparsed" and rec.label == "Previous-token head" and len(server.requests) == 2
+    assert rec.provenance.error.startswith("not JSON")
+
+
+def test_schema_invalid_answer_is_unparsed(heuristic, tmp_path):
+    too_long = json.dumps({"label": "a label that is far too long to be accepted here", "description": "x.",
+                           "role_tags": ["other"], "confidence": 0.5})
+    with FakeLLM(responder=lambda body: too_long) as server:
+        rec = llm_label(LLMClient(config(server, tmp_path)), heuristic["a0.h3"], "toy", "induction")
+    assert rec.status == "unparsed" and "label" in rec.provenance.error and len(server.requests) == 2
+
+
+def test_cached_failures_are_not_cached_but_answers_are(heuristic, server, tmp_path):
+    server.script = ["400"]
+    client = LLMClient(config(server, tmp_path))
+    assert llm_label(client, heuristic["a0.h3"], "toy", "induction").status == "llm_failed"
+    assert llm_label(client, heuristic["a0.h3"], "toy", "induction").status == "ok"  # asked again
+    assert llm_label(client, heuristic["a0.h3"], "toy", "induction").provenance.usage.cached == 1
+    assert len(server.requests) == 2
+
+
+def test_failed_labels_keep_the_whole_circuit(induction, server, tmp_path):
+    model, task, circuit = induction
+    server.script = ["400"] * 100  # every request fails
+    out = label_circuit(circuit, model, task, "openai", components=["a0.h3", "a1.h0"], evidence=SMALL,
+                        llm=config(server, tmp_path, concurrency=1))
+    assert [r.status for r in out.labels] == ["llm_failed", "llm_failed"]
+    assert [r.label for r in out.labels] == ["Previous-token head", "Induction head"]
+    assert all(r.scores["llm"].value is None and r.scores["evidence_agreement"].value is not None for r in out.labels)
+    assert out.edges == circuit.edges and out.nodes == circuit.nodes and out.metrics == circuit.metrics
+
+
+def test_cli_openai_backend(induction, server, tmp_path, monkeypatch, capsys):
+    model, task, circuit = induction
+    circuit.save(tmp_path / "c.json")
+    monkeypatch.setenv("CIRCUITRY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CIRCUITRY_LLM_BASE_URL", server.base_url)
+    monkeypatch.setenv("CIRCUITRY_LLM_MODEL", "test-model")
+    args = ["label", str(tmp_path / "c.json"), "--out", str(tmp_path / "l.json"), "--backend", "openai",
+            "--components", "a0.h3", "--device", "cpu"]
+    assert main(args) == 0
+    line = capsys.readouterr().out
+    assert "with openai (1 ok)" in line and "LLM 3 calls, 0 cached" in line
+    assert main(args) == 0
+    assert "LLM 0 calls, 3 cached" in capsys.readouterr().out
