@@ -66,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--signed", action="store_true", help="rank by signed importance instead of |score|")
     d.add_argument("--no-prune", action="store_true", help="keep edges with no path from input to logits")
     d.add_argument("--no-curve", action="store_true", help="skip the faithfulness curve (CPR/CMD)")
+    d.add_argument("--label", action="store_true",
+                   help="also label the circuit's heads and MLPs (see 'circuitry label'); writes schema 1.1")
+    d.add_argument("--label-backend", default="heuristic", choices=["heuristic", "openai"],
+                   help="with --label: heuristic (offline, default) or openai (CIRCUITRY_LLM_BASE_URL, _MODEL)")
+    d.add_argument("--workers", type=int, default=None,
+                   help="shard the examples over N Ray workers (RAY_ADDRESS's cluster, else a local Ray)")
+    d.add_argument("--worker-cpus", type=float, default=None, help="Ray CPUs per worker (default: an even share)")
+    d.add_argument("--worker-gpus", type=float, default=None,
+                   help="Ray GPUs per worker (default: an even share of the cluster's, at most 1)")
     d.add_argument("--out", required=True, help="where to write the circuit JSON")
 
     e = sub.add_parser("evaluate", help="evaluate exactly the edges marked in_circuit in a circuit file")
@@ -80,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("b", help="circuit JSON to compare against A")
     df.add_argument("--top", type=int, default=20, help="score changes to list (default 20)")
     df.add_argument("--json", action="store_true", help="print the whole diff as one JSON object")
+
+    tl = sub.add_parser("timeline", help="circuits of one model's checkpoints in training order; PNG chart")
+    tl.add_argument("circuits", nargs="+", help="circuit JSON files, one per checkpoint (model.revision gives the step)")
+    tl.add_argument("--chart", default=None, help="write a PNG chart (circuit size and faithfulness per step) here")
+    tl.add_argument("--json", action="store_true", help="print the points as JSON lines")
 
     t = sub.add_parser("tasks", help="list the built-in tasks; 'tasks show NAME' prints sample rows")
     tsub = t.add_subparsers(dest="tasks_command", parser_class=_Parser)
@@ -142,16 +156,24 @@ def cmd_discover(args) -> int:
                       steps=args.steps, batch_size=args.batch_size, top_n=args.top_n, threshold=args.threshold,
                       greedy=args.greedy, absolute=not args.signed, prune=not args.no_prune,
                       curve=not args.no_curve, progress=not args.quiet, tau=taus[0] if len(taus) == 1 else None,
-                      taus=taus if many else None, candidates=args.candidates)
+                      taus=taus if many else None, candidates=args.candidates, workers=args.workers,
+                      worker_cpus=args.worker_cpus, worker_gpus=args.worker_gpus)
     for circuit in result if many else [result]:
         out = _tau_path(args.out, circuit.selection.value) if many else args.out
-        circuit.save(out)
+        circuit.save(out)  # saved before labeling: the circuit is kept whatever labeling does
         m, p = circuit.metrics, circuit.method.params
         acdc = f"tau {p['tau']:g}, {p['n_forward_passes']} forward passes; " if "tau" in p else ""
         print(f"{circuit.method.name}: {acdc}{m.n_edges} of {len(circuit.edges)} edges, {m.n_nodes} nodes; "
               f"{m.metric} clean {_fmt(m.clean)}, corrupted {_fmt(m.corrupted)}, circuit {_fmt(m.circuit)}, "
               f"faithfulness {_fmt(m.faithfulness)}; CPR {_fmt(m.cpr)}, CMD {_fmt(m.cmd)}; "
               f"{circuit.wall_time_s:.1f}s -> {out}")
+        if args.label:
+            from labeling import label_circuit
+            from labeling.cli import summary_line
+
+            labeled = label_circuit(circuit, model, task, args.label_backend)
+            labeled.save(out)
+            print(summary_line(labeled, out))
     return 0
 
 
@@ -195,6 +217,27 @@ def cmd_diff(args) -> int:
     return 0
 
 
+def cmd_timeline(args) -> int:
+    from .circuit import Circuit
+    from .timeline import plot_timeline, timeline
+
+    circuits = [(path, Circuit.load(path)) for path in args.circuits]
+    tasks = {c.task.content_hash for _, c in circuits}
+    if len(tasks) > 1:
+        raise UserError("the circuits were found on different tasks; a timeline compares one task across checkpoints")
+    points = timeline(circuits)
+    for p in points:
+        if args.json:
+            print(p.model_dump_json())
+        else:
+            moved = " ".join(["+" + c for c in p.entered] + ["-" + c for c in p.left])
+            print(f"{p.revision or '-':<14} edges {p.n_edges:4d}  faithfulness {_fmt(p.faithfulness)}  "
+                  f"{p.metric} {_fmt(p.clean_metric)}  {moved}")
+    if args.chart:
+        print(f"chart -> {plot_timeline(points, args.chart, title=circuits[0][1].model.name)}", file=sys.stderr)
+    return 0
+
+
 def cmd_tasks(args) -> int:
     from .task_library import TASKS, build_task, sample_rows
 
@@ -220,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "quiet", False):
             from transformers.utils import logging as hf_logging
             hf_logging.disable_progress_bar()
-        commands = {"discover": cmd_discover, "evaluate": cmd_evaluate, "diff": cmd_diff, "tasks": cmd_tasks}
+        commands = {"discover": cmd_discover, "evaluate": cmd_evaluate, "diff": cmd_diff, "timeline": cmd_timeline,
+                    "tasks": cmd_tasks}
         handler = commands.get(args.command) or args.func
         return handler(args)
     except UserError as exc:
