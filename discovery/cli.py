@@ -15,7 +15,7 @@ EXIT_USER_ERROR = 2
 # parsers with set_defaults(func=handler); handler(args) -> exit code.
 EXTENSION_MODULES = [
     "labeling.cli",
-    # "service.cli",
+    "service.cli",
 ]
 
 

@@ -1,0 +1,323 @@
+"""The HTTP API (FastAPI): jobs, their events (list and server-sent events), and circuits.
+Every error is application/problem+json with a detail that says what to fix."""
+
+# no `from __future__ import annotations`: FastAPI resolves the local dependency aliases at runtime
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from discovery.errors import UserError
+
+from . import schemas
+from .config import Settings
+from .db import Database
+from .formats import FORMATS, mib, neuronpedia, node_link
+from .limits import BodyLimit
+from .models_access import resolve_model
+from .problems import ApiError, NotFound, Unauthorized, Unprocessable
+from .queue import Queue
+from .results import get_artifact
+from .tables import TERMINAL, CircuitNode, CircuitRow
+from .tokens import find_token
+from .views import circuit_view, event_view, job_view
+
+log = logging.getLogger("circuitry.api")
+PROBLEM = "application/problem+json"
+_bearer = HTTPBearer(auto_error=False, description="an API token from `circuitry tokens create`")
+
+_PROBLEM_RESPONSES = {code: {"model": schemas.Problem, "content": {PROBLEM: {}}, "description": text}
+                      for code, text in ((400, "Bad request"), (401, "Missing or wrong token"), (404, "Not found"),
+                                         (409, "Conflict"), (413, "Body too large"), (422, "Invalid request"),
+                                         (429, "Too many active jobs"))}
+
+
+def problem(status: int, title: str, detail: str, *, errors=None, headers=None, instance=None) -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    if instance:
+        body["instance"] = instance
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _where(loc) -> str:
+    return ".".join(str(x) for x in loc if x not in ("body",)) or "body"
+
+
+class _StubTokenizer:
+    """Stands in for a model's tokenizer when checking text rows before a job is queued: every
+    structural check runs; tokenization itself (single-token answers) is checked when the job runs."""
+
+    def __call__(self, text):
+        return {"input_ids": [0]}
+
+    def encode(self, text, add_special_tokens=False):
+        return [0]
+
+
+def validate_task(task: schemas.TaskSpec, settings: Settings) -> None:
+    from discovery.tasks import check_equal_lengths, task_from_rows
+
+    if task.builtin is not None:
+        if task.n > settings.max_rows:
+            raise Unprocessable(f"task.n is {task.n}; this server allows at most {settings.max_rows} rows per job")
+        return
+    rows = task.rows or []
+    if len(rows) > settings.max_rows:
+        raise Unprocessable(f"task.rows has {len(rows)} rows; this server allows at most {settings.max_rows}")
+    try:
+        built = task_from_rows(rows, tokenizer=_StubTokenizer(), name=task.name)
+        if built.kind == "tokens":
+            longest = max(len(r) for r in built.clean_ids + built.corrupted_ids)
+            if longest > settings.max_tokens_per_row:
+                raise Unprocessable(f"a task row has {longest} tokens; this server allows at most "
+                                    f"{settings.max_tokens_per_row}")
+            check_equal_lengths(built)
+    except UserError as exc:
+        raise Unprocessable(f"task.rows: {exc}") from None
+
+
+def _cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s:{seq}".encode()).decode().rstrip("=")
+
+
+def _parse_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, seq = raw.split(":", 1)
+        if kind != "s":
+            raise ValueError
+        return int(seq)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(f"cursor '{cursor[:40]}' is not valid; pass the next_cursor of the previous page unchanged",
+                       status=400, title="Invalid cursor") from None
+
+
+def create_app(settings: Settings, db: Database | None = None, *, dispatcher_factory=None) -> FastAPI:
+    """The API app. `dispatcher_factory(queue) -> Dispatcher` (started with the app) when this process
+    also runs jobs; the schema is migrated at startup."""
+    db = db or Database(settings.resolved_database_url())
+    queue = Queue(db, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await run_in_threadpool(db.migrate)
+        dispatcher = dispatcher_factory(queue).start() if dispatcher_factory else None
+        app.state.dispatcher = dispatcher
+        try:
+            yield
+        finally:
+            if dispatcher:
+                await run_in_threadpool(dispatcher.stop)
+
+    app = FastAPI(title="circuitry", version="1.0", lifespan=lifespan,
+                  description="Circuit discovery as a service: submit a job, poll it, fetch its circuit.")
+    app.state.db, app.state.queue, app.state.settings = db, queue, settings
+
+    # ------------------------------------------------------------------------------- errors
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return problem(exc.status, exc.title, exc.detail, headers=exc.headers, instance=request.url.path)
+
+    @app.exception_handler(UserError)
+    async def _user_error(request: Request, exc: UserError):
+        return problem(422, "Invalid request", str(exc), instance=request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        errors = [{"loc": _where(e.get("loc", ())), "msg": e.get("msg", "invalid")} for e in exc.errors()]
+        first = errors[0] if errors else {"loc": "body", "msg": "invalid"}
+        if first["loc"] == "body" and len(errors) == 1:  # not a JSON object at all
+            first = {"loc": "body", "msg": "must be a JSON object with 'model' and 'task' (send Content-Type: "
+                                           f"application/json); {first['msg']}"}
+        more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+        return problem(422, "Invalid request", f"{first['loc']}: {first['msg']}{more}", errors=errors,
+                       instance=request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no such endpoint: {request.method} {request.url.path}; see /docs or /openapi.json"
+        if exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}; see /openapi.json"
+        return problem(exc.status_code, str(exc.status_code), detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(500, "Internal server error", "the server failed on this request; this is a bug, please "
+                                                     "report it with the time of the request")
+
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+
+    # ------------------------------------------------------------------------------- auth
+    def owner(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> tuple[str, int | None]:
+        """(owner key, its active-job limit) of the caller."""
+        if not settings.auth:
+            return "-", settings.max_active_jobs
+        if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
+            raise Unauthorized("missing API token: send 'Authorization: Bearer <token>' (create one with "
+                               "'circuitry tokens create --name NAME')")
+        token = find_token(db, creds.credentials)
+        if token is None:
+            raise Unauthorized("the API token is unknown or revoked; check it, or create a new one with "
+                               "'circuitry tokens create --name NAME'")
+        return str(token.id), token.max_active_jobs or settings.max_active_jobs
+
+    Owner = Annotated[tuple, Depends(owner)]
+
+    # ------------------------------------------------------------------------------- jobs
+    @app.post("/v1/jobs", status_code=202, response_model=schemas.Job, tags=["jobs"],
+              responses={200: {"model": schemas.Job, "description": "the job an earlier request with the same "
+                                                                  "Idempotency-Key created"}, **_PROBLEM_RESPONSES})
+    def submit_job(body: schemas.JobRequest, who: Owner, response: Response,
+                   idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255,
+                                                                 pattern=r"^[\x21-\x7e]+$")] = None):
+        """Queue a circuit-discovery job. The job is stored before the 202 is sent."""
+        try:
+            resolve_model(body.model.name, settings.model_roots)
+        except UserError as exc:
+            raise Unprocessable(f"model.name: {exc}") from None
+        validate_task(body.task, settings)
+        spec = body.model_dump(mode="json")
+        request_hash = hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        job, created = queue.enqueue(
+            who[0], spec, model=body.model.name, revision=body.model.revision, task=body.task.label,
+            method=body.method.name, request_hash=request_hash, idempotency_key=idempotency_key,
+            active_limit=who[1], callback_url=str(body.callback_url) if body.callback_url else None)
+        response.headers["Location"] = f"/v1/jobs/{job.id}"
+        if not created:
+            response.status_code = 200
+        return job_view(job)
+
+    @app.get("/v1/jobs", response_model=schemas.JobList, tags=["jobs"], responses=_PROBLEM_RESPONSES)
+    def list_jobs(who: Owner, status: schemas.JobStatus | None = None,
+                  model: Annotated[str | None, Query(max_length=512)] = None,
+                  task: Annotated[str | None, Query(max_length=255)] = None,
+                  cursor: Annotated[str | None, Query(max_length=64)] = None,
+                  limit: Annotated[int, Query(ge=1, le=200)] = 50):
+        """Jobs, newest first, one page at a time (follow next_cursor)."""
+        rows = queue.list(status=status, model=model, task=task, before_seq=_parse_cursor(cursor), limit=limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return schemas.JobList(items=[job_view(j) for j in rows], next_cursor=_cursor(rows[-1].seq) if more else None)
+
+    @app.get("/v1/jobs/{job_id}", response_model=schemas.Job, tags=["jobs"], responses=_PROBLEM_RESPONSES)
+    def get_job(job_id: str, who: Owner):
+        return job_view(queue.get(job_id))
+
+    @app.post("/v1/jobs/{job_id}/cancel", response_model=schemas.Job, tags=["jobs"], responses=_PROBLEM_RESPONSES)
+    def cancel_job(job_id: str, who: Owner):
+        """Cancel a queued or running job (a running job's result, if it still arrives, is discarded)."""
+        return job_view(queue.cancel(job_id))
+
+    @app.get("/v1/jobs/{job_id}/events", tags=["jobs"],
+             responses={200: {"model": schemas.JobEventList, "description": "the job's events; with "
+                              "'Accept: text/event-stream', a live server-sent event stream until the job ends",
+                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                        **_PROBLEM_RESPONSES})
+    async def job_events(job_id: str, who: Owner, request: Request,
+                         after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+                         last_event_id: Annotated[str | None, Header(max_length=32)] = None):
+        await run_in_threadpool(queue.get, job_id)  # 404 for an unknown job
+        if "text/event-stream" not in request.headers.get("accept", ""):
+            events = await run_in_threadpool(queue.events, job_id, after)
+            return schemas.JobEventList(items=[event_view(e) for e in events])
+        if last_event_id and last_event_id.isdigit():
+            after = int(last_event_id)
+        return StreamingResponse(_sse(job_id, after, request), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _sse(job_id: str, after: int, request: Request):
+        idle = 0.0
+        while True:
+            events = await run_in_threadpool(queue.events, job_id, after)
+            for e in events:
+                after = e.id
+                yield f"id: {e.id}\nevent: {e.kind}\ndata: {event_view(e).model_dump_json()}\n\n"
+            if events:
+                idle = 0.0
+            job = await run_in_threadpool(queue.get, job_id)
+            if job.status in TERMINAL and not events:
+                yield f"event: end\ndata: {json.dumps({'status': job.status})}\n\n"
+                return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(0.25)
+            idle += 0.25
+            if idle >= 15:  # keep proxies from closing a quiet stream
+                idle = 0.0
+                yield ": keep-alive\n\n"
+
+    # ------------------------------------------------------------------------------- circuits
+    @app.get("/v1/circuits", response_model=schemas.CircuitList, tags=["circuits"], responses=_PROBLEM_RESPONSES)
+    def list_circuits(who: Owner, model: Annotated[str | None, Query(max_length=512)] = None,
+                      revision: Annotated[str | None, Query(max_length=255)] = None,
+                      task: Annotated[str | None, Query(max_length=255)] = None,
+                      method: Annotated[str | None, Query(max_length=64)] = None,
+                      node: Annotated[str | None, Query(max_length=32, description="only circuits with this node "
+                                                                                  "in the circuit, e.g. a5.h1")] = None,
+                      cursor: Annotated[str | None, Query(max_length=64)] = None,
+                      limit: Annotated[int, Query(ge=1, le=200)] = 50):
+        q = select(CircuitRow).order_by(CircuitRow.seq.desc()).limit(limit + 1)
+        for column, value in ((CircuitRow.model, model), (CircuitRow.revision, revision), (CircuitRow.task, task),
+                              (CircuitRow.method, method)):
+            if value is not None:
+                q = q.where(column == value)
+        if node is not None:
+            q = q.where(CircuitRow.id.in_(select(CircuitNode.circuit_id).where(
+                CircuitNode.node == node, CircuitNode.in_circuit.is_(True))))
+        before = _parse_cursor(cursor)
+        if before is not None:
+            q = q.where(CircuitRow.seq < before)
+        with db.read() as s:
+            rows = list(s.scalars(q))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return schemas.CircuitList(items=[circuit_view(c) for c in rows],
+                                   next_cursor=_cursor(rows[-1].seq) if more else None)
+
+    @app.get("/v1/circuits/{circuit_id}", tags=["circuits"],
+             responses={200: {"description": "the circuit JSON (docs/circuit-format.md, with labels when the job "
+                                             "labeled it), or the requested format",
+                              "content": {"application/json": {"schema": {"type": "object"}}}},
+                        **_PROBLEM_RESPONSES})
+    def get_circuit(circuit_id: str, who: Owner,
+                    format: Annotated[str, Query(description=f"one of {', '.join(FORMATS)}")] = "json"):
+        if format not in FORMATS:
+            raise Unprocessable(f"format '{format[:40]}' is not known; use one of {', '.join(FORMATS)}")
+        with db.read() as s:
+            row = s.scalar(select(CircuitRow).where(CircuitRow.id == circuit_id))
+            if row is None:
+                raise NotFound(f"no circuit with id '{circuit_id}'")
+            content = get_artifact(s, row.artifact_sha256)
+        headers = {"ETag": f'"{row.artifact_sha256}"'}
+        if format == "json":
+            return Response(content, media_type="application/json", headers=headers)
+        if format == "neuronpedia":
+            return JSONResponse(neuronpedia(content.decode()))
+        data = json.loads(content)
+        return JSONResponse(node_link(data) if format == "node-link" else mib(data))
+
+    @app.get("/healthz", tags=["service"])
+    def health() -> dict:
+        """Liveness and queue depth (no token needed)."""
+        return {"status": "ok", "jobs": queue.counts()}
+
+    return app

@@ -1,0 +1,92 @@
+"""`circuitry serve` (API + dispatcher + executor) and `circuitry tokens` (create, revoke, list)."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+
+from discovery.errors import UserError
+
+
+def register(subparsers) -> None:
+    s = subparsers.add_parser("serve", help="run the job service: HTTP API, dispatcher and executor")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--executor", choices=["ray", "inline"], default="ray",
+                   help="ray: model actors on a local Ray (or RAY_ADDRESS); inline: jobs run in this process")
+    s.add_argument("--concurrency", type=int, default=None, help="jobs this dispatcher runs at once (default 1)")
+    s.add_argument("--no-dispatcher", action="store_true", help="API only: queue jobs, run none here")
+    s.add_argument("--no-auth", action="store_true", help="accept requests without a token (local use only)")
+    s.add_argument("--database-url", default=None, help="default: $DATABASE_URL, else SQLite under $CIRCUITRY_HOME")
+    s.add_argument("--model-root", action="append", default=None,
+                   help="directory whose model directories jobs may load (repeatable; adds to CIRCUITRY_MODEL_ROOTS)")
+    s.add_argument("--device", default=None, help="device for models (default: CUDA when present)")
+    s.add_argument("--lease-s", type=float, default=None, help="job lease in seconds (default 30)")
+    s.add_argument("--heartbeat-s", type=float, default=None, help="heartbeat interval (default 5)")
+    s.add_argument("--max-attempts", type=int, default=None, help="lease expiries before a job fails (default 3)")
+    s.add_argument("--backoff-s", type=float, default=None, help="first retry delay, doubled per attempt (default 2)")
+    s.add_argument("--actor-cpus", type=float, default=None, help="CPUs per Ray model actor (default 1)")
+    s.add_argument("--actor-gpus", type=float, default=None, help="GPUs per Ray model actor (default 0)")
+    s.add_argument("--max-actors", type=int, default=None, help="models kept loaded (LRU; default 2)")
+    s.set_defaults(func=cmd_serve)
+
+    t = subparsers.add_parser("tokens", help="API tokens: create, revoke, list")
+    t.add_argument("--database-url", default=None)
+    tsub = t.add_subparsers(dest="tokens_command", required=True, parser_class=type(t))
+    c = tsub.add_parser("create", help="create a token and print its secret (shown only once)")
+    c.add_argument("--name", required=True)
+    c.add_argument("--max-active-jobs", type=int, default=None)
+    r = tsub.add_parser("revoke", help="revoke a token by id")
+    r.add_argument("id", type=int)
+    tsub.add_parser("list", help="list tokens (ids, names, prefixes; never secrets)")
+    t.set_defaults(func=cmd_tokens)
+
+
+def _settings(args, **overrides):
+    from .config import Settings
+
+    settings = Settings.from_env(database_url=args.database_url, **overrides)
+    if getattr(args, "model_root", None):
+        settings.model_roots = settings.model_roots + [os.path.abspath(r) for r in args.model_root]
+    return settings
+
+
+def cmd_serve(args) -> int:
+    import logging
+
+    from .server import serve
+
+    if args.concurrency is not None and args.concurrency < 1:
+        raise UserError("--concurrency must be at least 1")
+    settings = _settings(args, executor=args.executor, concurrency=args.concurrency, auth=not args.no_auth,
+                         device=args.device, lease_s=args.lease_s, heartbeat_s=args.heartbeat_s,
+                         max_attempts=args.max_attempts, backoff_s=args.backoff_s, actor_cpus=args.actor_cpus,
+                         actor_gpus=args.actor_gpus, max_actors=args.max_actors)
+    if settings.heartbeat_s >= settings.lease_s:
+        raise UserError(f"--heartbeat-s ({settings.heartbeat_s}) must be shorter than --lease-s ({settings.lease_s})")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    serve(settings, args.host, args.port, dispatcher=not args.no_dispatcher)
+    return 0
+
+
+def cmd_tokens(args) -> int:
+    from .db import Database
+    from .tokens import create_token, list_tokens, revoke_token
+
+    db = Database(_settings(args).resolved_database_url())
+    db.migrate()
+    if args.tokens_command == "create":
+        if args.max_active_jobs is not None and args.max_active_jobs < 1:
+            raise UserError("--max-active-jobs must be at least 1")
+        row, secret = create_token(db, args.name, args.max_active_jobs)
+        print(f"token {row.id} ({row.name}): {secret}")
+        print("keep it: the secret is not stored and cannot be shown again")
+    elif args.tokens_command == "revoke":
+        row = revoke_token(db, args.id)
+        print(f"token {row.id} ({row.name}) revoked")
+    else:
+        for row in list_tokens(db):
+            state = "revoked" if row.revoked_at else "active"
+            made = datetime.fromtimestamp(row.created_at, timezone.utc).isoformat(timespec="seconds")
+            print(f"{row.id}\t{row.name}\t{row.prefix}...\t{state}\tcreated {made}")
+    return 0

@@ -1,0 +1,83 @@
+"""The database: one engine for SQLite (WAL, the default) or PostgreSQL (DATABASE_URL), versioned
+migrations run at startup, and sessions for reading and for writing."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from discovery.errors import UserError
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+class Database:
+    def __init__(self, url: str):
+        self.url = url
+        self.sqlite = url.startswith("sqlite")
+        if self.sqlite:
+            self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                                        pool_size=20, max_overflow=20)
+            _sqlite_setup(self.engine)
+        elif url.startswith("postgresql"):
+            self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        else:
+            raise UserError(f"unsupported DATABASE_URL '{url.split(':')[0]}:...'; use sqlite:///PATH or "
+                            "postgresql+psycopg://USER@HOST/DB")
+        # Writers take SQLite's write lock when they begin, not when they first write: a deferred
+        # transaction that reads and then writes fails at once (busy snapshot) if another writer got in first.
+        writer = self.engine.execution_options(circuitry_write=True) if self.sqlite else self.engine
+        # SQLite has one writer at a time; threads of this process queue on a lock (prompt hand-over)
+        # rather than on SQLite's busy handler, which sleeps up to 100 ms between retries.
+        self._write_lock = threading.Lock() if self.sqlite else nullcontext()
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(writer, expire_on_commit=False)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._read() as s:
+            yield s
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A transaction committed at the end of the block (rolled back on an exception)."""
+        with self._write_lock, self._write() as s, s.begin():
+            yield s
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (idempotent; safe with several processes starting)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.execution_options(circuitry_write=True).begin() as conn:
+            if not self.sqlite:  # one migrator at a time; SQLite's BEGIN IMMEDIATE already serializes
+                conn.execute(text("SELECT pg_advisory_xact_lock(7336130)"))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # pysqlite's own BEGIN handling off: we emit BEGIN below
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        immediate = conn.get_execution_options().get("circuitry_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -1,0 +1,132 @@
+"""The dispatcher: claims jobs from the queue, runs them on the executor, keeps their leases alive
+with heartbeats, stores results through the fenced queue writes, and re-queues expired leases."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+from discovery.errors import UserError
+
+from .pipeline import JobResult, LeaseLost, RetryableError
+from .queue import Lease, Queue
+from .results import store_circuit
+
+log = logging.getLogger("circuitry.dispatcher")
+
+
+class Dispatcher:
+    def __init__(self, queue: Queue, executor, *, concurrency: int = 1):
+        self.queue, self.executor = queue, executor
+        self.settings = queue.settings
+        self.concurrency = max(1, concurrency)
+        self.worker_id = f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._slots = threading.Semaphore(self.concurrency)
+        self._thread: threading.Thread | None = None
+        self._running: set[threading.Thread] = set()
+
+    # ------------------------------------------------------------------------------- loop
+    def start(self) -> "Dispatcher":
+        self._thread = threading.Thread(target=self._loop, name="circuitry-dispatcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout)
+        for t in list(self._running):
+            t.join(timeout)
+
+    def _loop(self) -> None:
+        last_reap = 0.0
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() - last_reap >= min(self.settings.heartbeat_s, self.settings.lease_s / 2):
+                    self.queue.reap()
+                    last_reap = time.monotonic()
+                if not self._slots.acquire(timeout=self.settings.poll_s):
+                    continue
+                lease = self.queue.claim(self.worker_id)
+                if lease is None:
+                    self._slots.release()
+                    self._stop.wait(self.settings.poll_s)
+                    continue
+                t = threading.Thread(target=self._handle, args=(lease,), name=f"job-{lease.job_id[:8]}", daemon=True)
+                self._running.add(t)
+                t.start()
+            except Exception:  # the database was briefly unavailable: keep going
+                log.exception("dispatcher loop error")
+                self._stop.wait(self.settings.poll_s)
+
+    # ------------------------------------------------------------------------------- one job
+    def _handle(self, lease: Lease) -> None:
+        lost = threading.Event()
+        done = threading.Event()
+        beat = threading.Thread(target=self._heartbeats, args=(lease, lost, done), daemon=True)
+        beat.start()
+
+        def report(progress: float, message: str, status: str | None = None) -> None:
+            if lost.is_set() or not self.queue.heartbeat(lease, progress=progress, message=message, status=status):
+                lost.set()
+                raise LeaseLost(lease.job_id)
+
+        try:
+            result = self.executor.run(lease.spec, report, job_id=lease.job_id)
+            if lost.is_set():
+                raise LeaseLost(lease.job_id)
+            stored = self.queue.complete(lease, lambda s, job_id: self._store(s, job_id, result))
+            if not stored:
+                log.info("job %s attempt %d: lease lost before the result was stored; discarded",
+                         lease.job_id, lease.attempt)
+        except LeaseLost:
+            log.info("job %s attempt %d: lease lost (cancelled or expired); stopped", lease.job_id, lease.attempt)
+        except UserError as exc:
+            self.queue.fail(lease, str(exc))
+        except RetryableError as exc:
+            self.queue.fail(lease, str(exc), retry=True)
+        except Exception as exc:  # a bug or resource problem: the job fails with a one-line reason
+            log.exception("job %s failed", lease.job_id)
+            self.queue.fail(lease, f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        finally:
+            done.set()
+            self._running.discard(threading.current_thread())
+            self._slots.release()
+            self._callback(lease.job_id)
+
+    def _heartbeats(self, lease: Lease, lost: threading.Event, done: threading.Event) -> None:
+        while not done.wait(self.settings.heartbeat_s):
+            try:
+                if not self.queue.heartbeat(lease):
+                    lost.set()
+                    cancel = getattr(self.executor, "cancel", None)
+                    if cancel:
+                        cancel(lease.job_id)
+                    return
+            except Exception:  # a missed beat is retried; the lease outlasts several
+                log.exception("heartbeat failed")
+
+    @staticmethod
+    def _store(session, job_id: str, result: JobResult) -> str:
+        circuit = json.loads(result.circuit_json)
+        return store_circuit(session, job_id, circuit, result.circuit_json.encode(), result.labels)
+
+    def _callback(self, job_id: str) -> None:
+        """POST the finished job to its callback_url (best effort, a few seconds at most)."""
+        try:
+            job = self.queue.get(job_id)
+            if not job.callback_url or job.status not in ("succeeded", "failed", "cancelled"):
+                return
+            import httpx
+
+            from .views import job_view
+            httpx.post(job.callback_url, content=job_view(job).model_dump_json(), timeout=5.0,
+                       headers={"Content-Type": "application/json"}, follow_redirects=False)
+        except Exception as exc:
+            log.warning("callback for job %s failed: %s", job_id, exc)

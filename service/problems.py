@@ -1,0 +1,38 @@
+"""Errors the API reports as application/problem+json (RFC 9457), each with a detail that says what to fix."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    status = 400
+    title = "Bad request"
+
+    def __init__(self, detail: str, *, status: int | None = None, title: str | None = None, headers=None):
+        super().__init__(detail)
+        self.detail = detail
+        self.status = status or self.status
+        self.title = title or self.title
+        self.headers = headers or {}
+
+
+class NotFound(ApiError):
+    status, title = 404, "Not found"
+
+
+class Conflict(ApiError):
+    status, title = 409, "Conflict"
+
+
+class Unauthorized(ApiError):
+    status, title = 401, "Unauthorized"
+
+    def __init__(self, detail: str):
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="circuitry"'})
+
+
+class TooManyActiveJobs(ApiError):
+    status, title = 429, "Too many active jobs"
+
+
+class Unprocessable(ApiError):
+    status, title = 422, "Invalid request"

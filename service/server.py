@@ -1,0 +1,61 @@
+"""Running the service: the API app with its dispatcher under uvicorn, in the foreground
+(`circuitry serve`) or in a background thread on a loopback port (tests, benchmarks)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import uvicorn
+
+from .api import create_app
+from .config import Settings
+from .db import Database
+
+
+def build_app(settings: Settings, *, dispatcher: bool = True, db: Database | None = None):
+    factory = None
+    if dispatcher:
+        def factory(queue):
+            from .dispatcher import Dispatcher
+            from .executor import make_executor
+            return Dispatcher(queue, make_executor(settings), concurrency=settings.concurrency)
+    return create_app(settings, db, dispatcher_factory=factory)
+
+
+def _config(app, **kw) -> uvicorn.Config:
+    # no access log: one line per request costs more than the request itself at benchmark rates
+    return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", **kw)
+
+
+def serve(settings: Settings, host: str, port: int, *, dispatcher: bool = True) -> None:
+    server = uvicorn.Server(_config(build_app(settings, dispatcher=dispatcher), host=host, port=port))
+    server.run()
+
+
+class BackgroundServer:
+    """The service on 127.0.0.1:<free port> in a thread; `url` once started, `stop()` to end it."""
+
+    def __init__(self, app):
+        self.app = app
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(_config(app))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def start(self, timeout: float = 30.0) -> "BackgroundServer":
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the service did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.sock.close()

@@ -1,0 +1,55 @@
+"""API tokens: random secrets shown once at creation; only their SHA-256 is stored (a fast hash is
+enough for 256-bit random secrets, and keeps per-request checks cheap)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+
+from sqlalchemy import select
+
+from discovery.errors import UserError
+
+from .db import Database
+from .tables import ApiToken
+
+PREFIX = "cty_"
+
+
+def hash_token(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_token(db: Database, name: str, max_active_jobs: int | None = None) -> tuple[ApiToken, str]:
+    """A new token and its secret (the only time the secret is available)."""
+    if not name.strip():
+        raise UserError("a token needs a name (--name), e.g. the program or person using it")
+    secret = PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(name=name, token_hash=hash_token(secret), prefix=secret[:10], max_active_jobs=max_active_jobs,
+                   created_at=time.time())
+    with db.write() as s:
+        s.add(row)
+    return row, secret
+
+
+def revoke_token(db: Database, token_id: int) -> ApiToken:
+    with db.write() as s:
+        row = s.get(ApiToken, token_id)
+        if row is None:
+            raise UserError(f"no token with id {token_id}; see 'circuitry tokens list'")
+        if row.revoked_at is None:
+            row.revoked_at = time.time()
+    return row
+
+
+def list_tokens(db: Database) -> list[ApiToken]:
+    with db.read() as s:
+        return list(s.scalars(select(ApiToken).order_by(ApiToken.id)))
+
+
+def find_token(db: Database, secret: str) -> ApiToken | None:
+    """The live token with this secret, or None (unknown or revoked)."""
+    with db.read() as s:
+        row = s.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(secret)))
+    return row if row is not None and row.revoked_at is None else None

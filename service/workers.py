@@ -1,0 +1,150 @@
+"""The Ray executor: model actors that keep one model loaded each (keyed by model, revision, dtype
+and device), so a stream of jobs on one model loads it once. At most `max_actors` live; the least
+recently used idle actor is killed to make room. Labeling runs as a separate Ray task, outside the
+model actors, so a slow labeler (an LLM endpoint) never holds a model actor."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+
+import ray
+
+from discovery.errors import UserError
+
+from .config import Settings
+from .pipeline import JobResult, ModelCache, Report, RetryableError, build_task, discover_circuit, label, load_for, \
+    model_key, wants_labels
+
+
+@ray.remote
+class ModelActor:
+    def __init__(self, spec: dict, roots: list[str], device: str | None):
+        self.spec, self.roots, self.device, self.model = spec, roots, device, None
+
+    def discover(self, spec: dict) -> str:
+        if self.model is None:  # loaded here, not in __init__: a load error is then the job's error, not a dead actor
+            self.model = load_for(self.spec, self.roots, self.device)
+        return discover_circuit(spec, self.model, build_task(spec, self.model))
+
+    def ping(self) -> bool:
+        return True
+
+
+_label_cache = ModelCache(1)  # per Ray worker process: consecutive labeling tasks on one model load it once
+
+
+@ray.remote
+def label_task(spec: dict, circuit_json: str, roots: list[str], device: str | None) -> JobResult:
+    model = _label_cache.get(model_key(spec, device), lambda: load_for(spec, roots, device))
+    return label(spec, circuit_json, model, build_task(spec, model))
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The exception a task raised, out of Ray's wrapper."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+class RayExecutor:
+    name = "ray"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 turns token auth on for new local clusters
+        if not ray.is_initialized():
+            ray.init(address=settings.ray_address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        self._actors: OrderedDict[tuple, object] = OrderedDict()
+        self._busy: dict[tuple, int] = {}
+        self._running: dict[str, object] = {}  # job id -> ObjectRef, for cancellation
+        self._lock = threading.Lock()
+        self.created = 0
+
+    def _acquire(self, spec: dict) -> tuple[tuple, object]:
+        key = model_key(spec, self.settings.device)
+        with self._lock:
+            actor = self._actors.get(key)
+            if actor is None:
+                self._evict(room_for=1)
+                actor = ModelActor.options(num_cpus=self.settings.actor_cpus, num_gpus=self.settings.actor_gpus) \
+                    .remote(spec, self.settings.model_roots, self.settings.device)
+                self._actors[key] = actor
+                self.created += 1
+            self._actors.move_to_end(key)
+            self._busy[key] = self._busy.get(key, 0) + 1
+            return key, actor
+
+    def _release(self, key: tuple) -> None:
+        with self._lock:
+            self._busy[key] = self._busy.get(key, 1) - 1
+
+    def _evict(self, room_for: int) -> None:
+        """Kill least recently used idle actors until `room_for` more fit (busy ones are never killed)."""
+        for key in list(self._actors):
+            if len(self._actors) + room_for <= self.settings.max_actors:
+                return
+            if self._busy.get(key, 0) == 0:
+                ray.kill(self._actors.pop(key))
+                self._busy.pop(key, None)
+
+    def _drop(self, key: tuple) -> None:
+        with self._lock:
+            actor = self._actors.pop(key, None)
+            self._busy.pop(key, None)
+        if actor is not None:
+            ray.kill(actor)
+
+    def actor_keys(self) -> list[tuple]:
+        with self._lock:
+            return list(self._actors)
+
+    def _get(self, job_id: str, ref):
+        self._running[job_id] = ref
+        try:
+            return ray.get(ref)
+        finally:
+            self._running.pop(job_id, None)
+
+    def run(self, spec: dict, report: Report, job_id: str = "") -> JobResult:
+        report(0.05, "waiting for a model actor")
+        key, actor = self._acquire(spec)
+        try:
+            report(0.2, f"discovering on a model actor ({spec['method']['name']})")
+            circuit_json = self._get(job_id, actor.discover.remote(spec))
+        except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError) as exc:
+            self._drop(key)  # a dead actor (e.g. out of memory) is replaced on the next job
+            raise RetryableError(f"the model actor died: {str(exc).splitlines()[0]}") from None
+        except ray.exceptions.TaskCancelledError:
+            raise RetryableError("the job's task was cancelled") from None
+        except ray.exceptions.RayTaskError as exc:
+            cause = _unwrap(exc)
+            if isinstance(cause, UserError):
+                if "could not load model" in str(cause):
+                    self._drop(key)
+                raise UserError(str(cause)) from None
+            raise RuntimeError(f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}") \
+                from None
+        finally:
+            self._release(key)
+        if not wants_labels(spec):
+            return JobResult(circuit_json)
+        report(0.8, f"labeling ({spec['labeling']['backend']})", status="labeling")
+        try:
+            return self._get(job_id, label_task.options(num_cpus=min(1.0, self.settings.actor_cpus))
+                             .remote(spec, circuit_json, self.settings.model_roots, self.settings.device))
+        except ray.exceptions.RayTaskError as exc:
+            cause = _unwrap(exc)
+            raise (UserError(str(cause)) if isinstance(cause, UserError) else RuntimeError(str(cause))) from None
+
+    def cancel(self, job_id: str) -> None:
+        ref = self._running.get(job_id)
+        if ref is not None:
+            ray.cancel(ref)
+
+    def close(self) -> None:
+        with self._lock:
+            for actor in self._actors.values():
+                ray.kill(actor)
+            self._actors.clear()
