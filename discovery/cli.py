@@ -218,10 +218,11 @@ def cmd_diff(args) -> int:
 
 
 def cmd_timeline(args) -> int:
-    from .circuit import Circuit
+    from labeling.schema import LabeledCircuit  # plain and labeled files alike; labels give the roles
+
     from .timeline import plot_timeline, timeline
 
-    circuits = [(path, Circuit.load(path)) for path in args.circuits]
+    circuits = [(path, LabeledCircuit.load(path)) for path in args.circuits]
     tasks = {c.task.content_hash for _, c in circuits}
     if len(tasks) > 1:
         raise UserError("the circuits were found on different tasks; a timeline compares one task across checkpoints")
@@ -231,8 +232,9 @@ def cmd_timeline(args) -> int:
             print(p.model_dump_json())
         else:
             moved = " ".join(["+" + c for c in p.entered] + ["-" + c for c in p.left])
+            roles = "; ".join(f"{tag}: {','.join(comps)}" for tag, comps in p.roles.items())
             print(f"{p.revision or '-':<14} edges {p.n_edges:4d}  faithfulness {_fmt(p.faithfulness)}  "
-                  f"{p.metric} {_fmt(p.clean_metric)}  {moved}")
+                  f"behaviour ({p.metric}) {_fmt(p.behaviour)}  {moved}" + (f"  [{roles}]" if roles else ""))
     if args.chart:
         print(f"chart -> {plot_timeline(points, args.chart, title=circuits[0][1].model.name)}", file=sys.stderr)
     return 0

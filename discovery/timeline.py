@@ -20,17 +20,30 @@ class TimelinePoint(BaseModel):
     n_edges: int
     n_nodes: int
     faithfulness: float | None
-    clean_metric: float | None  # the full model on the task: the behaviour itself
+    clean_metric: float | None  # the full model on the clean prompts
+    behaviour: float | None  # |clean - corrupted|: how much the model's output depends on the task's difference,
+    # what the circuit has to explain (for KL, the corrupted prompts' distance from the clean output)
     metric: str
     components: list[str]  # heads and MLPs in the circuit
     entered: list[str]  # components in this circuit and not in the previous point's
     left: list[str]
+    roles: dict[str, list[str]] = {}  # role tag -> components with it (labeled circuits; "other" left out)
     circuit_id: str | None = None  # where the circuit is stored (a file path, a service id)
 
 
 def step_of(revision: str | None) -> int | None:
     m = _STEP.search(revision or "")
     return int(m.group(1)) if m else None
+
+
+def _roles(c: Circuit) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for record in getattr(c, "labels", None) or []:
+        get = record.get if isinstance(record, dict) else lambda k, r=record: getattr(r, k, None)
+        for tag in get("role_tags") or []:
+            if tag != "other":
+                out.setdefault(tag, []).append(get("component"))
+    return {tag: sorted(comps) for tag, comps in sorted(out.items())}
 
 
 def timeline(circuits: list[tuple[str | None, Circuit]]) -> list[TimelinePoint]:
@@ -46,14 +59,16 @@ def timeline(circuits: list[tuple[str | None, Circuit]]) -> list[TimelinePoint]:
         points.append(TimelinePoint(
             revision=c.model.revision, step=step_of(c.model.revision), n_edges=sum(e.in_circuit for e in c.edges),
             n_nodes=len(now), faithfulness=c.metrics.faithfulness, clean_metric=c.metrics.clean,
+            behaviour=None if c.metrics.clean is None or c.metrics.corrupted is None
+            else abs(c.metrics.clean - c.metrics.corrupted),
             metric=c.metrics.metric, components=comps, entered=sorted(now - previous) if points else comps,
-            left=sorted(previous - now), circuit_id=cid))
+            left=sorted(previous - now), roles=_roles(c), circuit_id=cid))
         previous = now
     return points
 
 
 def plot_timeline(points: list[TimelinePoint], path: str | Path, title: str = "") -> Path:
-    """Circuit size (edges) and faithfulness per checkpoint, with the clean metric beside them."""
+    """Circuit size (edges) and faithfulness per checkpoint, with the behaviour beside them."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -63,16 +78,19 @@ def plot_timeline(points: list[TimelinePoint], path: str | Path, title: str = ""
     top.plot(xs, [p.n_edges for p in points], marker="o", color="tab:blue")
     top.set_ylabel("edges in circuit", color="tab:blue")
     right = top.twinx()
-    right.plot(xs, [p.clean_metric for p in points], marker="s", color="tab:green", ls="--")
-    right.set_ylabel(f"model's {points[0].metric if points else 'metric'} (clean)", color="tab:green")
+    right.plot(xs, [p.behaviour for p in points], marker="s", color="tab:green", ls="--")
+    right.set_ylabel(f"behaviour |clean - corrupted| ({points[0].metric if points else 'metric'})", color="tab:green")
     bottom.plot(xs, [p.faithfulness for p in points], marker="o", color="tab:red")
     bottom.axhline(1.0, color="grey", lw=0.8, ls="--")
     bottom.set_ylabel("faithfulness")
     bottom.set_xlabel("training step" if all(p.step is not None for p in points) else "checkpoint")
-    for p, x in zip(points, xs):
-        if p.entered and p is not points[0]:
-            top.annotate("+" + ",".join(p.entered[:3]) + ("…" if len(p.entered) > 3 else ""), (x, p.n_edges),
-                         textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+    before: set = set()
+    for i, (p, x) in enumerate(zip(points, xs)):  # mark what appeared: new roles (labeled), else new components
+        new = [t for t in p.roles if t not in before] if any(q.roles for q in points) else (p.entered if i else [])
+        before = set(p.roles)
+        if new:
+            top.annotate("+" + ", +".join(new[:3]) + ("…" if len(new) > 3 else ""), (x, p.n_edges),
+                         textcoords="offset points", xytext=(0, 7), fontsize=7, ha="center")
     top.set_title(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)

@@ -10,12 +10,12 @@ from discovery.timeline import plot_timeline, step_of, timeline
 from test_diff import graph_and_info, make  # noqa: F401  (fixture and hand-made circuits)
 
 
-def at(graph, info, revision, edges, faithfulness, clean):
+def at(graph, info, revision, edges, faithfulness, clean, labels=()):
     keep = np.zeros(graph.n_edges, bool)
     keep[[graph.edge_index[e] for e in edges]] = True
-    c = make(graph, info, keep, np.zeros(graph.n_edges), faithfulness)
+    c = make(graph, info, keep, np.zeros(graph.n_edges), faithfulness, labels=labels)
     c.model = c.model.model_copy(update={"revision": revision})
-    c.metrics = c.metrics.model_copy(update={"clean": clean})
+    c.metrics = c.metrics.model_copy(update={"clean": clean, "corrupted": -1.0})
     return c
 
 
@@ -25,7 +25,9 @@ def test_step_parsing():
 
 def test_timeline_orders_by_step_and_tracks_components(graph_and_info, tmp_path):  # noqa: F811
     graph, info = graph_and_info
-    late = at(graph, info, "step-002000", ["input->a0.h1<v>", "a0.h1->a1.h2<k>", "a1.h2->logits"], 0.9, 9.0)
+    late = at(graph, info, "step-002000", ["input->a0.h1<v>", "a0.h1->a1.h2<k>", "a1.h2->logits"], 0.9, 9.0, labels=[
+        {"component": "a0.h1", "role_tags": ["previous_token"]}, {"component": "a1.h2", "role_tags": ["induction"]},
+        {"component": "m0", "role_tags": ["other"]}])
     early = at(graph, info, "step-000500", ["input->m0", "m0->logits"], 0.2, 1.0)
     middle = at(graph, info, "step-001000", ["input->a0.h1<v>", "a0.h1->logits"], 0.5, 3.0)
     points = timeline([("late", late), ("early", early), ("middle", middle)])
@@ -35,6 +37,8 @@ def test_timeline_orders_by_step_and_tracks_components(graph_and_info, tmp_path)
     assert points[1].entered == ["a0.h1"] and points[1].left == ["m0"]
     assert points[2].entered == ["a1.h2"] and points[2].left == []
     assert [p.n_edges for p in points] == [2, 2, 3] and points[2].clean_metric == 9.0
+    assert [p.behaviour for p in points] == [2.0, 4.0, 10.0]
+    assert points[2].roles == {"induction": ["a1.h2"], "previous_token": ["a0.h1"]} and points[0].roles == {}
     png = plot_timeline(points, tmp_path / "t.png", title="toy")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
