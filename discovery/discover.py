@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import sys
@@ -68,14 +69,20 @@ def discover(model: LoadedModel, task: Task, method: str = "eap-ig", *, metric: 
              intervention: str = "patching", steps: int = 5, batch_size: int = 16, top_n: int | None = None,
              threshold: float | None = None, greedy: int | None = None, absolute: bool = True,
              prune: bool = True, curve: bool = True, progress: bool = False, tau: float | None = None,
-             taus: list[float] | None = None, candidates: int | None = None):
+             taus: list[float] | None = None, candidates: int | None = None, workers=None,
+             worker_cpus: float | None = None, worker_gpus: float | None = None):
     """Find a circuit: scores for every edge, the selected circuit, its faithfulness (and curve).
 
     The metric defaults to the task's own (built-in tasks), else logit_diff; for ACDC to KL.
     Scoring methods (METHODS) select by top_n / threshold / greedy. ACDC methods (ACDC_METHODS) decide
     the circuit themselves: `acdc` over every edge, `eap-ig+acdc` over the `candidates` edges EAP-IG
     ranks highest (|score|); tau is the threshold (default 0.01), and `taus` gives one circuit per
-    threshold from one run (a list of Circuits is returned, in the order given)."""
+    threshold from one run (a list of Circuits is returned, in the order given).
+
+    workers: shard the scoring (and ACDC's mask evaluations) over that many Ray workers, each with
+    worker_cpus / worker_gpus (default: an even share), started for the call (Ray: RAY_ADDRESS's
+    cluster, else a local one); or a started discovery.distributed.Workers, kept for the next call.
+    Evaluating the circuit stays in this process."""
     started = time.perf_counter()
     acdc_method = method in ACDC_METHODS
     if not acdc_method and (tau is not None or taus is not None or candidates is not None):
@@ -90,18 +97,38 @@ def discover(model: LoadedModel, task: Task, method: str = "eap-ig", *, metric: 
     params = {"metric": metric, "intervention": intervention, "batch_size": batch_size}
     if method in ("eap-ig", "eap-ig-activations", "eap-ig+acdc"):
         params["steps"] = steps
-    if acdc_method:
-        return _discover_acdc(setup, model, task, method, params, tau=tau, taus=taus, candidates=candidates,
-                              steps=steps, prune=prune, curve=curve, started=started)
-    scores = score_edges(setup, method, steps=steps).numpy()
+    with _worker_pool(workers, worker_cpus, worker_gpus) as pool:
+        if pool is not None:
+            params["workers"] = pool.n
+        if acdc_method:
+            return _discover_acdc(setup, model, task, method, params, tau=tau, taus=taus, candidates=candidates,
+                                  steps=steps, prune=prune, curve=curve, started=started, workers=pool)
+        scores = score_edges(setup, method, steps=steps, workers=pool).numpy()
     keep, selection = select(setup, scores, top=top_n, thresh=threshold, grow=greedy, absolute=absolute,
                              do_prune=prune)
     return _package(setup, model, task, method, params, scores, keep, selection, curve=curve, prune=prune,
                     started=started)
 
 
+@contextlib.contextmanager
+def _worker_pool(n: int | None, cpus: float | None, gpus: float | None):
+    """Ray workers for one discover() call (None: a single-process run; a Workers: the caller's)."""
+    if n is not None and not isinstance(n, int):
+        yield n.start()
+        return
+    if n is None:
+        if cpus is not None or gpus is not None:
+            raise UserError("--worker-cpus/--worker-gpus need --workers N")
+        yield None
+        return
+    from .distributed import Workers
+
+    with Workers(n, cpus=cpus, gpus=gpus) as pool:
+        yield pool
+
+
 def _discover_acdc(setup: Setup, model, task, method, params, *, tau, taus, candidates, steps, prune, curve,
-                   started) -> Circuit | list[Circuit]:
+                   started, workers=None) -> Circuit | list[Circuit]:
     from .methods.acdc import DEFAULT_TAU, acdc
 
     if tau is not None and taus is not None:
@@ -112,12 +139,12 @@ def _discover_acdc(setup: Setup, model, task, method, params, *, tau, taus, cand
         k = DEFAULT_CANDIDATES if candidates is None else candidates
         if k < 1:
             raise UserError(f"--candidates must be at least 1 (got {k})")
-        ranking = score_edges(setup, "eap-ig", steps=steps).numpy()
+        ranking = score_edges(setup, "eap-ig", steps=steps, workers=workers).numpy()
         cand_mask = top_n(setup.graph, ranking, min(k, setup.graph.n_edges), absolute=True)
         params["candidates"] = int(cand_mask.sum())
     elif candidates is not None:
         raise UserError("--candidates applies to eap-ig+acdc (plain acdc decides every edge)")
-    results = acdc(setup, taus=tau_list, candidates=cand_mask)
+    results = acdc(setup, taus=tau_list, candidates=cand_mask, workers=workers)
     circuits = []
     for r in results:
         keep = prune_edges(setup.graph, r.in_circuit) if prune else r.in_circuit

@@ -35,16 +35,25 @@ def task():
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One small local Ray for the whole test session (ray.init costs seconds): 2 CPUs of resources
+def _ray_session():
+    """Shuts Ray down at the end of the test session, whoever started it."""
+    ray = pytest.importorskip("ray")
+    yield ray
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local(_ray_session):
+    """One small local Ray shared by the test session (ray.init costs seconds): 2 CPUs of resources
     whatever the machine, no dashboard, token auth off (Ray 2.60 turns it on for new local clusters).
     Tests that need other topologies (ray.cluster_utils.Cluster) start their own after `ray.shutdown()`
-    and must leave Ray shut down; this fixture re-inits if it finds Ray down."""
-    ray = pytest.importorskip("ray")
+    and must leave Ray shut down, as the last Ray test of their module: the next module that asks for
+    this fixture finds Ray down and inits it again (hence module scope, not session)."""
     import os
 
+    ray = _ray_session
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
+    return ray

@@ -21,9 +21,16 @@ METHODS = {
 STEPPED = {"eap-ig", "eap-ig-activations"}
 
 
-def score_edges(setup: Setup, method: str, steps: int = 5):
+def score_edges(setup: Setup, method: str, steps: int = 5, workers=None):
+    """Per-edge scores (float32 [n_edges]). workers: a discovery.distributed.Workers to shard the
+    examples over (each scores its shard; the means are combined weighted by row counts)."""
     if method not in METHODS:
         raise UserError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
+    if workers is not None:
+        if method in STEPPED and steps < 1:  # here, not as a worker's error
+            raise UserError(f"--steps must be at least 1 (got {steps})")
+        from ..distributed import score_edges_sharded
+        return score_edges_sharded(setup, method, steps, workers)
     return METHODS[method](setup, steps=steps) if method in STEPPED else METHODS[method](setup)
 
 

@@ -511,8 +511,116 @@ class _TauRun:
         return (self.hits + 1) / (self.hits + self.misses + 2)
 
 
+class MaskEvaluator:
+    """The metric sums of edge masks over one set of rows: the data batches' caches, and evaluate().
+
+    The whole task in a single process; one shard of its rows in a Ray worker (discovery.distributed).
+    Sums, not means, so that the driver can add the shards' sums (float64) and divide by the task's
+    row count: the decisions then need not know where the rows live."""
+
+    def __init__(self, setup: Setup, candidates: np.ndarray):
+        self.setup, self.graph = setup, setup.graph
+        g = self.graph
+        self.readers_of = _readers_of(g)
+        self.valid = g.valid
+        self.slots = np.array([{"k": 1, "v": 2}.get(x, 0) for x in g.reader_slot])  # key/value readers > 0
+        budget = [setup.write_cache_bytes]
+        off0 = None if bool(candidates.all()) else torch.as_tensor(self.off_matrix(candidates), dtype=torch.float32)
+        self.caches = [_BatchCache(setup, batch, off0, budget) for batch in setup.batches()]
+        self.n_forwards = sum(c.n_forwards for c in self.caches)
+        total = 0.0
+        for c in self.caches:
+            total += float(setup.metric(c.base_logits, c.batch, c.clean_logits).double().sum())
+        self.base_sum = total
+
+    def stats(self) -> dict:
+        """What the driver needs to know of these rows: counts and shapes (for the cost model), and
+        the metric sum of the starting circuit."""
+        return {"rows": sum(len(c.batch.rows) for c in self.caches),
+                "rows_per_batch": max(len(c.batch.rows) for c in self.caches),
+                "lengths": [(int(c.ids.shape[1]), int(c.ids.shape[1] - c.p0)) for c in self.caches],
+                "vocab": int(self.caches[0].clean_logits.shape[-1]), "device": self.setup.device.type,
+                "base_sum": self.base_sum, "n_forwards": self.n_forwards}
+
+    def off_matrix(self, keep: np.ndarray) -> np.ndarray:
+        return self.valid & ~self.graph.edge_mask_matrix(keep)
+
+    def sums(self, groups: list[tuple[int, np.ndarray]], cap: int) -> list[np.ndarray]:
+        """groups: (start stage, distinct masks [K, n_edges] bool that start there). Returns, per group,
+        the metric summed over these rows under each mask (float64 [K]); one forward per data batch
+        and chunk of at most `cap` masks."""
+        out = []
+        for start, masks in groups:
+            totals = np.zeros(len(masks))
+            for lo in range(0, len(masks), cap):
+                chunk = masks[lo:lo + cap]
+                off = torch.as_tensor(np.stack([self.off_matrix(m) for m in chunk]), dtype=torch.float32,
+                                      device=self.setup.device)
+                alive = np.zeros(self.graph.n_sources, dtype=bool)
+                for m in chunk:
+                    alive |= alive_nodes(self.graph, self.graph.edge_mask_matrix(m), self.readers_of)[1]
+                for c in self.caches:
+                    logits = forward_from(self.setup, c, start, off, alive, self.readers_of, self.slots)
+                    b = len(c.batch.rows)
+                    sums = torch.stack([self.setup.metric(logits[i * b:(i + 1) * b], c.batch, c.clean_logits)
+                                        .double().sum() for i in range(len(chunk))])
+                    totals[lo:lo + len(chunk)] += sums.cpu().numpy()
+                    self.n_forwards += 1
+            out.append(totals)
+        return out
+
+
+class LocalShards:
+    """All rows in this process: one MaskEvaluator. (discovery.distributed.RemoteShards has the same
+    interface over Ray workers.)"""
+
+    def __init__(self, setup: Setup, candidates: np.ndarray):
+        self.setup, self.candidates = setup, candidates
+        self.evaluator = None
+
+    def open(self) -> list[dict]:
+        self.evaluator = MaskEvaluator(self.setup, self.candidates)
+        return [self.evaluator.stats()]
+
+    def sums(self, groups, cap: int) -> np.ndarray:
+        return self.evaluator.sums(groups, cap)
+
+    @property
+    def n_forwards(self) -> int:
+        return self.evaluator.n_forwards
+
+    def close(self):
+        pass  # the caches go with this object
+
+
+def cost_model(graph, d_model: int, stats: list[dict]):
+    """Rough costs, in multiply-adds, for choosing chain lengths (never for results): per mask
+    started at each stage (its rows through the remaining stages), and per forward pass (the fixed
+    cost of a call: its many small operations and Python; much higher on a GPU). Shards run side by
+    side, so the largest shard's rows and forwards are what a round waits for."""
+    d = d_model
+    p = np.mean([length for s in stats for length, _ in s["lengths"]])
+    pc = np.mean([computed for s in stats for _, computed in s["lengths"]])
+    vocab = stats[0]["vocab"]
+    work = []
+    for st in graph.stages:
+        final = st.layer == graph.n_layers - 1
+        if st.kind == "attn":
+            work.append(pc * 2 * d * d + (2 * d * d if final else pc * (2 * d * d + 2 * p * d)))
+        elif st.kind == "mlp":
+            work.append((1 if final else pc) * 8 * d * d)
+        else:
+            work.append(d * vocab)
+    per_mask = np.cumsum(work[::-1])[::-1] * max(s["rows"] for s in stats)
+    per_forward = max(FORWARD_OVERHEAD.get(s["device"], FORWARD_OVERHEAD["cpu"]) * len(s["lengths"]) for s in stats)
+    return per_mask, per_forward
+
+
 class _ACDC:
-    def __init__(self, setup: Setup, candidates: np.ndarray, absolute: bool, max_rows: int):
+    """The decisions (propose chains, consume their results); the masks are evaluated by `shards`
+    (LocalShards, or RemoteShards over Ray workers), which return metric sums over their rows."""
+
+    def __init__(self, setup: Setup, candidates: np.ndarray, absolute: bool, max_rows: int, shards):
         self.setup, self.graph = setup, setup.graph
         g = self.graph
         self.candidates, self.absolute = candidates, absolute
@@ -521,47 +629,19 @@ class _ACDC:
         self.stage_of_reader = np.zeros(g.n_readers, dtype=np.int64)
         for i, st in enumerate(g.stages):
             self.stage_of_reader[st.start:st.stop] = i
-        self.valid = g.valid
-        self.slots = np.array([{"k": 1, "v": 2}.get(x, 0) for x in g.reader_slot])  # key/value readers > 0
-        self.n_forwards = self.n_masks = 0
-        budget = [setup.write_cache_bytes]
-        full = bool(candidates.all())
-        off0 = None if full else torch.as_tensor(self.off_matrix(candidates), dtype=torch.float32)
-        self.caches = [_BatchCache(setup, batch, off0, budget) for batch in setup.batches()]
-        self.n_examples = sum(len(c.batch.rows) for c in self.caches)
-        self.n_forwards += sum(c.n_forwards for c in self.caches)
-        self.rows_per_batch = max(len(c.batch.rows) for c in self.caches)
+        self.n_masks = 0
+        self.shards = shards
+        stats = shards.open()
+        self.n_examples = sum(s["rows"] for s in stats)
+        self.rows_per_batch = max(s["rows_per_batch"] for s in stats)
         self.cap = max(1, max_rows // self.rows_per_batch)
         self.max_chain = 1 if self.cap == 1 else 4 * self.cap  # max_rows = one batch: no speculation
-        self.mask_cost, self.forward_cost = self.cost_model()
-        total = 0.0
-        for c in self.caches:
-            total += float(setup.metric(c.base_logits, c.batch, c.clean_logits).double().sum())
-        self.m0 = total / self.n_examples
+        self.mask_cost, self.forward_cost = cost_model(g, setup.adapter.d_model, stats)
+        self.m0 = sum(s["base_sum"] for s in stats) / self.n_examples
 
-    def cost_model(self):
-        """Rough costs, in multiply-adds, for choosing chain lengths (never for results): per mask
-        started at each stage (its rows through the remaining stages), and per forward pass (the fixed
-        cost of a call: its many small operations and Python; much higher on a GPU)."""
-        g, d = self.graph, self.setup.adapter.d_model
-        p = np.mean([c.ids.shape[1] for c in self.caches])
-        pc = np.mean([c.ids.shape[1] - c.p0 for c in self.caches])
-        vocab = self.caches[0].clean_logits.shape[-1]
-        work = []
-        for st in g.stages:
-            final = st.layer == g.n_layers - 1
-            if st.kind == "attn":
-                work.append(pc * 2 * d * d + (2 * d * d if final else pc * (2 * d * d + 2 * p * d)))
-            elif st.kind == "mlp":
-                work.append((1 if final else pc) * 8 * d * d)
-            else:
-                work.append(d * vocab)
-        per_mask = np.cumsum(work[::-1])[::-1] * self.n_examples
-        per_forward = FORWARD_OVERHEAD.get(self.setup.device.type, FORWARD_OVERHEAD["cpu"]) * len(self.caches)
-        return per_mask, per_forward
-
-    def off_matrix(self, keep: np.ndarray) -> np.ndarray:
-        return self.valid & ~self.graph.edge_mask_matrix(keep)
+    @property
+    def n_forwards(self) -> int:
+        return self.shards.n_forwards
 
     def hurt(self, score: float) -> float:
         if self.absolute:
@@ -642,30 +722,16 @@ class _ACDC:
 
     # --- evaluation ------------------------------------------------------------------------------
     def evaluate(self, by_start: dict[int, list[np.ndarray]]) -> dict:
-        """Mean metric of each mask, keyed by the mask's bytes; one forward per start stage, data batch
-        and chunk of at most `cap` masks."""
-        values = {}
+        """Mean metric of each mask, keyed by the mask's bytes: the shards' sums added (float64) and
+        divided by the task's row count."""
+        groups = []
         for start, masks in sorted(by_start.items()):
-            masks = list({m.tobytes(): m for m in masks}.values())
-            keys = [m.tobytes() for m in masks]
-            totals = np.zeros(len(masks))
-            for lo in range(0, len(masks), self.cap):
-                chunk = masks[lo:lo + self.cap]
-                off = torch.as_tensor(np.stack([self.off_matrix(m) for m in chunk]), dtype=torch.float32,
-                                      device=self.setup.device)
-                alive = np.zeros(self.graph.n_sources, dtype=bool)
-                for m in chunk:
-                    alive |= alive_nodes(self.graph, self.graph.edge_mask_matrix(m), self.readers_of)[1]
-                for c in self.caches:
-                    logits = forward_from(self.setup, c, start, off, alive, self.readers_of, self.slots)
-                    b = len(c.batch.rows)
-                    sums = torch.stack([self.setup.metric(logits[i * b:(i + 1) * b], c.batch, c.clean_logits)
-                                        .double().sum() for i in range(len(chunk))])
-                    totals[lo:lo + len(chunk)] += sums.cpu().numpy()
-                    self.n_forwards += 1
-                self.n_masks += len(chunk)
-            for key, t in zip(keys, totals / self.n_examples):
-                values[key] = float(t)
+            groups.append((start, np.stack(list({m.tobytes(): m for m in masks}.values()))))
+        values = {}
+        for (_, masks), totals in zip(groups, self.shards.sums(groups, self.cap)):
+            self.n_masks += len(masks)
+            for m, t in zip(masks, totals / self.n_examples):
+                values[m.tobytes()] = float(t)
         return values
 
     def run(self, taus: list[float], progress: bool) -> list[_TauRun]:
@@ -695,7 +761,7 @@ class _ACDC:
 
 
 def acdc(setup: Setup, tau: float = DEFAULT_TAU, taus=None, candidates=None, progress: bool | None = None,
-         absolute: bool = False, max_rows: int = 512):
+         absolute: bool = False, max_rows: int = 512, workers=None):
     """ACDC pruning (see the module docstring for the exact definition).
 
     tau: threshold on the loss of behaviour; taus (overrides tau): several thresholds in one call
@@ -704,7 +770,9 @@ def acdc(setup: Setup, tau: float = DEFAULT_TAU, taus=None, candidates=None, pro
     it are removed up front and never decided. absolute: decide on |score| instead of the signed loss.
     max_rows: rows (masks x examples of a data batch) per forward pass; at most one batch's rows turns
     speculation off (one mask, one measured edge per forward). progress: default
-    setup.progress. Returns an ACDCResult (a list of them when taus is given)."""
+    setup.progress. workers: a discovery.distributed.Workers to shard the rows over (each round's
+    masks are evaluated by every shard; the decisions stay here). Returns an ACDCResult (a list of
+    them when taus is given)."""
     t0 = time.perf_counter()
     single = taus is None
     if single:
@@ -718,8 +786,16 @@ def acdc(setup: Setup, tau: float = DEFAULT_TAU, taus=None, candidates=None, pro
     cands = check_candidates(setup, candidates)
     if max_rows < 1:
         raise UserError(f"max_rows must be at least 1 (got {max_rows})")
-    engine = _ACDC(setup, cands, absolute, max_rows)
-    states = engine.run(tau_list, setup.progress if progress is None else progress)
+    if workers is None:
+        shards = LocalShards(setup, cands)
+    else:
+        from ..distributed import RemoteShards
+        shards = RemoteShards(workers, setup, cands)
+    try:
+        engine = _ACDC(setup, cands, absolute, max_rows, shards)
+        states = engine.run(tau_list, setup.progress if progress is None else progress)
+    finally:
+        shards.close()
     wall = time.perf_counter() - t0
     results = [ACDCResult(tau=s.tau, in_circuit=s.keep.copy(), scores=s.scores.astype(np.float32),
                           n_forward_passes=engine.n_forwards, n_edges_evaluated=s.n_measured, wall_time_s=wall,
