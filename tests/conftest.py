@@ -24,6 +24,17 @@ def token_rows(n=6, length=6, seed=0, vocab=tiny.VOCAB, pos=2):
     return rows
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Many small forwards run slower with two threads, and far slower when the machine's cores are
+    busy (threads spin waiting for each other); results do not depend on it. Modules that need it:
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def models():
     return {fam: wrap_model(tiny.build(fam)) for fam in tiny.FAMILIES}

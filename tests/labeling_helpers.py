@@ -12,6 +12,16 @@ INDUCTION_EDGES = ["input->a0.h3<v>", "input->a0.h1<v>", "a0.h3->a1.h0<k>", "inp
                    "input->a0.h0<q>", "a0.h0->m1", "m1->logits"]
 
 
+def induction_setup(n: int, seed: int):
+    """The shipped toy induction model, its built-in task (n rows from seed) and the hand circuit above."""
+    from discovery import load_model
+    from discovery.task_library import build_task
+
+    model = load_model("toy:induction", device="cpu")
+    task = build_task("induction", tokenizer=model.tokenizer, vocab_size=model.vocab_size, n=n, seed=seed)
+    return model, task, hand_circuit(model, task, INDUCTION_EDGES)
+
+
 def hand_circuit(model, task, edges, seed=0) -> Circuit:
     g = Graph.from_adapter(model.adapter)
     keep = np.zeros(g.n_edges, dtype=bool)

@@ -18,14 +18,7 @@ MARGIN = 1e-5
 TAUS = {"kl": [1e-4, 3e-4, 1e-3, 3e-3], "logit_diff": [1e-3, 3e-3, 1e-2, 3e-2]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These many small forwards run slower with two threads, and far slower when the machine's
-    cores are busy (threads spin waiting for each other); results do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import tiny
 from acdc_reference import acdc_reference
@@ -14,12 +13,7 @@ from discovery import Circuit, Setup, UserError, discover, get_metric, prune, sc
 from discovery.cli import main
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():  # many small forwards: faster on one thread, and results do not depend on it
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small forwards: faster on one thread
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,7 @@ from discovery.distributed import Workers, WorkerError  # noqa: E402
 MARGIN = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the workers have one each; the driver's single-process runs likewise
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the workers have one each; the driver likewise
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,10 @@ import json
 
 import pytest
 import torch
-from labeling_helpers import INDUCTION_EDGES, hand_circuit
+from labeling_helpers import INDUCTION_EDGES, hand_circuit, induction_setup
 
-from discovery import load_model
 from discovery.circuit import Circuit
 from discovery.cli import main
-from discovery.task_library import build_task
 from discovery.toy.ground_truth import head_scores, repeated_sequences
 from discovery.toy.planted import plant
 from labeling import EvidenceConfig, LabeledCircuit, collect_evidence, label_circuit, to_neuronpedia
@@ -20,13 +18,12 @@ from labeling.schema import LLMLabelAnswer, LabelRecord
 SMALL = EvidenceConfig(seed=0, n_repeated=32, max_task_rows=32, ov_tokens=256)
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="module")
 def induction():
-    torch.set_num_threads(1)
-    model = load_model("toy:induction", device="cpu")
-    task = build_task("induction", tokenizer=model.tokenizer, vocab_size=model.vocab_size, n=32, seed=7)
-    circuit = hand_circuit(model, task, INDUCTION_EDGES)
-    return model, task, circuit
+    return induction_setup(n=32, seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +168,6 @@ def test_default_components_are_the_circuit_nodes(induction):
 def test_planted_models(family):
     """At noise 0 the non-circuit components write nothing (planted.py): their labels must say so; the
     circuit's random-weight heads have no role by construction and must not get one."""
-    torch.set_num_threads(1)
     p = plant(family, ["a0.h1", "a1.h2", "m1"], 0.0, seed=0, n_layers=2, n_rows=16)
     circuit = hand_circuit(p.model, p.task, p.true_edge_names())
     comps = [f"a{layer}.h{h}" for layer in range(2) for h in range(4)] + ["m0", "m1"]

@@ -4,14 +4,11 @@
 import json
 
 import pytest
-import torch
-from labeling_helpers import INDUCTION_EDGES, hand_circuit
+from labeling_helpers import induction_setup
 from labeling_server import FakeLLM
 
-from discovery import load_model
 from discovery.circuit import Circuit
 from discovery.cli import main
-from discovery.task_library import build_task
 from labeling import EvidenceConfig, LLMClient, LLMConfig, collect_evidence, label_circuit
 from labeling.heuristic import heuristic_labels
 from labeling.llm_labeler import llm_label
@@ -19,13 +16,12 @@ from labeling.llm_labeler import llm_label
 SMALL = EvidenceConfig(seed=0, n_repeated=16, max_task_rows=16, ov_tokens=128, n_heldout=6)
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="module")
 def induction():
-    torch.set_num_threads(1)
-    model = load_model("toy:induction", device="cpu")
-    task = build_task("induction", tokenizer=model.tokenizer, vocab_size=model.vocab_size, n=16, seed=3)
-    circuit = hand_circuit(model, task, INDUCTION_EDGES)
-    return model, task, circuit
+    return induction_setup(n=16, seed=3)
 
 
 @pytest.fixture(scope="module")
