@@ -27,11 +27,13 @@ sys.path.insert(0, str(ROOT))
 
 from discovery import Graph, Setup, get_metric, load_model, score_edges  # noqa: E402
 from discovery.evaluation import edge_auc, faithfulness_curves  # noqa: E402
+from discovery.methods.acdc import acdc  # noqa: E402
 from discovery.models import toy_model_dir  # noqa: E402
 from discovery.task_library import build_task  # noqa: E402
 from discovery.toy.planted import plant  # noqa: E402
 
-METHODS = ["eap", "eap-ig", "clean-corrupted", "exact"]
+METHODS = ["eap", "eap-ig", "clean-corrupted", "exact", "acdc"]
+ACDC_TAU = 0.01  # in the task metric's units (logit difference): a small fraction of the clean value
 NOISES = [0.0, 0.01, 0.1, 0.3, 1.0]
 DOCS_BEGIN, DOCS_END = "<!-- quality:begin -->", "<!-- quality:end -->"
 
@@ -66,12 +68,21 @@ def ioi_case(n: int, seed: int):
 def measure(case: dict, method: str, steps: int, bootstrap: int, curve: bool = True) -> dict:
     metric = get_metric(case["task"].metric or "logit_diff")
     setup = Setup(case["model"], case["task"], metric, batch_size=32)
-    score_edges(Setup(case["model"], case["task"].subset([0]), metric), method, steps=1)  # warm-up, untimed
+    warm = Setup(case["model"], case["task"].subset([0]), metric)  # warm-up, untimed
+    acdc(warm) if method == "acdc" else score_edges(warm, method, steps=1)
     started = time.perf_counter()
-    scores = score_edges(setup, method, steps=steps).numpy()
+    if method == "acdc":  # scores: the effect ACDC measured when deciding each edge (0 if never reached)
+        result = acdc(setup, tau=ACDC_TAU)
+        scores = result.scores
+    else:
+        scores = score_edges(setup, method, steps=steps).numpy()
     wall = time.perf_counter() - started
     row = {"case": case["name"], "method": method, "wall_s": wall, "n_edges": setup.graph.n_edges,
            "auc": edge_auc(scores, case["truth"]) if case["truth"] is not None else None}
+    if method == "acdc" and case["truth"] is not None:  # its circuit itself, against the truth
+        kept, truth = result.in_circuit, case["truth"]
+        row["acdc"] = {"kept": int(kept.sum()), "precision": float((kept & truth).sum() / max(kept.sum(), 1)),
+                       "recall": float((kept & truth).sum() / truth.sum())}
     if curve:
         c = faithfulness_curves(setup, scores, bootstrap=bootstrap, seed=0)
         row.update(cpr=c["cpr"], cpr_ci=c["cpr_ci"], cmd=c["cmd"], cmd_ci=c["cmd_ci"], curve=c["curve_absolute"])
@@ -88,6 +99,12 @@ def table(rows: list[dict]) -> str:
         auc = "n/a" if r["auc"] is None else f"{r['auc']:.3f}"
         lines.append(f"| {r['case']} | {r['method']} | {auc} | {fmt_ci(r['cpr'], r['cpr_ci'])} | "
                      f"{fmt_ci(r['cmd'], r['cmd_ci'])} | {r['wall_s']:.2f} |")
+    acdc_rows = [r for r in rows if "acdc" in r]
+    if acdc_rows:
+        lines.append("")
+        lines.append(f"ACDC's own circuit (tau {ACDC_TAU:g}, task metric) against the ground truth: " + "; ".join(
+            f"{r['case']}: {r['acdc']['kept']} edges kept, precision {r['acdc']['precision']:.2f}, "
+            f"recall {r['acdc']['recall']:.2f}" for r in acdc_rows) + ".")
     return "\n".join(lines)
 
 
