@@ -320,4 +320,8 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
         """Liveness and queue depth (no token needed)."""
         return {"status": "ok", "jobs": queue.counts()}
 
+    from .watches_api import watch_router  # here: it uses this module's validate_task
+    app.include_router(watch_router(db, queue, settings, Owner, _PROBLEM_RESPONSES))
+    from .ui import router as ui_router  # the browser pages (/ui): HTML shells that call this API
+    app.include_router(ui_router)
     return app

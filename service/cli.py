@@ -1,4 +1,5 @@
-"""`circuitry serve` (API + dispatcher + executor) and `circuitry tokens` (create, revoke, list)."""
+"""`circuitry serve` (API + dispatcher + executor + scan scheduler), `circuitry tokens` (create, revoke, list)
+and `circuitry scan` (service/scan_cli.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ def register(subparsers) -> None:
                    help="ray: model actors on a local Ray (or RAY_ADDRESS); inline: jobs run in this process")
     s.add_argument("--concurrency", type=int, default=None, help="jobs this dispatcher runs at once (default 1)")
     s.add_argument("--no-dispatcher", action="store_true", help="API only: queue jobs, run none here")
+    s.add_argument("--no-scheduler", action="store_true", help="do not scan watches here (see 'circuitry scan')")
     s.add_argument("--no-auth", action="store_true", help="accept requests without a token (local use only)")
     s.add_argument("--database-url", default=None, help="default: $DATABASE_URL, else SQLite under $CIRCUITRY_HOME")
     s.add_argument("--model-root", action="append", default=None,
@@ -41,6 +43,11 @@ def register(subparsers) -> None:
     tsub.add_parser("list", help="list tokens (ids, names, prefixes; never secrets)")
     t.set_defaults(func=cmd_tokens)
 
+    from .scan_cli import register as register_scan  # `circuitry scan`: watches of training checkpoints
+    register_scan(subparsers)
+    from .viewer.cli import register as register_viewer  # `circuitry view` and `circuitry demo`
+    register_viewer(subparsers)
+
 
 def _settings(args, **overrides):
     from .config import Settings
@@ -65,7 +72,7 @@ def cmd_serve(args) -> int:
     if settings.heartbeat_s >= settings.lease_s:
         raise UserError(f"--heartbeat-s ({settings.heartbeat_s}) must be shorter than --lease-s ({settings.lease_s})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    serve(settings, args.host, args.port, dispatcher=not args.no_dispatcher)
+    serve(settings, args.host, args.port, dispatcher=not args.no_dispatcher, scheduler=not args.no_scheduler)
     return 0
 
 

@@ -85,7 +85,8 @@ def discover_circuit(spec: dict, model, task) -> str:
     circuit = discover(model, task, m["name"], metric=m.get("metric"), intervention=m["intervention"],
                        steps=m["steps"], batch_size=m["batch_size"], top_n=sel.get("top_n"),
                        threshold=sel.get("threshold"), greedy=sel.get("greedy"), absolute=sel["absolute"],
-                       prune=sel["prune"], curve=m["curve"], progress=False)
+                       prune=sel["prune"], curve=m["curve"], progress=False, tau=m.get("tau"),
+                       candidates=m.get("candidates"))
     return circuit.model_dump_json()
 
 

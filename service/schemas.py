@@ -7,11 +7,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
 
+from discovery.discover import ACDC_METHODS
 from discovery.methods import INTERVENTIONS, METHODS
 from discovery.metrics import METRICS
 from discovery.task_library import TASKS
 
-MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
+MethodName = Literal[tuple(METHODS) + tuple(ACDC_METHODS)]  # type: ignore[valid-type]
 MetricName = Literal[tuple(METRICS)]  # type: ignore[valid-type]
 InterventionName = Literal[tuple(INTERVENTIONS)]  # type: ignore[valid-type]
 TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]
@@ -60,6 +61,18 @@ class MethodSpec(_Strict):
     steps: int = Field(5, ge=1, le=256, description="interpolation steps (eap-ig, eap-ig-activations)")
     batch_size: int = Field(16, ge=1, le=4096)
     curve: bool = Field(False, description="also compute the faithfulness curve (CPR/CMD)")
+    tau: float | None = Field(None, gt=0, le=1e6, description="acdc, eap-ig+acdc: remove an edge when the metric "
+                                                               "moves by at most tau (default 0.01)")
+    candidates: int | None = Field(None, ge=1, le=10_000_000, description="eap-ig+acdc: edges EAP-IG hands to ACDC "
+                                                                          "(default 1000)")
+
+    @model_validator(mode="after")
+    def _acdc_only(self):
+        if self.name not in ACDC_METHODS and (self.tau is not None or self.candidates is not None):
+            raise ValueError(f"tau and candidates apply to {' and '.join(ACDC_METHODS)}, not to '{self.name}'")
+        if self.name == "acdc" and self.candidates is not None:
+            raise ValueError("candidates applies to eap-ig+acdc (plain acdc decides every edge)")
+        return self
 
 
 class SelectionSpec(_Strict):
@@ -96,6 +109,14 @@ class JobRequest(_Strict):
     selection: SelectionSpec = Field(default_factory=SelectionSpec)
     labeling: LabelingSpec = Field(default_factory=LabelingSpec)
     callback_url: HttpUrl | None = Field(None, description="POSTed the job when it finishes")
+
+    @model_validator(mode="after")
+    def _acdc_selects_itself(self):
+        s = self.selection
+        if self.method.name in ACDC_METHODS and any(x is not None for x in (s.top_n, s.threshold, s.greedy)):
+            raise ValueError(f"{self.method.name} decides the circuit itself by method.tau; drop selection "
+                             "top_n/threshold/greedy")
+        return self
 
 
 class Job(BaseModel):

@@ -14,14 +14,40 @@ from .config import Settings
 from .db import Database
 
 
-def build_app(settings: Settings, *, dispatcher: bool = True, db: Database | None = None):
-    factory = None
-    if dispatcher:
-        def factory(queue):
+def build_app(settings: Settings, *, dispatcher: bool = True, db: Database | None = None, scheduler: bool = False):
+    """The app; with `dispatcher` it runs jobs, with `scheduler` it scans watches (both start and stop
+    with the app, after the schema is migrated)."""
+    if not dispatcher and not scheduler:
+        return create_app(settings, db)
+
+    def factory(queue):
+        parts = []
+        if dispatcher:
             from .dispatcher import Dispatcher
             from .executor import make_executor
-            return Dispatcher(queue, make_executor(settings), concurrency=settings.concurrency)
+            parts.append(Dispatcher(queue, make_executor(settings), concurrency=settings.concurrency))
+        if scheduler:
+            from .scheduler import Scheduler
+            parts.append(Scheduler(queue.db, settings, queue))
+        return parts[0] if len(parts) == 1 else _Together(parts)
     return create_app(settings, db, dispatcher_factory=factory)
+
+
+class _Together:
+    """Background services started and stopped as one (the app's lifespan knows one)."""
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.executor = getattr(parts[0], "executor", None)  # the dispatcher's, as app.state.dispatcher has it
+
+    def start(self) -> "_Together":
+        for p in self.parts:
+            p.start()
+        return self
+
+    def stop(self) -> None:
+        for p in reversed(self.parts):
+            p.stop()
 
 
 def _config(app, **kw) -> uvicorn.Config:
@@ -29,8 +55,9 @@ def _config(app, **kw) -> uvicorn.Config:
     return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", **kw)
 
 
-def serve(settings: Settings, host: str, port: int, *, dispatcher: bool = True) -> None:
-    server = uvicorn.Server(_config(build_app(settings, dispatcher=dispatcher), host=host, port=port))
+def serve(settings: Settings, host: str, port: int, *, dispatcher: bool = True, scheduler: bool = True) -> None:
+    server = uvicorn.Server(_config(build_app(settings, dispatcher=dispatcher, scheduler=scheduler), host=host,
+                                    port=port))
     server.run()
 
 

@@ -144,3 +144,46 @@ class Label(Base):
     role_tags: Mapped[list] = mapped_column(JSON)
     status: Mapped[str | None] = mapped_column(String(32), nullable=True)
     record: Mapped[dict] = mapped_column(JSON)  # the whole label record as the labeler wrote it
+
+
+class Watch(Base):
+    """A checkpoint source scanned on a schedule (service/watches.py, service/scheduler.py): each new
+    complete checkpoint becomes one job per task, built from `template` (a job body without model/task)."""
+    __tablename__ = "watches"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    owner: Mapped[str] = mapped_column(String(32))  # jobs are submitted as this owner (token id, or "-")
+    source_kind: Mapped[str] = mapped_column(String(8))  # toy | dir | hub
+    source: Mapped[str] = mapped_column(String(512))  # toy:NAME, a directory under a model root, or a hub repo id
+    pattern: Mapped[str | None] = mapped_column(String(255), nullable=True)  # checkpoint names to take
+    pattern_kind: Mapped[str] = mapped_column(String(8))  # glob | regex
+    tasks: Mapped[list] = mapped_column(JSON)  # TaskSpec bodies
+    template: Mapped[dict] = mapped_column(JSON)  # method, selection, labeling of every job
+    interval_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cron: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    quiet_s: Mapped[float] = mapped_column(Float)  # a directory checkpoint unchanged this long is complete
+    marker: Mapped[str | None] = mapped_column(String(128), nullable=True)  # ... or complete when this file exists
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    next_run_at: Mapped[float] = mapped_column(Float)  # a scheduler claims a tick by moving this forward
+    last_run_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)  # the last tick's listing error
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_watches_due", "enabled", "next_run_at"),)
+
+
+class WatchCheckpoint(Base):
+    """One (checkpoint, task) of a watch and the job submitted for it. Unique per watch, fingerprint
+    and task, like the job's idempotency key: a restart or a second scheduler records it once."""
+    __tablename__ = "watch_checkpoints"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    watch_id: Mapped[str] = mapped_column(String(36), ForeignKey("watches.id", ondelete="CASCADE"), index=True)
+    checkpoint: Mapped[str] = mapped_column(String(255))  # directory or ref name (step-001000, step1000)
+    step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # commit hash, or hash of the directory's files
+    task: Mapped[str] = mapped_column(String(255))  # the task's label
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.id"))
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (UniqueConstraint("watch_id", "fingerprint", "task", name="uq_watch_checkpoints_key"),)

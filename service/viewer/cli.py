@@ -1,0 +1,60 @@
+"""`circuitry view` (a circuit, a diff or a timeline as one self-contained HTML file) and
+`circuitry demo` (the end-to-end demo: the service, two jobs, labels, summary, viewer, plot)."""
+
+from __future__ import annotations
+
+import os
+
+from discovery.errors import UserError
+
+
+def register(subparsers) -> None:
+    v = subparsers.add_parser("view", help="write a circuit (or a diff, or a timeline) as one self-contained HTML file")
+    v.add_argument("circuits", nargs="+", help="circuit JSON file(s); several with --timeline")
+    v.add_argument("--diff", default=None, metavar="OTHER", help="show OTHER against the circuit: edges gained and lost")
+    v.add_argument("--timeline", action="store_true", help="the circuits are checkpoints: draw their timeline")
+    v.add_argument("--out", required=True, help="the HTML file to write")
+    v.set_defaults(func=cmd_view)
+
+    d = subparsers.add_parser("demo", help="end-to-end demo on the shipped toy models: service, jobs, labels, viewer")
+    d.add_argument("--out", default="out/demo", help="where the viewer pages and the plot go (default out/demo)")
+    d.add_argument("--home", default=None,
+                   help="the demo service's $CIRCUITRY_HOME (its database); default OUT/service")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=cmd_demo)
+
+
+def _load(path: str):
+    from labeling.schema import LabeledCircuit
+
+    if not os.path.isfile(path):
+        raise UserError(f"no such circuit file: {path}")
+    return LabeledCircuit.load(path)  # reads plain 1.0 circuits too
+
+
+def cmd_view(args) -> int:
+    from .render import render_circuit, render_diff, render_timeline, write_html
+
+    if args.timeline and args.diff:
+        raise UserError("give --diff or --timeline, not both")
+    if not args.timeline and len(args.circuits) != 1:
+        raise UserError("give one circuit file (or --timeline for several checkpoints)")
+    circuits = [_load(p) for p in args.circuits]
+    if args.timeline:
+        from discovery.timeline import timeline
+
+        text = render_timeline(timeline(list(zip(args.circuits, circuits))),
+                               title=f"{circuits[0].model.name} · {circuits[0].task.name}")
+    elif args.diff:
+        text = render_diff(circuits[0], _load(args.diff),
+                           names=(os.path.basename(args.circuits[0]), os.path.basename(args.diff)))
+    else:
+        text = render_circuit(circuits[0])
+    print(f"wrote {write_html(args.out, text)}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(out=args.out, home=args.home, progress=not args.quiet)
