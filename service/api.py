@@ -5,9 +5,11 @@ Every error is application/problem+json with a detail that says what to fix."""
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Annotated
 
@@ -122,12 +124,14 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
         try:
             yield
         finally:
+            app.state.submit_writer.shutdown(wait=True)
             if dispatcher:
                 await run_in_threadpool(dispatcher.stop)
 
     app = FastAPI(title="circuitry", version="1.0", lifespan=lifespan,
                   description="Circuit discovery as a service: submit a job, poll it, fetch its circuit.")
     app.state.db, app.state.queue, app.state.settings = db, queue, settings
+    app.state.submit_writer = ThreadPoolExecutor(1, thread_name_prefix="circuitry-submit")
 
     # ------------------------------------------------------------------------------- errors
     @app.exception_handler(ApiError)
@@ -167,7 +171,7 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     # ------------------------------------------------------------------------------- auth
-    def owner(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> tuple[str, int | None]:
+    async def owner(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> tuple[str, int | None]:
         """(owner key, its active-job limit) of the caller."""
         if not settings.auth:
             return "-", settings.max_active_jobs
@@ -183,10 +187,15 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
     Owner = Annotated[tuple, Depends(owner)]
 
     # ------------------------------------------------------------------------------- jobs
+    # Submissions are validated on the event loop and written by one thread of their own: SQLite takes
+    # one writer at a time anyway, and a hand-off to a single thread is cheaper than to a pool of many
+    # contending for the write lock (measured: benchmarks/bench_service.py, docs/benchmarks.md).
+    submit_writer = app.state.submit_writer
+
     @app.post("/v1/jobs", status_code=202, response_model=schemas.Job, tags=["jobs"],
               responses={200: {"model": schemas.Job, "description": "the job an earlier request with the same "
                                                                   "Idempotency-Key created"}, **_PROBLEM_RESPONSES})
-    def submit_job(body: schemas.JobRequest, who: Owner, response: Response,
+    async def submit_job(body: schemas.JobRequest, who: Owner, response: Response,
                    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255,
                                                                  pattern=r"^[\x21-\x7e]+$")] = None):
         """Queue a circuit-discovery job. The job is stored before the 202 is sent."""
@@ -197,10 +206,11 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
         validate_task(body.task, settings)
         spec = body.model_dump(mode="json")
         request_hash = hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-        job, created = queue.enqueue(
-            who[0], spec, model=body.model.name, revision=body.model.revision, task=body.task.label,
+        enqueue = functools.partial(
+            queue.enqueue, who[0], spec, model=body.model.name, revision=body.model.revision, task=body.task.label,
             method=body.method.name, request_hash=request_hash, idempotency_key=idempotency_key,
             active_limit=who[1], callback_url=str(body.callback_url) if body.callback_url else None)
+        job, created = await asyncio.get_running_loop().run_in_executor(submit_writer, enqueue)
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         if not created:
             response.status_code = 200

@@ -15,7 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import and_, func, select, text, update
+from sqlalchemy import and_, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from .config import Settings
@@ -64,15 +64,17 @@ class Queue:
                             f"this token already has {active} active jobs (limit {active_limit}); wait for some to "
                             "finish or cancel them, then submit again")
                 now = time.time()
-                job = Job(id=str(uuid.uuid4()), owner=owner, idempotency_key=idempotency_key,
-                          request_hash=request_hash, status="queued", model=model, revision=revision, task=task,
-                          method=method, spec=spec, callback_url=callback_url, attempt=0,
-                          max_attempts=self.settings.max_attempts, not_before=now, progress=0.0, created_at=now,
-                          updated_at=now)
-                s.add(job)
-                s.flush()
-                _event(s, job, kind="status", status="queued", attempt=0, at=now)
-            return job, True
+                values = dict(id=str(uuid.uuid4()), owner=owner, idempotency_key=idempotency_key,
+                              request_hash=request_hash, status="queued", model=model, revision=revision, task=task,
+                              method=method, spec=spec, callback_url=callback_url, attempt=0,
+                              max_attempts=self.settings.max_attempts, not_before=now, progress=0.0, created_at=now,
+                              updated_at=now)
+                # Core inserts: the submission path is the service's hottest, and the ORM's unit of work
+                # costs more than the two inserts themselves; the returned Job is a detached copy.
+                s.execute(insert(Job.__table__).values(**values))
+                s.execute(insert(JobEvent.__table__).values(job_id=values["id"], at=now, kind="status",
+                                                            status="queued", attempt=0))
+            return Job(**values), True
         except IntegrityError:  # a concurrent request with the same key won the insert
             if idempotency_key is None:
                 raise
