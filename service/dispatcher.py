@@ -13,6 +13,7 @@ import uuid
 
 from discovery.errors import UserError
 
+from .background import BackgroundLoop
 from .pipeline import JobResult, LeaseLost, RetryableError
 from .queue import Lease, Queue
 from .results import store_circuit
@@ -20,27 +21,21 @@ from .results import store_circuit
 log = logging.getLogger("circuitry.dispatcher")
 
 
-class Dispatcher:
+class Dispatcher(BackgroundLoop):
+    thread_name = "circuitry-dispatcher"
+
     def __init__(self, queue: Queue, executor, *, concurrency: int = 1):
+        super().__init__()
         self.queue, self.executor = queue, executor
         self.settings = queue.settings
         self.concurrency = max(1, concurrency)
         self.worker_id = f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._stop = threading.Event()
         self._slots = threading.Semaphore(self.concurrency)
-        self._thread: threading.Thread | None = None
         self._running: set[threading.Thread] = set()
 
     # ------------------------------------------------------------------------------- loop
-    def start(self) -> "Dispatcher":
-        self._thread = threading.Thread(target=self._loop, name="circuitry-dispatcher", daemon=True)
-        self._thread.start()
-        return self
-
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout)
+        super().stop(timeout)
         for t in list(self._running):
             t.join(timeout)
 

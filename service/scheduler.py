@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -28,6 +27,7 @@ from sqlalchemy import select, update
 from discovery.errors import UserError
 
 from . import schemas
+from .background import BackgroundLoop
 from .config import Settings
 from .db import Database
 from .models_access import resolve_model
@@ -170,26 +170,17 @@ def _finish(db: Database, watch_id: str, now: float, error: str | None, retry_by
                       .values(next_run_at=retry_by).execution_options(synchronize_session=False))
 
 
-class Scheduler:
+class Scheduler(BackgroundLoop):
     """Ticks due watches in a background thread (inside `circuitry serve`, or alone with
     `circuitry scan scheduler`). Any number may run against one database."""
 
+    thread_name = "circuitry-scheduler"
+
     def __init__(self, db: Database, settings: Settings, queue: Queue | None = None, *, poll_s: float | None = None):
+        super().__init__()
         self.db, self.settings = db, settings
         self.queue = queue or Queue(db, settings)
         self.poll_s = poll_s if poll_s is not None else float(os.environ.get("CIRCUITRY_SCAN_POLL_S") or 5.0)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> "Scheduler":
-        self._thread = threading.Thread(target=self._loop, name="circuitry-scheduler", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
