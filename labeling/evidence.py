@@ -29,7 +29,7 @@ from discovery.patching import run
 from discovery.tasks import Task, iter_batches
 from discovery.toy.ground_truth import attention_patterns, repeated_sequences
 
-from .schema import (AttentionPair, Context, DataRef, DirectLogits, HeadEvidence, Importance, MLPEvidence,
+from .schema import (AnswerAttention, AttentionPair, Context, DataRef, DirectLogits, HeadEvidence, Importance, MLPEvidence,
                      OVCopying, PatternScores, TokenValue)
 
 PATTERNS = ("previous_token", "duplicate_token", "induction", "sink", "self_attention")
@@ -62,6 +62,8 @@ class HeldOutPair:
     key_pos: int
     weight: float
     positive: bool
+    answer_ids: tuple = ()  # the row's answer and wrong tokens (for the answer-reading roles)
+    wrong_ids: tuple = ()
 
 
 @dataclass
@@ -116,6 +118,21 @@ def repeated_batch(model: LoadedModel, cfg: EvidenceConfig) -> torch.Tensor:
 def split_rows(task: Task, cfg: EvidenceConfig) -> tuple[list[int], list[int]]:
     rows = list(range(min(len(task), cfg.max_task_rows)))
     return rows[0::2], rows[1::2]
+
+
+def answer_positions(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[b, p] masks of the clean prompt's positions before the last that hold an answer token / a
+    wrong token, and [b] whether a row has any of them (rows without either do not count)."""
+    ids = batch.clean.cpu()
+    pos = torch.arange(ids.shape[1])
+    earlier = pos[None] < batch.clean_last.cpu()[:, None]
+
+    def holds(tokens, mask):
+        hit = (ids[:, :, None] == tokens.cpu()[:, None, :]) & mask.cpu()[:, None, :]
+        return hit.any(-1) & earlier
+
+    to_answer, to_wrong = holds(batch.answers, batch.answer_mask), holds(batch.wrongs, batch.wrong_mask)
+    return to_answer.float(), to_wrong.float(), (to_answer | to_wrong).any(-1)
 
 
 def parse_head(node: str) -> tuple[int, int]:
@@ -206,21 +223,32 @@ class Collector:
         (weight, row, query pos, key pos, ids) or, with keep_all, the full attention row too."""
         acc = PatternAccumulator(self.a.n_layers, self.a.n_heads)
         best: dict[str, list] = {h: [] for h in heads}
+        answer_mass = {h: [0.0, 0.0] for h in heads}  # summed attention to answer / wrong positions
+        n_rows = 0
         for batch in self.batches(rows):
             ids, lengths = batch.clean.cpu(), batch.clean_last.cpu() + 1
             atts = attention_patterns(self.hf, batch.clean)
             acc.add(atts, ids, lengths)
+            to_answer, to_wrong, present = answer_positions(batch)
+            n_rows += int(present.sum())
             for node in heads:
                 layer, head = parse_head(node)
                 a = atts[layer][:, head]  # [b, q, k]
+                last = a[torch.arange(a.shape[0]), batch.clean_last.cpu()].float()  # [b, k]
+                answer_mass[node][0] += float((last * to_answer).sum())
+                answer_mass[node][1] += float((last * to_wrong).sum())
                 w, j = a.max(dim=-1)
                 for r in range(ids.shape[0]):
                     n = int(lengths[r])
                     row_ids = ids[r, :n].tolist()
+                    answers = tuple(batch.answers[r][batch.answer_mask[r]].tolist())
+                    wrongs = tuple(batch.wrongs[r][batch.wrong_mask[r]].tolist())
                     for i in range(2, n):  # i = 1 can only choose between <bos> and itself
-                        item = (float(w[r, i]), batch.rows[r], i, int(j[r, i]), row_ids)
+                        item = (float(w[r, i]), batch.rows[r], i, int(j[r, i]), row_ids, answers, wrongs)
                         best[node].append(item + ((a[r, i, :i + 1].clone(),) if keep_all else ()))
-        return acc, best
+        answer = {h: AnswerAttention(data=self.ev_ref, to_answer=m[0] / max(n_rows, 1), to_wrong=m[1] / max(n_rows, 1),
+                                     rows=n_rows) for h, m in answer_mass.items()}
+        return acc, best, answer
 
     def top_pairs(self, items, rows) -> list[AttentionPair]:
         items = sorted(items, key=lambda x: (-x[0], x[1], x[2]))[:self.cfg.top_pairs]
@@ -233,12 +261,12 @@ class Collector:
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + sum(map(ord, node)))
         cands = sorted(items, key=lambda x: (-x[0], x[1], x[2]))[:self.cfg.n_heldout]
         out = []
-        for w, _, i, j, ids, row_att in cands:
-            out.append(HeldOutPair(ids, i, j, w, True))
+        for w, _, i, j, ids, answers, wrongs, row_att in cands:
+            out.append(HeldOutPair(ids, i, j, w, True, answers, wrongs))
             low = [k for k in range(i + 1) if k != j and float(row_att[k]) < min(0.1, w / 2)]
             choices = low or [k for k in range(i + 1) if k != j]
             k = choices[int(torch.randint(len(choices), (1,), generator=g))]
-            out.append(HeldOutPair(ids, i, k, float(row_att[k]), False))
+            out.append(HeldOutPair(ids, i, k, float(row_att[k]), False, answers, wrongs))
         return out
 
     # OV and direct logits ---------------------------------------------------------------------
@@ -396,8 +424,8 @@ def collect_evidence(model: LoadedModel, task: Task, circuit: Circuit, component
                                   "n_evidence_rows": len(c.ev_rows), "n_held_out_rows": len(c.ho_rows)})
     rep = c.repeated_patterns() if heads else None
     if heads:
-        task_acc, best = c.task_attention(heads, c.ev_rows, keep_all=False)
-        _, ho_best = c.task_attention(heads, c.ho_rows, keep_all=True)
+        task_acc, best, answer_att = c.task_attention(heads, c.ev_rows, keep_all=False)
+        _, ho_best, _ = c.task_attention(heads, c.ho_rows, keep_all=True)
     direct, mlp_acts, mlp_outs = c.direct_and_mlp(heads, mlps)
     for node in heads:
         layer, head = parse_head(node)
@@ -405,7 +433,8 @@ def collect_evidence(model: LoadedModel, task: Task, circuit: Circuit, component
             patterns=[PatternScores(data=c.rep_ref, **rep.scores(layer, head)),
                       PatternScores(data=c.ev_ref, **task_acc.scores(layer, head))],
             ov=c.ov_copying(layer, head), top_pairs=c.top_pairs(best[node], c.ev_rows),
-            top_pairs_data=c.ev_ref, logits=direct[node], importance=c.importance(node))
+            top_pairs_data=c.ev_ref, answer_attention=answer_att[node], logits=direct[node],
+            importance=c.importance(node))
         bundle.evidence[node] = ev
         bundle.pairs[node] = c.heldout_pairs(ho_best[node], node)
     if mlps:

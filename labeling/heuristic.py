@@ -23,6 +23,8 @@ THRESHOLDS = {
     "ov_copying": 0.5,  # share of sampled tokens whose own logit is in the top k of the OV map
     "ov_suppression": 0.5,
     "direct_relative": 0.25,  # |direct effect on answer - wrong| vs the largest among the labeled heads
+    "answer_attention": 0.4,  # mean attention from the prediction position to the answer's / wrong token's positions
+    "ov_relative": 5.0,  # with such attention, an OV copying / suppression score this many times chance suffices
     "min_queries": 20,  # a dataset's pattern score counts only when averaged over at least this many queries
 }
 
@@ -78,6 +80,21 @@ def label_head(node: str, ev: HeadEvidence, max_direct: float, thresholds: dict 
     ov, direct = ev.ov, (ev.logits.answer_minus_wrong if ev.logits else None)
     strong = direct is not None and max_direct > 0 and abs(direct) >= th["direct_relative"] * max_direct
     copies = ov is not None and ov.copying >= th["ov_copying"]
+    aa = ev.answer_attention
+    # A head that, at the prediction position, reads the answer (or the wrong answer) where it occurred
+    # earlier only needs its OV map to copy (or suppress) well above chance for its direct effect to be
+    # explained: that is what a name mover (or a copy-suppression head) is on a task like IOI.
+    looks_at = None
+    if aa is not None and aa.rows and ov is not None and not ov.silent:
+        if aa.to_answer >= th["answer_attention"] and aa.to_answer >= aa.to_wrong:
+            looks_at = "answer"
+        elif aa.to_wrong >= th["answer_attention"]:
+            looks_at = "wrong"
+    relative = th["ov_relative"] * ov.chance if ov is not None else 1.0
+    if looks_at is not None and strong and "induction" not in [PATTERN_ROLES[n][0] for _, n in fired]:
+        role = _attended_role(looks_at, ov, direct, relative)
+        if role is not None:
+            return _answer_reader(node, ev, role, looks_at, direct, [PATTERN_ROLES[n][0] for _, n in fired])
     tags = [PATTERN_ROLES[name][0] for _, name in fired]
     sentences = []
     if fired:
@@ -124,6 +141,40 @@ def label_head(node: str, ev: HeadEvidence, max_direct: float, thresholds: dict 
                            status="heuristic_only", evidence=ev, provenance=_provenance())
     return LabelRecord(component=node, kind="head", label=label, description=" ".join(sentences[:3]),
                        role_tags=tags, confidence=round(confidence, 4), status="ok", evidence=ev,
+                       provenance=_provenance())
+
+
+def _attended_role(looks_at: str, ov, direct: float, relative: float) -> str | None:
+    """name_mover: reads the answer and copies it (raises answer - wrong), or reads the wrong token and
+    copies it (lowers it: a name mover for the wrong name). copy_suppression: reads a token and
+    suppresses it: the wrong one (raises answer - wrong) or the answer (lowers it)."""
+    copies, suppresses = ov.copying >= relative, ov.suppression >= relative
+    helps = direct > 0
+    if copies and helps == (looks_at == "answer"):
+        return "name_mover"
+    if suppresses and helps == (looks_at == "wrong"):
+        return "copy_suppression"
+    return None
+
+
+def _answer_reader(node: str, ev: HeadEvidence, role: str, looks_at: str, direct: float, tags: list[str]) -> LabelRecord:
+    aa, ov = ev.answer_attention, ev.ov
+    target = "the answer" if looks_at == "answer" else "the wrong answer"
+    share = aa.to_answer if looks_at == "answer" else aa.to_wrong
+    if role == "name_mover":
+        label = "Name mover: copies the attended answer" if looks_at == "answer" else "Name mover for the wrong answer"
+        ov_text = f"its OV circuit copies the token it reads (copying score {ov.copying:.2f}, chance {ov.chance:.3f})"
+        score = min(1.0, share)
+    else:
+        label = "Copy suppression of the wrong answer" if looks_at == "wrong" else "Copy suppression of the answer"
+        ov_text = (f"its OV circuit suppresses the token it reads (suppression score {ov.suppression:.2f}, "
+                   f"chance {ov.chance:.3f})")
+        score = min(1.0, share)
+    description = (f"At the prediction position it attends to earlier occurrences of {target} ({share:.2f} of its "
+                   f"attention, over {aa.rows} task rows), {ov_text}, and its direct write changes logit(answer) - "
+                   f"logit(wrong) by {direct:+.2f}.")
+    return LabelRecord(component=node, kind="head", label=label, description=description,
+                       role_tags=tags + [role], confidence=round(score, 4), status="ok", evidence=ev,
                        provenance=_provenance())
 
 

@@ -16,7 +16,7 @@ import json
 
 from .schema import MAX_LABEL_WORDS, ROLE_TAGS, HeadEvidence, MLPEvidence
 
-TEMPLATE_VERSION = "label-v1"
+TEMPLATE_VERSION = "label-v2"  # v2: attention on the answer / wrong positions
 SCORE_PAIRS_VERSION = "score-pairs-v1"
 DETECT_VERSION = "detect-v1"
 REPAIR_NOTE = "repair-v1"
@@ -109,6 +109,11 @@ def head_block(ev: HeadEvidence) -> list[str]:
         for p in ev.top_pairs:
             lines.append(f"  {q(p.query_token)} @{p.query_pos} -> {q(p.key_token)} @{p.key_pos} "
                          f"(weight {_num(p.weight)}, offset {p.query_pos - p.key_pos})")
+    if ev.answer_attention is not None and ev.answer_attention.rows:
+        aa = ev.answer_attention
+        lines.append(f"attention from the prediction position (last token) on {_data(aa.data)}: "
+                     f"{_num(aa.to_answer)} on earlier positions holding the answer, {_num(aa.to_wrong)} on those "
+                     f"holding the wrong answer ({aa.rows} rows)")
     if ev.logits is not None:
         lines += _logits_lines(ev.logits, "its direct write at the last position")
     lines += _importance_lines(ev.importance)

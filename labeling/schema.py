@@ -127,12 +127,24 @@ class DirectLogits(BaseModel):
     answer_minus_wrong: float | None = None  # its direct effect on logit(answer) - logit(wrong)
 
 
+class AnswerAttention(BaseModel):
+    """Where the head looks from the prediction position (each task row's last token): its mean
+    attention on earlier positions holding the answer token(s), and on those holding the wrong one(s)
+    (in IOI: the indirect object, and the subject)."""
+
+    data: DataRef
+    to_answer: float
+    to_wrong: float
+    rows: int  # task rows whose prompt contains the answer or the wrong token at all
+
+
 class HeadEvidence(BaseModel):
     kind: Literal["head"] = "head"
     patterns: list[PatternScores] = Field(default_factory=list)  # repeated random tokens, then task prompts
     ov: OVCopying | None = None
     top_pairs: list[AttentionPair] = Field(default_factory=list)
     top_pairs_data: DataRef | None = None
+    answer_attention: AnswerAttention | None = None
     logits: DirectLogits | None = None
     importance: Importance = Field(default_factory=Importance)
 

@@ -35,9 +35,12 @@ NEUTRAL = ("A component of a transformer language model.", "It is part of the ci
 
 # --- predicates ----------------------------------------------------------------------------------
 
-def pair_predicate(tag: str, ids: list[int], i: int, j: int) -> float:
+def pair_predicate(tag: str, ids: list[int], i: int, j: int, answers=(), wrongs=()) -> float:
     """1 when the (query i, key j) pair is what the role predicts, 0 when not, 0.5 when the role says
-    nothing about positions."""
+    nothing about positions. The answer-reading roles (name mover, copy suppression) predict: from the
+    prediction position (the prompt's last), a key holding the answer or the wrong token."""
+    if tag in ("name_mover", "copy_suppression"):
+        return float(i == len(ids) - 1 and ids[j] in set(answers) | set(wrongs))
     if tag == "previous_token":
         return float(j == i - 1)
     if tag == "positional":
@@ -52,7 +55,7 @@ def pair_predicate(tag: str, ids: list[int], i: int, j: int) -> float:
 
 
 def tags_pair_score(tags: list[str], p: HeldOutPair) -> float:
-    vals = [pair_predicate(t, p.ids, p.query_pos, p.key_pos) for t in tags] or [0.5]
+    vals = [pair_predicate(t, p.ids, p.query_pos, p.key_pos, p.answer_ids, p.wrong_ids) for t in tags] or [0.5]
     return max(vals)
 
 

@@ -13,7 +13,12 @@ from discovery.toy.ground_truth import head_scores, repeated_sequences
 from discovery.toy.planted import plant
 from labeling import EvidenceConfig, LabeledCircuit, collect_evidence, label_circuit, to_neuronpedia
 from labeling.evidence import PatternAccumulator, repeated_batch
-from labeling.schema import LLMLabelAnswer, LabelRecord
+from labeling.heuristic import label_head
+from labeling.schema import (AnswerAttention, DataRef, DirectLogits, HeadEvidence, LabelRecord, LLMLabelAnswer,
+                             OVCopying)
+from labeling.scoring import pair_predicate
+from discovery import load_model
+from discovery.task_library import build_task
 
 SMALL = EvidenceConfig(seed=0, n_repeated=32, max_task_rows=32, ov_tokens=256)
 
@@ -245,3 +250,78 @@ def test_neuronpedia_export(labeled):
     assert len(g["links"]) == len(INDUCTION_EDGES)
     assert all(link["source"] in nodes and link["target"] in nodes for link in g["links"])
     json.dumps(g)  # plain JSON
+
+
+# --- heads that read the answer (or the wrong answer) at the prediction position -------------------
+
+def test_answer_positions_by_hand():
+    from discovery.tasks import Batch
+    from labeling.evidence import answer_positions
+
+    ids = torch.tensor([[0, 5, 6, 7, 6, 9], [0, 8, 8, 8, 8, 8]])
+    batch = Batch(rows=[0, 1], clean=ids, corrupted=ids, clean_last=torch.tensor([5, 5]),
+                  corrupted_last=torch.tensor([5, 5]), answers=torch.tensor([[5], [1]]),
+                  answer_mask=torch.tensor([[True], [True]]), wrongs=torch.tensor([[6], [2]]),
+                  wrong_mask=torch.tensor([[True], [True]]))
+    to_answer, to_wrong, present = answer_positions(batch)
+    assert to_answer[0].tolist() == [0, 1, 0, 0, 0, 0] and to_wrong[0].tolist() == [0, 0, 1, 0, 1, 0]
+    assert present.tolist() == [True, False]  # row 1 holds neither token: it does not count
+
+
+def _head_ev(to_answer, to_wrong, copying, suppression, direct):
+    data = DataRef(source="builtin:ioi?n=8&seed=0", split="evidence", rows=4)
+    return HeadEvidence(ov=OVCopying(data=data, copying=copying, suppression=suppression, k=5, n_tokens=420,
+                                     chance=5 / 420),
+                        answer_attention=AnswerAttention(data=data, to_answer=to_answer, to_wrong=to_wrong, rows=4),
+                        logits=DirectLogits(data=data, answer_minus_wrong=direct))
+
+
+@pytest.mark.parametrize("ev, tags", [
+    (_head_ev(0.0, 0.95, 0.0, 0.12, +3.0), ["copy_suppression"]),  # reads the wrong name, suppresses it: helps
+    (_head_ev(0.8, 0.1, 0.2, 0.0, +2.0), ["name_mover"]),  # reads the answer, copies it: helps
+    (_head_ev(0.1, 0.7, 0.2, 0.0, -2.0), ["name_mover"]),  # reads the wrong name, copies it: hurts
+    (_head_ev(0.0, 0.95, 0.0, 0.12, -3.0), ["other"]),  # suppressing what it reads cannot lower answer - wrong
+    (_head_ev(0.0, 0.95, 0.0, 0.03, +3.0), ["other"]),  # suppression near chance (0.012): no explanation
+    (_head_ev(0.2, 0.2, 0.0, 0.12, +3.0), ["other"]),  # attends to neither
+])
+def test_answer_reading_rules(ev, tags):
+    rec = label_head("a1.h0", ev, max_direct=3.0)
+    assert rec.role_tags == tags, rec.description
+    if tags != ["other"]:
+        assert rec.status == "ok" and len(rec.label.split()) <= 8 and "attends to earlier occurrences" in rec.description
+
+
+def test_answer_reading_pair_predicate():
+    ids = [0, 5, 6, 7, 6, 9]
+    assert pair_predicate("copy_suppression", ids, 5, 2, answers=(5,), wrongs=(6,)) == 1.0
+    assert pair_predicate("name_mover", ids, 5, 1, answers=(5,), wrongs=(6,)) == 1.0
+    assert pair_predicate("name_mover", ids, 5, 3, answers=(5,), wrongs=(6,)) == 0.0
+    assert pair_predicate("name_mover", ids, 4, 1, answers=(5,), wrongs=(6,)) == 0.0  # not the prediction position
+
+
+def test_ioi_copy_suppression_heads():
+    """toy:ioi: a0.h3 and a2.h1 attend from the last token to the subject's earlier positions and
+    suppress it. The attention share is checked against the HF model's own attention weights."""
+    from discovery.toy.ground_truth import attention_patterns
+    from discovery.tasks import iter_batches
+
+    model = load_model("toy:ioi", device="cpu")
+    task = build_task("ioi", tokenizer=model.tokenizer, vocab_size=model.vocab_size, n=16, seed=1)
+    circuit = hand_circuit(model, task, ["input->a0.h3<v>", "a0.h3->logits", "input->a2.h1<v>", "a2.h1->logits"])
+    out = label_circuit(circuit, model, task, components=["a0.h3", "a2.h1"], evidence=SMALL,
+                        scorer="evidence_agreement")
+    by = {r.component: r for r in out.labels}
+    ev_rows = list(range(0, len(task), 2))  # the evidence rows (even), as labeling splits them
+    for node, layer, head in (("a0.h3", 0, 3), ("a2.h1", 2, 1)):
+        assert by[node].role_tags == ["copy_suppression"], by[node].description
+        shares = []
+        for batch in iter_batches(task.subset(ev_rows), 16):
+            att = attention_patterns(model.hf_model, batch.clean)[layer][:, head]
+            for r in range(len(batch.rows)):
+                last = int(batch.clean_last[r])
+                wrong = {int(t) for t in batch.wrongs[r][batch.wrong_mask[r]]}
+                shares.append(sum(float(att[r, last, k]) for k in range(last) if int(batch.clean[r, k]) in wrong))
+        assert by[node].evidence.answer_attention.to_wrong == pytest.approx(sum(shares) / len(shares), abs=1e-4)
+        assert by[node].evidence.answer_attention.to_wrong > 0.9
+        score = by[node].scores["evidence_agreement"]
+        assert score.value > score.random_baseline

@@ -12,6 +12,7 @@ from discovery.cli import main
 from labeling import EvidenceConfig, LLMClient, LLMConfig, collect_evidence, label_circuit
 from labeling.heuristic import heuristic_labels
 from labeling.llm_labeler import llm_label
+from labeling.prompts import TEMPLATE_VERSION
 
 SMALL = EvidenceConfig(seed=0, n_repeated=16, max_task_rows=16, ov_tokens=128, n_heldout=6)
 
@@ -55,7 +56,7 @@ def test_label_circuit_with_the_llm_and_the_cache(induction, server, tmp_path, m
     by = {r.component: r for r in out.labels}
     assert by["a0.h3"].label == "LLM label for a0.h3" and by["a0.h3"].status == "ok"
     assert by["a0.h3"].provenance.heuristic_label == "Previous-token head"
-    assert by["a0.h3"].provenance.template_version == "label-v1"
+    assert by["a0.h3"].provenance.template_version == TEMPLATE_VERSION
     # every request was the real client's: temperature 0, the seed, the JSON schema, the model
     assert all(r["temperature"] == 0 and r["seed"] == 0 and r["model"] == "test-model" for r in server.requests)
     assert {r["response_format"]["json_schema"]["name"] for r in server.requests} == \
