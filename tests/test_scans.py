@@ -5,6 +5,9 @@ run; the timeline in training order through the API; the diff endpoint; bad inpu
 
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -108,6 +111,36 @@ def test_new_checkpoint_queued_once_with_two_schedulers(store):
     assert get_watch(db, watch.id).next_run_at > time.time() + 50  # the next tick is an interval away
     for d in dbs:
         d.dispose()
+
+
+def test_two_scheduler_processes_queue_once(store):
+    """The same, with two OS processes ticking the watch at the same instant (no shared memory at all)."""
+    s, db, root = store
+    for name in ("step-100", "step-200", "step-300"):
+        _checkpoint(root, "run", name)
+    watch = create_watch(db, s, WatchRequest.model_validate(_watch_body("run")), owner="-")
+    start = time.time() + 12  # both processes import first, then tick together
+    code = textwrap.dedent(f"""
+        import time
+        from service.config import Settings
+        from service.db import Database
+        from service.queue import Queue
+        from service.scheduler import tick
+        from service.watch_store import get_watch
+        s = Settings(database_url={s.database_url!r}, model_roots={s.model_roots!r}, executor="inline")
+        db = Database(s.database_url)
+        watch = get_watch(db, {watch.id!r})
+        time.sleep(max(0.0, {start!r} - time.time()))
+        report = tick(db, Queue(db, s), s, watch)
+        print(report.error, sum(x.created for x in report.submitted))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    created = [int(out.split()[-1]) for out, _ in outs]
+    assert all(out.split()[0] == "None" for out, _ in outs)
+    assert sum(created) == 3 and _counts(db) == (3, 3)  # three checkpoints, three jobs, between both processes
 
 
 def test_checkpoint_being_written_is_not_taken(store):
