@@ -70,8 +70,9 @@ def _side(c: Circuit) -> Side:
                 faithfulness=c.metrics.faithfulness)
 
 
-def _labels(c: Circuit) -> dict[str, tuple[str | None, list[str]]]:
-    """component -> (label, role tags) for labeled circuits (labeling.LabeledCircuit); {} otherwise."""
+def labels_of(c: Circuit) -> dict[str, tuple[str | None, list[str]]]:
+    """component -> (label, role tags) for labeled circuits (labeling.LabeledCircuit, whose records
+    discovery does not import, or plain dicts); {} otherwise."""
     out = {}
     for record in getattr(c, "labels", None) or []:
         get = record.get if isinstance(record, dict) else lambda k, r=record: getattr(r, k, None)
@@ -96,7 +97,7 @@ def diff_circuits(a: Circuit, b: Circuit, top: int | None = 50) -> CircuitDiff:
     changes.sort(key=lambda c: -abs(c.delta) if c.delta is not None and not math.isnan(c.delta) else 0.0)
     nodes_a = {n.id for n in a.nodes if n.in_circuit}
     nodes_b = {n.id for n in b.nodes if n.in_circuit}
-    la, lb = _labels(a), _labels(b)
+    la, lb = labels_of(a), labels_of(b)
     label_changes = [NodeChange(component=k, label_a=la[k][0], label_b=lb[k][0], tags_a=la[k][1], tags_b=lb[k][1])
                      for k in sorted(set(la) & set(lb)) if la[k][0] != lb[k][0] or sorted(la[k][1]) != sorted(lb[k][1])]
     return CircuitDiff(

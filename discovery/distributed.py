@@ -232,6 +232,24 @@ def _check_address(address: str, timeout: float) -> None:
                         f"('ray start --head') or unset RAY_ADDRESS to run a local one") from None
 
 
+def connect_ray(address: str | None = None) -> bool:
+    """Initialise Ray unless it already is: the cluster at `address` (default RAY_ADDRESS; checked
+    first, so a wrong address is one line, not a long wait), else a local Ray sized to the machine.
+    True when this call started it (the caller then shuts it down)."""
+    ray = _ray()
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _check_address(address, timeout=5.0)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except Exception as exc:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
+        where = f"the Ray cluster at '{address}'" if address else "a local Ray"
+        raise UserError(f"could not start {where}: {_one_line(exc)}") from None
+    return True
+
+
 class Workers:
     """N Ray actors that each hold the model once (a context manager).
 
@@ -284,16 +302,7 @@ class Workers:
         if self.actors:
             return self
         ray = _ray()
-        if not ray.is_initialized():
-            address = self.address or os.environ.get("RAY_ADDRESS") or None
-            if address:
-                _check_address(address, timeout=5.0)
-            try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-            except Exception as exc:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
-                where = f"the Ray cluster at '{address}'" if address else "a local Ray"
-                raise UserError(f"could not start {where}: {_one_line(exc)}") from None
-            self._owns_ray = True
+        self._owns_ray = connect_ray(self.address)
         total = ray.cluster_resources()
         n_cpu, n_gpu = float(total.get("CPU", 0)), float(total.get("GPU", 0))
         cpus = self.cpus if self.cpus is not None else max(0.01, math.floor(n_cpu / self.n * 100) / 100)

@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from .circuit import Circuit
+from .diff import labels_of
 
 _STEP = re.compile(r"(\d+)(?!.*\d)")  # the last number in a revision name: step-000500, step1000, ckpt_3
 
@@ -38,11 +39,10 @@ def step_of(revision: str | None) -> int | None:
 
 def _roles(c: Circuit) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for record in getattr(c, "labels", None) or []:
-        get = record.get if isinstance(record, dict) else lambda k, r=record: getattr(r, k, None)
-        for tag in get("role_tags") or []:
+    for component, (_, tags) in labels_of(c).items():
+        for tag in tags:
             if tag != "other":
-                out.setdefault(tag, []).append(get("component"))
+                out.setdefault(tag, []).append(component)
     return {tag: sorted(comps) for tag, comps in sorted(out.items())}
 
 

@@ -214,7 +214,7 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         if not created:
             response.status_code = 200
-        return job_view(job)
+        return job_view(job, request=body if created else None)
 
     @app.get("/v1/jobs", response_model=schemas.JobList, tags=["jobs"], responses=_PROBLEM_RESPONSES)
     def list_jobs(who: Owner, status: schemas.JobStatus | None = None,

@@ -12,13 +12,14 @@ def iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
 
 
-def job_view(j: Job) -> schemas.Job:
+def job_view(j: Job, request: schemas.JobRequest | None = None) -> schemas.Job:
+    """The API's view of a job row; `request`: the row's request when the caller has it validated already."""
     return schemas.Job.model_construct(
         id=j.id, status=j.status, model=j.model, revision=j.revision, task=j.task, method=j.method,
         attempt=j.attempt, max_attempts=j.max_attempts, progress=j.progress, message=j.message, error=j.error,
         circuit_id=j.circuit_id, created_at=iso(j.created_at), updated_at=iso(j.updated_at),
         started_at=iso(j.started_at), finished_at=iso(j.finished_at),
-        request=schemas.JobRequest.model_validate(j.spec))
+        request=request if request is not None else schemas.JobRequest.model_validate(j.spec))
 
 
 def event_view(e: JobEvent) -> schemas.JobEvent:

@@ -12,6 +12,7 @@ from collections import OrderedDict
 import ray
 
 from discovery.errors import UserError
+from discovery.distributed import connect_ray
 
 from .config import Settings
 from .pipeline import JobResult, ModelCache, Report, RetryableError, build_task, discover_circuit, label, load_for, \
@@ -53,9 +54,7 @@ class RayExecutor:
     def __init__(self, settings: Settings):
         self.settings = settings
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 turns token auth on for new local clusters
-        if not ray.is_initialized():
-            ray.init(address=settings.ray_address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+        connect_ray(settings.ray_address)
         self._actors: OrderedDict[tuple, object] = OrderedDict()
         self._busy: dict[tuple, int] = {}
         self._running: dict[str, object] = {}  # job id -> ObjectRef, for cancellation
