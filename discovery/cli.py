@@ -16,6 +16,7 @@ EXIT_USER_ERROR = 2
 EXTENSION_MODULES = [
     "labeling.cli",
     "service.cli",
+    "viewer.cli",  # `circuitry view` and `circuitry demo`
 ]
 
 

@@ -45,8 +45,6 @@ def register(subparsers) -> None:
 
     from .scan_cli import register as register_scan  # `circuitry scan`: watches of training checkpoints
     register_scan(subparsers)
-    from .viewer.cli import register as register_viewer  # `circuitry view` and `circuitry demo`
-    register_viewer(subparsers)
 
 
 def _settings(args, **overrides):

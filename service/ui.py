@@ -13,7 +13,7 @@ from discovery.metrics import METRICS
 from discovery.task_library import TASKS
 
 from .problems import NotFound
-from .viewer.render import ASSETS, asset, page
+from viewer.render import ASSETS, asset, page
 
 # Scripts and styles only from this server; no inline script runs (the page configuration is a JSON
 # data block); the API is same-origin. Inline style attributes are allowed for progress bars.
