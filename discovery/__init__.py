@@ -13,7 +13,7 @@ from .errors import TaskError, UnsupportedModelError, UserError
 from .evaluation import circuit_metrics, evaluate_circuit, faithfulness, faithfulness_curves
 from .graph import Graph
 from .methods import INTERVENTIONS, METHODS, Setup, score_edges
-from .metrics import METRICS, get_metric
+from .metrics import METRICS, Metric, get_metric, resolve_metric
 from .models import SUPPORTED, LoadedModel, load_model, wrap_model
 from .patching import Activations, run
 from .selection import greedy, prune, threshold, top_n
@@ -22,7 +22,7 @@ from .tasks import Task, iter_batches, load_task, task_from_rows
 __all__ = [
     "SCHEMA_VERSION", "Circuit", "discover", "evaluate", "TaskError", "UnsupportedModelError", "UserError",
     "circuit_metrics", "evaluate_circuit", "faithfulness", "faithfulness_curves", "Graph", "INTERVENTIONS",
-    "METHODS", "Setup", "score_edges", "METRICS", "get_metric", "SUPPORTED", "LoadedModel", "load_model",
+    "METHODS", "Setup", "score_edges", "METRICS", "Metric", "get_metric", "resolve_metric", "SUPPORTED", "LoadedModel", "load_model",
     "wrap_model", "Activations", "run", "greedy", "prune", "threshold", "top_n", "Task", "iter_batches",
     "load_task", "task_from_rows",
 ]

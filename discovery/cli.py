@@ -51,8 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--method", default="eap-ig", choices=list(METHODS) + list(ACDC_METHODS),
                    help="edge scoring (then --top-n/--threshold/--greedy), or acdc / eap-ig+acdc (then --tau)")
     d.add_argument("--steps", type=int, default=5, help="interpolation steps (eap-ig and eap-ig-activations only; default 5)")
-    d.add_argument("--metric", default=None, choices=list(METRICS),
-                   help="default: kl for ACDC; else the built-in task's own metric, else logit_diff")
+    d.add_argument("--metric", default=None, metavar="|".join(METRICS) + "|FILE.py:NAME",
+                   help="default: kl for ACDC; else the built-in task's own metric, else logit_diff; FILE.py:NAME "
+                        "is your own fn(logits, batch, clean_logits=None) -> one value per example")
+    d.add_argument("--lower-is-better", action="store_true",
+                   help="your own metric measures distance from the behaviour (like kl), not the behaviour")
     d.add_argument("--tau", type=_taus, default=None,
                    help="ACDC threshold(s): remove an edge if the metric moves by at most tau (default 0.01); "
                         "a comma-separated list gives one circuit per tau from one run (files NAME.tau=T.json)")
@@ -81,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="evaluate exactly the edges marked in_circuit in a circuit file")
     _add_model_args(e)
     e.add_argument("--circuit", required=True)
-    e.add_argument("--metric", default=None, choices=list(METRICS), help="default: the circuit's")
+    e.add_argument("--metric", default=None, metavar="|".join(METRICS) + "|FILE.py:NAME",
+                   help="default: the circuit's (a circuit found with your own metric needs FILE.py:NAME again)")
+    e.add_argument("--lower-is-better", action="store_true",
+                   help="your own metric is lower-is-better (default: as recorded in the circuit)")
     e.add_argument("--intervention", default=None, choices=list(INTERVENTIONS), help="default: the circuit's")
     e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
 
@@ -147,13 +153,28 @@ def _fmt(x, spec=".3f"):
     return "n/a" if x is None else format(x, spec)
 
 
+def _metric_args(args):
+    """--metric (a built-in name or FILE.py:NAME, loaded before the model) and its direction."""
+    from .metrics import parse_metric
+
+    metric = parse_metric(args.metric)
+    if args.lower_is_better:
+        if metric is None or isinstance(metric, str):
+            raise UserError("--lower-is-better applies to your own metric (--metric FILE.py:NAME); the built-in "
+                            "metrics have a fixed direction")
+        return metric, False
+    return metric, None
+
+
 def cmd_discover(args) -> int:
     from .discover import discover
 
     taus = args.tau or []
     many = len(taus) > 1
+    metric, higher_is_better = _metric_args(args)
     model, task = _load(args)
-    result = discover(model, task, args.method, metric=args.metric, intervention=args.intervention,
+    result = discover(model, task, args.method, metric=metric, higher_is_better=higher_is_better,
+                      intervention=args.intervention,
                       steps=args.steps, batch_size=args.batch_size, top_n=args.top_n, threshold=args.threshold,
                       greedy=args.greedy, absolute=not args.signed, prune=not args.no_prune,
                       curve=not args.no_curve, progress=not args.quiet, tau=taus[0] if len(taus) == 1 else None,
@@ -183,8 +204,10 @@ def cmd_evaluate(args) -> int:
     from .discover import evaluate
 
     circuit = Circuit.load(args.circuit)
+    metric, higher_is_better = _metric_args(args)
     model, task = _load(args)
-    result = evaluate(model, task, circuit, metric=args.metric, intervention=args.intervention,
+    result = evaluate(model, task, circuit, metric=metric, higher_is_better=higher_is_better,
+                      intervention=args.intervention,
                       batch_size=args.batch_size, progress=not args.quiet)
     if args.json:
         print(json.dumps(result))

@@ -16,7 +16,7 @@ from .circuit import (Circuit, CurvePoint, MethodInfo, Metrics, ModelInfo, Selec
 from .errors import UserError
 from .evaluation import evaluate_circuit, faithfulness_curves
 from .methods import Setup, score_edges
-from .metrics import get_metric
+from .metrics import METRICS, resolve_metric
 from .models import LoadedModel
 from .selection import greedy, nodes_in_circuit, threshold, top_n
 from .selection import prune as prune_edges  # `prune` is discover()'s flag
@@ -65,7 +65,8 @@ ACDC_DEFAULT_METRIC = "kl"  # Conmy et al.: distance from the clean model's outp
 DEFAULT_CANDIDATES = 1000
 
 
-def discover(model: LoadedModel, task: Task, method: str = "eap-ig", *, metric: str | None = None,
+def discover(model: LoadedModel, task: Task, method: str = "eap-ig", *, metric=None,
+             higher_is_better: bool | None = None,
              intervention: str = "patching", steps: int = 5, batch_size: int = 16, top_n: int | None = None,
              threshold: float | None = None, greedy: int | None = None, absolute: bool = True,
              prune: bool = True, curve: bool = True, progress: bool = False, tau: float | None = None,
@@ -73,7 +74,10 @@ def discover(model: LoadedModel, task: Task, method: str = "eap-ig", *, metric: 
              worker_cpus: float | None = None, worker_gpus: float | None = None):
     """Find a circuit: scores for every edge, the selected circuit, its faithfulness (and curve).
 
-    The metric defaults to the task's own (built-in tasks), else logit_diff; for ACDC to KL.
+    The metric defaults to the task's own (built-in tasks), else logit_diff; for ACDC to KL. It is a
+    built-in name, a `Metric`, or your own function fn(logits, batch, clean_logits=None) ->
+    Tensor[batch] (the contract is in discovery.metrics), whose direction higher_is_better gives
+    (default True); its name is recorded in the circuit.
     Scoring methods (METHODS) select by top_n / threshold / greedy. ACDC methods (ACDC_METHODS) decide
     the circuit themselves: `acdc` over every edge, `eap-ig+acdc` over the `candidates` edges EAP-IG
     ranks highest (|score|); tau is the threshold (default 0.01), and `taus` gives one circuit per
@@ -89,12 +93,13 @@ def discover(model: LoadedModel, task: Task, method: str = "eap-ig", *, metric: 
         raise UserError(f"tau and candidates apply to {' and '.join(ACDC_METHODS)}, not to '{method}'")
     if acdc_method and any(x is not None for x in (top_n, threshold, greedy)):
         raise UserError(f"{method} decides the circuit itself by tau; drop --top-n/--threshold/--greedy")
-    metric = metric or (ACDC_DEFAULT_METRIC if acdc_method else task.metric or "logit_diff")
+    metric = resolve_metric(metric or (ACDC_DEFAULT_METRIC if acdc_method else task.metric or "logit_diff"),
+                            higher_is_better)
     if torch.device(model.adapter.device).type == "cuda":
         torch.cuda.reset_peak_memory_stats(model.adapter.device)
-    setup = Setup(model, task, get_metric(metric), batch_size=batch_size, intervention=intervention,
-                  progress=progress)
-    params = {"metric": metric, "intervention": intervention, "batch_size": batch_size}
+    setup = Setup(model, task, metric, batch_size=batch_size, intervention=intervention, progress=progress)
+    params = {"metric": metric.name, **_metric_params(metric), "intervention": intervention,
+              "batch_size": batch_size}
     if method in ("eap-ig", "eap-ig-activations", "eap-ig+acdc"):
         params["steps"] = steps
     with _worker_pool(workers, worker_cpus, worker_gpus) as pool:
@@ -108,6 +113,13 @@ def discover(model: LoadedModel, task: Task, method: str = "eap-ig", *, metric: 
                              do_prune=prune)
     return _package(setup, model, task, method, params, scores, keep, selection, curve=curve, prune=prune,
                     started=started)
+
+
+def _metric_params(metric) -> dict:
+    """What the circuit file records beyond the metric's name: a user metric's kind and direction."""
+    if metric.name in METRICS and METRICS[metric.name] is metric:
+        return {}
+    return {"metric_kind": "user", "higher_is_better": metric.higher_is_better}
 
 
 @contextlib.contextmanager
@@ -179,11 +191,19 @@ def _package(setup: Setup, model, task, method, params, scores, keep, selection,
         device=str(model.adapter.device), code_version=code_version())
 
 
-def evaluate(model: LoadedModel, task: Task, circuit: Circuit, *, metric: str | None = None,
+def evaluate(model: LoadedModel, task: Task, circuit: Circuit, *, metric=None, higher_is_better: bool | None = None,
              intervention: str | None = None, batch_size: int = 16, progress: bool = False) -> dict:
-    """Evaluate exactly the edges marked in_circuit in `circuit` (metric/intervention default to the file's)."""
+    """Evaluate exactly the edges marked in_circuit in `circuit` (metric/intervention default to the
+    file's; a circuit found with the user's own metric needs that function given again)."""
     params = circuit.method.params
-    setup = Setup(model, task, get_metric(metric or params.get("metric", "logit_diff")), batch_size=batch_size,
+    if metric is None:
+        metric = params.get("metric", "logit_diff")
+        if params.get("metric_kind") == "user" or metric not in METRICS:
+            raise UserError(f"the circuit was found with your own metric '{metric}'; give it again "
+                            "(metric=fn, or --metric FILE.py:NAME)")
+    if higher_is_better is None and params.get("metric_kind") == "user" and not isinstance(metric, str):
+        higher_is_better = params.get("higher_is_better")
+    setup = Setup(model, task, resolve_metric(metric, higher_is_better), batch_size=batch_size,
                   intervention=intervention or params.get("intervention", "patching"), progress=progress)
     keep = circuit.in_circuit(setup.graph)
     out = evaluate_circuit(setup, keep)

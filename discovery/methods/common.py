@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..graph import Graph
-from ..metrics import Metric
+from ..metrics import Metric, resolve_metric
 from ..models import LoadedModel
 from ..patching import Activations, head_writes, run, source_rows
 from ..tasks import Batch, Task, check_equal_lengths, iter_batches
@@ -22,7 +22,7 @@ INTERVENTIONS = ("patching", "zero", "mean")
 class Setup:
     model: LoadedModel
     task: Task
-    metric: Metric
+    metric: Metric  # also a built-in name or the user's function (see discovery.metrics)
     batch_size: int = 16
     intervention: str = "patching"
     progress: bool = False
@@ -34,6 +34,7 @@ class Setup:
     _mean: Activations | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
+        self.metric = resolve_metric(self.metric)
         if self.intervention not in INTERVENTIONS:
             raise UserError(f"unknown intervention '{self.intervention}'; choose one of {', '.join(INTERVENTIONS)}")
         if self.batch_size < 1:
