@@ -124,6 +124,27 @@ class Circuit(BaseModel):
             keep[idx] = edge.in_circuit
         return keep
 
+    # --- in a notebook (discovery/notebook.py) ----------------------------------------------
+    def top_edges(self, k: int = 10, *, in_circuit: bool | None = None, signed: bool = False) -> list[Edge]:
+        """The k edges with the largest |score| (signed=True: by signed importance)."""
+        from .notebook import top_edges
+        return top_edges(self, k, in_circuit=in_circuit, signed=signed)
+
+    def to_networkx(self, *, all_edges: bool = False):
+        """One node per component, the circuit's edges (all_edges: every edge) with the reader slot
+        as an attribute; a MultiDiGraph when several slots join the same pair."""
+        from .notebook import to_networkx
+        return to_networkx(self, all_edges=all_edges)
+
+    def plot(self, ax=None, **kwargs):
+        """Draw the circuit with matplotlib (layered by layer; width ~ |score|); returns the Axes."""
+        from .notebook import plot
+        return plot(self, ax, **kwargs)
+
+    def _repr_html_(self) -> str:
+        from .notebook import repr_html
+        return repr_html(self)
+
     def save(self, path: str | os.PathLike) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(self.model_dump_json(indent=1))
