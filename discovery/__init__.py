@@ -7,17 +7,52 @@
     circuit.save("circuit.json")
 """
 
-from .circuit import SCHEMA_VERSION, Circuit
-from .discover import discover, evaluate
-from .errors import TaskError, UnsupportedModelError, UserError
-from .evaluation import circuit_metrics, evaluate_circuit, faithfulness, faithfulness_curves
-from .graph import Graph
-from .methods import INTERVENTIONS, METHODS, Setup, score_edges
-from .metrics import METRICS, Metric, get_metric, resolve_metric
-from .models import SUPPORTED, LoadedModel, load_model, wrap_model
-from .patching import Activations, run
-from .selection import greedy, prune, threshold, top_n
-from .tasks import Task, iter_batches, load_task, task_from_rows
+import importlib
+import sys
+import types
+
+# name -> submodule; loaded on first use (PEP 562), so `import discovery` (and the CLI's --help) stays
+# light: torch and transformers load only when a name that needs them is used.
+_EXPORTS = {
+    "circuit": ["SCHEMA_VERSION", "Circuit"],
+    "discover": ["discover", "evaluate"],
+    "errors": ["TaskError", "UnsupportedModelError", "UserError"],
+    "evaluation": ["circuit_metrics", "evaluate_circuit", "faithfulness", "faithfulness_curves"],
+    "graph": ["Graph"],
+    "methods": ["INTERVENTIONS", "METHODS", "Setup", "score_edges"],
+    "metrics": ["METRICS", "Metric", "get_metric", "resolve_metric"],
+    "models": ["SUPPORTED", "LoadedModel", "load_model", "wrap_model"],
+    "patching": ["Activations", "run"],
+    "selection": ["greedy", "prune", "threshold", "top_n"],
+    "tasks": ["Task", "iter_batches", "load_task", "task_from_rows"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'discovery' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_WHERE))
+
+
+class _Package(types.ModuleType):
+    """Importing the submodule discovery.discover sets the package attribute `discover` to that module;
+    the name belongs to the function, so that assignment is ignored."""
+
+    def __setattr__(self, name, value):
+        if name == "discover" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __all__ = [
     "SCHEMA_VERSION", "Circuit", "discover", "evaluate", "TaskError", "UnsupportedModelError", "UserError",

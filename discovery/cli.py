@@ -39,9 +39,8 @@ def _add_model_args(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .discover import ACDC_METHODS
-    from .methods import INTERVENTIONS, METHODS
-    from .metrics import METRICS
+    # light names only (discovery/names.py): --help and argument errors answer before torch loads
+    from .names import ACDC_METHODS, INTERVENTIONS, METHOD_NAMES as METHODS, METRIC_NAMES as METRICS
 
     parser = _Parser(prog="circuitry", description="Circuit discovery on Hugging Face causal LMs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -116,16 +115,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args):
-    from .models import load_model
-    from .task_library import TASKS, build_task
-    from .tasks import load_task
+def _check_model_and_task(args) -> bool:
+    """Task and model names checked before torch and transformers load; True for a built-in task."""
+    from .names import TASK_NAMES, check_model_ref
 
-    builtin = not os.path.isfile(args.task) and args.task in TASKS  # a file of that name wins
-    if not builtin and not os.path.isfile(args.task):  # before the (possibly slow) model load
+    builtin = not os.path.isfile(args.task) and args.task in TASK_NAMES  # a file of that name wins
+    if not builtin and not os.path.isfile(args.task):
         if os.sep in args.task or args.task.endswith(".jsonl"):
             raise UserError(f"task file '{args.task}' not found")
-        raise UserError(f"task '{args.task}' is neither a file nor a built-in task; built-in tasks: {', '.join(TASKS)}")
+        raise UserError(f"task '{args.task}' is neither a file nor a built-in task; "
+                        f"built-in tasks: {', '.join(TASK_NAMES)}")
+    check_model_ref(args.model, args.revision)
+    return builtin
+
+
+def _load(args):
+    builtin = _check_model_and_task(args)
+    from .models import load_model
+    from .task_library import build_task
+    from .tasks import load_task
+
     model = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
     if builtin:
         task = build_task(args.task, tokenizer=model.tokenizer, vocab_size=model.vocab_size, n=args.n, seed=args.seed)
@@ -155,9 +164,20 @@ def _fmt(x, spec=".3f"):
 
 def _metric_args(args):
     """--metric (a built-in name or FILE.py:NAME, loaded before the model) and its direction."""
-    from .metrics import parse_metric
+    from .names import METRIC_NAMES
 
-    metric = parse_metric(args.metric)
+    if args.metric is None or args.metric in METRIC_NAMES:  # a built-in name: nothing to load
+        metric = args.metric
+    else:
+        path, sep, name = args.metric.rpartition(":")
+        if not sep or not path or not name:  # before torch loads
+            raise UserError(f"unknown metric '{args.metric}'; choose one of {', '.join(METRIC_NAMES)}, or FILE.py:NAME "
+                            "for a function of your own")
+        if not os.path.isfile(path):
+            raise UserError(f"metric file '{path}' not found")
+        from .metrics import parse_metric
+
+        metric = parse_metric(args.metric)
     if args.lower_is_better:
         if metric is None or isinstance(metric, str):
             raise UserError("--lower-is-better applies to your own metric (--metric FILE.py:NAME); the built-in "
@@ -167,12 +187,13 @@ def _metric_args(args):
 
 
 def cmd_discover(args) -> int:
-    from .discover import discover
-
     taus = args.tau or []
     many = len(taus) > 1
+    _check_model_and_task(args)
     metric, higher_is_better = _metric_args(args)
     model, task = _load(args)
+    from .discover import discover
+
     result = discover(model, task, args.method, metric=metric, higher_is_better=higher_is_better,
                       intervention=args.intervention,
                       steps=args.steps, batch_size=args.batch_size, top_n=args.top_n, threshold=args.threshold,
@@ -200,12 +221,16 @@ def cmd_discover(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    if not os.path.isfile(args.circuit):  # before pydantic and torch load
+        raise UserError(f"circuit file '{args.circuit}' not found")
     from .circuit import Circuit
-    from .discover import evaluate
 
     circuit = Circuit.load(args.circuit)
+    _check_model_and_task(args)
     metric, higher_is_better = _metric_args(args)
     model, task = _load(args)
+    from .discover import evaluate
+
     result = evaluate(model, task, circuit, metric=metric, higher_is_better=higher_is_better,
                       intervention=args.intervention,
                       batch_size=args.batch_size, progress=not args.quiet)
@@ -218,13 +243,20 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _check_files(paths) -> None:
+    for path in paths:  # before pydantic, numpy and torch load
+        if not os.path.isfile(path):
+            raise UserError(f"circuit file '{path}' not found")
+
+
 def cmd_diff(args) -> int:
+    if args.top < 0:
+        raise UserError(f"--top must be non-negative (got {args.top})")
+    _check_files([args.a, args.b])
     from labeling.schema import LabeledCircuit  # reads plain and labeled circuit files alike
 
     from .diff import diff_circuits
 
-    if args.top < 0:
-        raise UserError(f"--top must be non-negative (got {args.top})")
     d = diff_circuits(LabeledCircuit.load(args.a), LabeledCircuit.load(args.b), top=args.top)
     if args.json:
         print(d.model_dump_json())
@@ -242,6 +274,7 @@ def cmd_diff(args) -> int:
 
 
 def cmd_timeline(args) -> int:
+    _check_files(args.circuits)
     from labeling.schema import LabeledCircuit  # plain and labeled files alike; labels give the roles
 
     from .timeline import plot_timeline, timeline
@@ -265,6 +298,14 @@ def cmd_timeline(args) -> int:
 
 
 def cmd_tasks(args) -> int:
+    from .names import TASK_NAMES
+
+    if args.tasks_command is not None:  # before the task library (and torch) load
+        if args.name not in TASK_NAMES:
+            raise UserError(f"unknown built-in task '{args.name}'; choose one of {', '.join(TASK_NAMES)}")
+        if args.model is not None:
+            from .names import check_model_ref
+            check_model_ref(args.model)
     from .task_library import TASKS, build_task, sample_rows
 
     if args.tasks_command is None:

@@ -18,6 +18,7 @@ from .evaluation import evaluate_circuit, faithfulness_curves
 from .methods import Setup, score_edges
 from .metrics import METRICS, resolve_metric
 from .models import LoadedModel
+from .names import ACDC_METHODS
 from .selection import greedy, nodes_in_circuit, threshold, top_n
 from .selection import prune as prune_edges  # `prune` is discover()'s flag
 from .tasks import Task
@@ -60,7 +61,6 @@ def select(setup: Setup, scores, *, top: int | None = None, thresh: float | None
     return keep, SelectionInfo(kind=info[0], value=info[1], absolute=absolute, pruned=do_prune)
 
 
-ACDC_METHODS = ("acdc", "eap-ig+acdc")
 ACDC_DEFAULT_METRIC = "kl"  # Conmy et al.: distance from the clean model's output distribution
 DEFAULT_CANDIDATES = 1000
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .errors import UnsupportedModelError, UserError
+from .names import TOY_MODELS, check_model_ref, toy_model_dir  # noqa: F401 (re-exported)
 
 SUPPORTED = {
     "gpt2": "GPT-2",
@@ -315,27 +316,6 @@ def _parse_dtype(dtype) -> torch.dtype | None:
     return table[dtype]
 
 
-TOY_MODELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy", "models")
-
-
-def toy_model_dir(name: str, revision: str | None = None) -> str:
-    """The directory of a shipped toy model `toy:NAME`, or of its checkpoint `revision` (a UserError if unknown)."""
-    toy = name[len("toy:"):]
-    names = sorted(d for d in os.listdir(TOY_MODELS) if os.path.isfile(os.path.join(TOY_MODELS, d, "config.json"))) \
-        if os.path.isdir(TOY_MODELS) else []
-    if toy not in names:
-        raise UserError(f"unknown toy model '{name}'; available: {', '.join('toy:' + n for n in names) or 'none'}")
-    path = os.path.join(TOY_MODELS, toy)
-    if revision is None:
-        return path
-    ckpts = os.path.join(path, "checkpoints")
-    revs = sorted(d for d in os.listdir(ckpts) if os.path.isfile(os.path.join(ckpts, d, "config.json"))) \
-        if os.path.isdir(ckpts) else []
-    if revision not in revs:
-        raise UserError(f"toy model '{name}' has no revision '{revision}'; available: {', '.join(revs) or 'none'}")
-    return os.path.join(ckpts, revision)
-
-
 def load_model(name_or_path: str, revision: str | None = None, dtype=None, device=None) -> LoadedModel:
     """Load a causal LM from a local directory, a hub id or a shipped toy model `toy:NAME` (whose
     `revision` names one of its training checkpoints); trust_remote_code stays off."""
@@ -345,10 +325,7 @@ def load_model(name_or_path: str, revision: str | None = None, dtype=None, devic
         loaded = load_model(toy_model_dir(name_or_path, revision), dtype=dtype, device=device)
         loaded.name, loaded.revision = name_or_path, revision
         return loaded
-    looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
-    if not os.path.isdir(name_or_path) and (looks_like_path or os.path.exists(name_or_path)):
-        raise UserError(f"model directory '{name_or_path}' does not exist (give a directory with config.json "
-                        "and weights, or a hub id such as EleutherAI/pythia-70m)")
+    check_model_ref(name_or_path)
     try:
         config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=False)
     except (OSError, ValueError) as exc:

@@ -67,10 +67,13 @@ def _task(args, circuit, model):
 
 
 def cmd_label(args) -> int:
-    from discovery.models import load_model
+    from discovery.names import TASK_NAMES, check_model_ref
 
-    from .export import save_neuronpedia
-    from .label import label_circuit
+    if not os.path.isfile(args.circuit):  # path and argument errors before torch loads
+        raise UserError(f"circuit file '{args.circuit}' not found")
+    if args.task is not None and not os.path.isfile(args.task) and args.task not in TASK_NAMES:
+        raise UserError(f"task '{args.task}' is neither a file nor a built-in task; "
+                        f"built-in tasks: {', '.join(TASK_NAMES)}")
     from .llm import LLMConfig, llm_configured
     from .schema import LabeledCircuit
 
@@ -84,8 +87,14 @@ def cmd_label(args) -> int:
     name = args.model or circuit.model.name
     if name.startswith("<"):
         raise UserError(f"the circuit file names no loadable model ({name}); give --model")
-    model = load_model(name, revision=args.revision if args.model else circuit.model.revision, dtype=args.dtype,
-                       device=args.device)
+    revision = args.revision if args.model else circuit.model.revision
+    check_model_ref(name, revision)
+    from discovery.models import load_model
+
+    from .export import save_neuronpedia
+    from .label import label_circuit
+
+    model = load_model(name, revision=revision, dtype=args.dtype, device=args.device)
     task = _task(args, circuit, model)
     components = [c.strip() for c in args.components.split(",") if c.strip()] if args.components else None
     from .evidence import EvidenceConfig

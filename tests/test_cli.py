@@ -165,3 +165,59 @@ def test_console_entry_point_exit_code():
     proc = subprocess.run([sys.executable, "-m", "discovery.cli", "discover", "--model", "/nonexistent/x",
                            "--task", "/nonexistent/t.jsonl", "--out", "o"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "not found" in proc.stderr
+
+
+def test_light_names_match_the_heavy_tables():
+    """The CLI checks names from discovery/names.py without importing torch; they must be the real tables'."""
+    from discovery.methods import METHODS
+    from discovery.metrics import METRICS
+    from discovery.methods.common import INTERVENTIONS
+    from discovery.names import INTERVENTIONS as LIGHT_INTERVENTIONS, METHOD_NAMES, METRIC_NAMES, TASK_NAMES
+    from discovery.task_library import TASKS
+
+    assert tuple(METHODS) == METHOD_NAMES
+    assert tuple(METRICS) == METRIC_NAMES
+    assert tuple(INTERVENTIONS) == LIGHT_INTERVENTIONS
+    assert tuple(TASKS) == TASK_NAMES
+
+
+HEAVY = ("torch", "transformers", "ray", "fastapi", "sklearn", "sqlalchemy")
+PROBE = """
+import sys
+from discovery.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:  # --help
+    code = exc.code
+heavy = sorted(m for m in {heavy!r} if m in sys.modules)
+print("EXIT", code, "HEAVY", ",".join(heavy) or "-")
+"""
+
+
+@pytest.mark.parametrize("argv", [
+    ["--help"],
+    ["discover", "--help"],
+    ["discover", "--model", "./no-such-model", "--task", "ioi", "--out", "x.json"],
+    ["discover", "--model", "toy:nope", "--task", "ioi", "--out", "x.json"],
+    ["discover", "--model", "toy:ioi", "--task", "no-such.jsonl", "--out", "x.json"],
+    ["discover", "--model", "toy:ioi", "--task", "ioi", "--method", "bogus", "--out", "x.json"],
+    ["evaluate", "--model", "toy:ioi", "--task", "ioi", "--circuit", "no-such.json"],
+    ["discover", "--model", "toy:ioi", "--task", "ioi", "--metric", "bogus", "--out", "x.json"],
+    ["discover", "--model", "toy:ioi", "--task", "ioi", "--metric", "no-such.py:m", "--out", "x.json"],
+    ["label", "no-such.json", "--out", "x.json"],
+    ["view", "no-such.json", "--out", "x.html"],
+    ["diff", "a.json", "b.json"],
+    ["timeline", "a.json"],
+    ["tasks", "show", "nope"],
+])
+def test_help_and_argument_errors_import_nothing_heavy(argv, tmp_path):
+    """--help and every argument/path error answer before torch, transformers, ray, fastapi load (what
+    makes them fast: benchmarks/cli_latency.py times them)."""
+    r = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *argv], capture_output=True, text=True,
+                       cwd=tmp_path)
+    last = r.stdout.strip().splitlines()[-1]
+    if argv[-1] == "--help":
+        assert last == "EXIT 0 HEAVY -" and "usage: circuitry" in r.stdout, (last, r.stderr)
+        return
+    assert last == "EXIT 2 HEAVY -", (last, r.stderr)
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("circuitry: error: "), r.stderr

@@ -163,7 +163,7 @@ def test_timeline_page(browser, circuits, tmp_path):
 
 def test_view_cli_errors(circuits, tmp_path, capsys):
     assert main(["view", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x.html")]) == 2
-    assert "no such circuit file" in capsys.readouterr().err
+    assert "not found" in capsys.readouterr().err
     assert main(["view", str(circuits["a_path"]), str(circuits["b_path"]), "--out", str(tmp_path / "x.html")]) == 2
     assert "one circuit file" in capsys.readouterr().err
     assert not (tmp_path / "x.html").exists()

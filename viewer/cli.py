@@ -24,11 +24,15 @@ def register(subparsers) -> None:
     d.set_defaults(func=cmd_demo)
 
 
+def _check(path: str) -> None:
+    if not os.path.isfile(path):
+        raise UserError(f"circuit file '{path}' not found")
+
+
 def _load(path: str):
     from labeling.schema import LabeledCircuit
 
-    if not os.path.isfile(path):
-        raise UserError(f"no such circuit file: {path}")
+    _check(path)
     return LabeledCircuit.load(path)  # reads plain 1.0 circuits too
 
 
@@ -39,6 +43,8 @@ def cmd_view(args) -> int:
         raise UserError("give --diff or --timeline, not both")
     if not args.timeline and len(args.circuits) != 1:
         raise UserError("give one circuit file (or --timeline for several checkpoints)")
+    for p in args.circuits + ([args.diff] if args.diff else []):
+        _check(p)  # every path before anything loads
     circuits = [_load(p) for p in args.circuits]
     if args.timeline:
         from discovery.timeline import timeline

@@ -12,10 +12,9 @@ from ..errors import UserError
 from ..graph import Graph
 from ..metrics import Metric, resolve_metric
 from ..models import LoadedModel
+from ..names import INTERVENTIONS  # noqa: F401 (re-exported)
 from ..patching import Activations, head_writes, run, source_rows
 from ..tasks import Batch, Task, check_equal_lengths, iter_batches
-
-INTERVENTIONS = ("patching", "zero", "mean")
 
 
 @dataclass
