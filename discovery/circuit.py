@@ -105,6 +105,15 @@ class Circuit(BaseModel):
     code_version: str
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
+    @property
+    def kv_edges(self) -> str:
+        """How the file names a grouped-query model's k/v edges: "head" (per query head) or "grouped"
+        (per key/value head: files before kv_edges was recorded, which always grouped them)."""
+        recorded = self.method.params.get("kv_edges")
+        if recorded is not None:
+            return recorded
+        return "grouped" if any(".kv" in e.target for e in self.edges) else "head"
+
     def in_circuit(self, graph: Graph) -> np.ndarray:
         """Bool per edge of `graph` (in its edge order); the file must be for a model of this shape."""
         m = self.model

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--worker-cpus", type=float, default=None, help="Ray CPUs per worker (default: an even share)")
     d.add_argument("--worker-gpus", type=float, default=None,
                    help="Ray GPUs per worker (default: an even share of the cluster's, at most 1)")
+    d.add_argument("--kv-edges", default="head", choices=["head", "grouped"],
+                   help="grouped-query models: k/v edges per query head (default, MIB names a0.h2->a1.h3<k>) or "
+                        "per key/value head (grouped: a0.h2->a1.kv1<k>)")
     d.add_argument("--out", required=True, help="where to write the circuit JSON")
 
     e = sub.add_parser("evaluate", help="evaluate exactly the edges marked in_circuit in a circuit file")
@@ -200,7 +203,7 @@ def cmd_discover(args) -> int:
                       greedy=args.greedy, absolute=not args.signed, prune=not args.no_prune,
                       curve=not args.no_curve, progress=not args.quiet, tau=taus[0] if len(taus) == 1 else None,
                       taus=taus if many else None, candidates=args.candidates, workers=args.workers,
-                      worker_cpus=args.worker_cpus, worker_gpus=args.worker_gpus)
+                      worker_cpus=args.worker_cpus, worker_gpus=args.worker_gpus, kv_edges=args.kv_edges)
     for circuit in result if many else [result]:
         out = _tau_path(args.out, circuit.selection.value) if many else args.out
         circuit.save(out)  # saved before labeling: the circuit is kept whatever labeling does

@@ -71,7 +71,7 @@ def discover(model: LoadedModel, task: Task, method: str = "eap-ig", *, metric=N
              threshold: float | None = None, greedy: int | None = None, absolute: bool = True,
              prune: bool = True, curve: bool = True, progress: bool = False, tau: float | None = None,
              taus: list[float] | None = None, candidates: int | None = None, workers=None,
-             worker_cpus: float | None = None, worker_gpus: float | None = None):
+             worker_cpus: float | None = None, worker_gpus: float | None = None, kv_edges: str = "head"):
     """Find a circuit: scores for every edge, the selected circuit, its faithfulness (and curve).
 
     The metric defaults to the task's own (built-in tasks), else logit_diff; for ACDC to KL. It is a
@@ -86,7 +86,10 @@ def discover(model: LoadedModel, task: Task, method: str = "eap-ig", *, metric=N
     workers: shard the scoring (and ACDC's mask evaluations) over that many Ray workers, each with
     worker_cpus / worker_gpus (default: an even share), started for the call (Ray: RAY_ADDRESS's
     cluster, else a local one); or a started discovery.distributed.Workers, kept for the next call.
-    Evaluating the circuit stays in this process."""
+    Evaluating the circuit stays in this process.
+
+    kv_edges: a grouped-query model's k/v edges per query head ("head", as MIB names them) or per
+    key/value head ("grouped", `a1.kv0<k>`); see discovery/graph.py for how the two relate."""
     started = time.perf_counter()
     acdc_method = method in ACDC_METHODS
     if not acdc_method and (tau is not None or taus is not None or candidates is not None):
@@ -97,9 +100,12 @@ def discover(model: LoadedModel, task: Task, method: str = "eap-ig", *, metric=N
                             higher_is_better)
     if torch.device(model.adapter.device).type == "cuda":
         torch.cuda.reset_peak_memory_stats(model.adapter.device)
-    setup = Setup(model, task, metric, batch_size=batch_size, intervention=intervention, progress=progress)
+    setup = Setup(model, task, metric, batch_size=batch_size, intervention=intervention, progress=progress,
+                  kv_edges=kv_edges)
     params = {"metric": metric.name, **_metric_params(metric), "intervention": intervention,
               "batch_size": batch_size}
+    if setup.graph.gqa:
+        params["kv_edges"] = setup.graph.kv_edges
     if method in ("eap-ig", "eap-ig-activations", "eap-ig+acdc"):
         params["steps"] = steps
     with _worker_pool(workers, worker_cpus, worker_gpus) as pool:
@@ -204,7 +210,8 @@ def evaluate(model: LoadedModel, task: Task, circuit: Circuit, *, metric=None, h
     if higher_is_better is None and params.get("metric_kind") == "user" and not isinstance(metric, str):
         higher_is_better = params.get("higher_is_better")
     setup = Setup(model, task, resolve_metric(metric, higher_is_better), batch_size=batch_size,
-                  intervention=intervention or params.get("intervention", "patching"), progress=progress)
+                  intervention=intervention or params.get("intervention", "patching"), progress=progress,
+                  kv_edges=circuit.kv_edges)
     keep = circuit.in_circuit(setup.graph)
     out = evaluate_circuit(setup, keep)
     out["metric"] = setup.metric.name

@@ -161,7 +161,8 @@ class _Worker:
             self._model = _build_model(spec, self._device())
             self._model_key = spec["key"]
         setup = Setup(self._model, job["task"].subset(rows), job["metric"], batch_size=job["batch_size"],
-                      intervention=job["intervention"], write_cache_bytes=job["write_cache_bytes"])
+                      intervention=job["intervention"], write_cache_bytes=job["write_cache_bytes"],
+                      kv_edges=job.get("kv_edges", "head"))
         if job["mean"] is not None:  # the mean over the whole task, not over this shard
             a = self._model.adapter
             setup._mean = job["mean"].map(lambda t: t.to(a.device, a.dtype))
@@ -362,7 +363,7 @@ class Workers:
             mean = setup._mean_activations().map(lambda t: t.detach().to("cpu"))
         job = {"spec": self._specs[key][1], "task": setup.task, "metric": setup.metric,
                "batch_size": setup.batch_size, "intervention": setup.intervention,
-               "write_cache_bytes": setup.write_cache_bytes, "mean": mean, **extra}
+               "write_cache_bytes": setup.write_cache_bytes, "kv_edges": setup.kv_edges, "mean": mean, **extra}
         return [uuid.uuid4().hex, ray.put(job)]
 
     def shards(self, n_rows: int, batch_size: int) -> list[list[int]]:

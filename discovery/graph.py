@@ -2,9 +2,19 @@
 
 Writers (sources) are `input`, every head `a{L}.h{H}` and every MLP `m{L}`; readers are each head's
 q, k and v inputs, each MLP's input and the logits. Edge names follow the MIB / EAP-IG convention
-(`a0.h3->a2.h0<v>`, `a1.h2->m3`, `m3->logits`). In a model with grouped-query attention the k and v
-inputs belong to the key/value head a group of query heads shares, so those readers are named after
-it: `a2.kv0<k>`. With one key/value head per query head the names are exactly the MIB ones.
+(`a0.h3->a2.h0<v>`, `a1.h2->m3`, `m3->logits`).
+
+Grouped-query attention (kv_edges):
+- "head" (the default, as MIB and the EAP-IG library): every query head has its own k and v readers
+  (`a0.h2->a1.h3<k>`). Switching such an edge changes the key (value) input of that one query head
+  only; the other heads of its group keep theirs. The model's shared k/v projection is applied to
+  each head's input as it is (the patching core projects per head only where inputs differ).
+- "grouped": the k and v readers belong to the key/value head the group shares (`a1.kv0<k>`), the
+  model's own structure; switching such an edge changes the key (value) of every head of the group.
+  Grouped edge g equals switching the per-head edges of all its group's heads together, so (to first
+  order, hence exactly for the gradient estimates EAP and EAP-IG) the grouped score of
+  `s->aL.kvG<k>` is the sum of the per-head scores of `s->aL.hH<k>` over the heads H of group G.
+With one key/value head per query head both modes give the same graph.
 
 Index layout, shared with the patching core: sources are ordered input, then per layer its heads and
 its MLP; the writers upstream of any reader are therefore a prefix of that order, so a mask over
@@ -16,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from .errors import UserError
 
 
 @dataclass(frozen=True)
@@ -30,14 +42,24 @@ class Stage:
     n_upstream: int  # sources [0, n_upstream) write into this stage
 
 
+KV_EDGES = ("head", "grouped")
+
+
 class Graph:
-    def __init__(self, n_layers: int, n_heads: int, n_kv_heads: int | None = None, parallel: bool = False):
+    def __init__(self, n_layers: int, n_heads: int, n_kv_heads: int | None = None, parallel: bool = False,
+                 kv_edges: str = "head"):
         self.n_layers, self.n_heads = n_layers, n_heads
         self.n_kv_heads = n_kv_heads or n_heads
         if n_heads % self.n_kv_heads:
             raise ValueError(f"{n_heads} query heads cannot be grouped over {self.n_kv_heads} key/value heads")
+        if kv_edges not in KV_EDGES:
+            raise UserError(f"unknown kv_edges '{kv_edges}'; choose one of {', '.join(KV_EDGES)}")
         self.parallel = parallel
-        self.grouped = self.n_kv_heads != n_heads
+        self.gqa = self.n_kv_heads != n_heads  # the model shares keys/values over groups of query heads
+        self.grouped = self.gqa and kv_edges == "grouped"  # ... and the graph's k/v readers are per group
+        self.kv_edges = kv_edges if self.gqa else "head"
+        self.group_size = n_heads // self.n_kv_heads
+        self.n_kv_readers = self.n_kv_heads if self.grouped else n_heads  # k (and v) readers per layer
 
         self.sources: list[str] = ["input"]
         for layer in range(n_layers):
@@ -51,8 +73,8 @@ class Graph:
         kv_prefix = "kv" if self.grouped else "h"
         for layer in range(n_layers):
             start, before = len(self.readers), 1 + layer * (n_heads + 1)
-            for slot, count, prefix in (("q", n_heads, "h"), ("k", self.n_kv_heads, kv_prefix),
-                                        ("v", self.n_kv_heads, kv_prefix)):
+            for slot, count, prefix in (("q", n_heads, "h"), ("k", self.n_kv_readers, kv_prefix),
+                                        ("v", self.n_kv_readers, kv_prefix)):
                 for h in range(count):
                     self._add_reader(f"a{layer}.{prefix}{h}", slot)
             self.stages.append(Stage("attn", layer, start, len(self.readers), before))
@@ -74,8 +96,12 @@ class Graph:
         self.edge_index = {name: i for i, name in enumerate(self.edge_names)}
 
     @classmethod
-    def from_adapter(cls, adapter) -> "Graph":
-        return cls(adapter.n_layers, adapter.n_heads, adapter.n_kv_heads, adapter.parallel)
+    def from_adapter(cls, adapter, kv_edges: str = "head") -> "Graph":
+        return cls(adapter.n_layers, adapter.n_heads, adapter.n_kv_heads, adapter.parallel, kv_edges=kv_edges)
+
+    def kv_weight_heads(self) -> list[int]:
+        """For each k (and v) reader of a layer, the model's key/value head whose projection it uses."""
+        return list(range(self.n_kv_heads)) if self.grouped else [h // self.group_size for h in range(self.n_heads)]
 
     def _add_reader(self, owner: str, slot: str) -> None:
         self.readers.append(owner if slot in ("mlp", "logits") else f"{owner}<{slot}>")
@@ -106,7 +132,8 @@ class Graph:
         return np.asarray(matrix)[self.edge_src, self.edge_dst]
 
     def owner_of_kv(self, layer: int, head: int) -> str:
-        return f"a{layer}.kv{head // (self.n_heads // self.n_kv_heads)}" if self.grouped else f"a{layer}.h{head}"
+        """The node owning query head `head`'s k and v readers (its own unless the graph is grouped)."""
+        return f"a{layer}.kv{head // self.group_size}" if self.grouped else f"a{layer}.h{head}"
 
     def node_ids(self) -> list[str]:
         """Every component node: input, heads (and key/value heads when grouped), MLPs, logits."""
@@ -138,7 +165,7 @@ class Graph:
         import networkx as nx
 
         g = nx.DiGraph(n_layers=self.n_layers, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
-                       parallel=self.parallel)
+                       parallel=self.parallel, kv_edges=self.kv_edges)
         for node in self.node_ids():
             info = self.node_info(node)
             g.add_node(node, kind=info["kind"], layer=-1 if info["layer"] is None else info["layer"],

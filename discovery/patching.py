@@ -82,10 +82,25 @@ def _causal_mask(p: int, window: int | None, dtype, device) -> torch.Tensor:
     return torch.zeros(p, p, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def project_qkv(adapter: Adapter, layer: int, xq, xk, xv):
-    """q [N, P, H, d_head], k and v [N, P, kv_heads, d_head] from normalised inputs (shared or per slot)."""
+def project_qkv(adapter: Adapter, layer: int, xq, xk, xv, kv_heads: list[int] | None = None):
+    """q [N, P, H, d_head], k and v [N, P, kv_heads, d_head] from normalised inputs (shared or per slot).
+
+    kv_heads: with per-slot inputs xk/xv [N, P, R, d], the model key/value head whose projection each
+    of the R inputs goes through (per-query-head k/v readers of a grouped-query model: R = H, each
+    head's input through its group's weights); None: R is the model's key/value heads."""
     w = adapter.heads(layer)
-    return _project(xq, w.q, w.q_bias), _project(xk, w.k, w.k_bias), _project(xv, w.v, w.v_bias)
+    k, kb, v, vb = w.k, w.k_bias, w.v, w.v_bias
+    if kv_heads is not None and len(kv_heads) != k.shape[0]:
+        idx = torch.as_tensor(kv_heads, device=k.device)
+        k, v = k[idx], v[idx]
+        kb, vb = (None if b is None else b[idx] for b in (kb, vb))
+    return _project(xq, w.q, w.q_bias), _project(xk, k, kb), _project(xv, v, vb)
+
+
+def per_query_head(t: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Keys or values [N, P, kv_heads, d_head] repeated for each query head of a group: [N, P, H, d_head]."""
+    n, p, kv, dh = t.shape
+    return t.unsqueeze(3).expand(n, p, kv, n_heads // kv, dh).reshape(n, p, n_heads, dh)
 
 
 def attend(adapter: Adapter, layer: int, q, k, v, rotary) -> torch.Tensor:
@@ -246,17 +261,23 @@ def run(
         x = reader_inputs(stage, idx)
         layer = stage.layer
         if stage.kind == "attn":
-            h, kv = graph.n_heads, graph.n_kv_heads
+            h, kv = graph.n_heads, graph.n_kv_readers
             norm = lambda t, layer=layer: adapter.attn_norm(layer, t)
             xn = norm(x)
-            if xn.dim() == 4:
-                q, k, v = project_qkv(adapter, layer, xn[:, :, :h], xn[:, :, h:h + kv], xn[:, :, h + kv:])
-            else:
+            if xn.dim() == 4:  # readers see different inputs: k/v projected per reader (per query head)
+                q, k, v = project_qkv(adapter, layer, xn[:, :, :h], xn[:, :, h:h + kv], xn[:, :, h + kv:],
+                                      kv_heads=graph.kv_weight_heads())
+            else:  # one input for all: the model's own projections
                 q, k, v = project_qkv(adapter, layer, xn, xn, xn)
                 if wants_grad(idx) and q.requires_grad:
                     reader_grad = _slot_gradients(norm, x)
                     w = adapter.heads(layer)
-                    for t, weight, first in ((q, w.q, 0), (k, w.k, h), (v, w.v, h + kv)):
+                    wk, wv = w.k, w.v
+                    if kv != graph.n_kv_heads:  # per-query-head readers: each head's gradient before the group sum
+                        k, v = per_query_head(k, h), per_query_head(v, h)
+                        idx_kv = torch.as_tensor(graph.kv_weight_heads(), device=wk.device)
+                        wk, wv = wk[idx_kv], wv[idx_kv]
+                    for t, weight, first in ((q, w.q, 0), (k, wk, h), (v, wv, h + kv)):
                         t.register_hook(lambda g, wt=weight, f=first, st=stage, rg=reader_grad: grad_hook(st, f, rg(g, wt)))
             z = attend(adapter, layer, q, k, v, rotary)
             if record:

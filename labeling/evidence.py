@@ -189,7 +189,7 @@ class Collector:
         self.model, self.task, self.circuit, self.cfg = model, task, circuit, cfg
         self.a = model.adapter
         self.hf = model.hf_model
-        self.graph = Graph.from_adapter(self.a)
+        self.graph = Graph.from_adapter(self.a, kv_edges=circuit.kv_edges)
         self.names = TokenNames(model)
         self.ev_rows, self.ho_rows = split_rows(task, cfg)
         self.device = self.a.device

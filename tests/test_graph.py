@@ -27,16 +27,34 @@ def test_edge_count_formula_and_parallel_residual():
     assert "a1.h0->m1" in seq.edge_index and "a1.h0->m1" not in par.edge_index
 
 
-def test_grouped_query_readers_belong_to_key_value_heads():
+def test_grouped_query_k_v_edges_are_per_query_head_by_default():
     g = Graph(2, 4, n_kv_heads=2)
+    # MIB / EAP-IG names: every query head has its own k and v readers, no key/value nodes
+    assert "a0.h1->a1.h3<k>" in g.edge_index and "a0.h1->a1.h0<v>" in g.edge_index
+    assert not any(".kv" in name for name in g.edge_names) and not any(".kv" in n for n in g.node_ids())
+    assert g.kv_edges == "head" and g.gqa and not g.grouped and g.kv_weight_heads() == [0, 0, 1, 1]
+    # the same count as a model without GQA: n_edges(L=2, H=4) by the formula below
+    assert g.n_edges == Graph(2, 4).n_edges == 3 * 4 * (1 + 6) + (1 + 4) + (6 + 4) + 11
+    assert g.edge_names == Graph(2, 4).edge_names
+
+
+def test_grouped_query_readers_belong_to_key_value_heads():
+    g = Graph(2, 4, n_kv_heads=2, kv_edges="grouped")
     assert "a0.h1->a1.kv0<k>" in g.edge_index and "a0.h1->a1.h0<k>" not in g.edge_index
     assert g.n_readers == 2 * (4 + 2 + 2 + 1) + 1
     nodes = g.node_ids()
     assert "a1.kv1" in nodes and g.node_info("a1.kv1") == {"id": "a1.kv1", "kind": "kv_head", "layer": 1, "head": 1}
 
 
+def test_grouped_edge_count():
+    g = Graph(2, 4, n_kv_heads=2, kv_edges="grouped")
+    # per layer: q readers 4, k and v readers 2 each (8 attention readers instead of 12)
+    assert g.n_edges == (4 + 2 + 2) * (1 + 6) + (1 + 4) + (6 + 4) + 11
+    assert g.kv_weight_heads() == [0, 1]
+
+
 def test_to_networkx_has_every_edge_once_with_attributes():
-    g = Graph(2, 4, n_kv_heads=2)
+    g = Graph(2, 4, n_kv_heads=2, kv_edges="grouped")
     scores = np.arange(g.n_edges, dtype=float)
     keep = scores % 3 == 0
     G = g.to_networkx(scores=scores, in_circuit=keep)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from discovery import Setup, UserError, get_metric, load_model, load_task, score_edges
+from discovery import Graph, Setup, UserError, get_metric, load_model, load_task, score_edges
 from discovery.toy.planted import plant
 
 
@@ -49,14 +49,20 @@ def test_true_edges_match_a_hand_count():
     assert len(expected) == 16 and set(p.true_edge_names()) == expected
     assert p.true_edges().sum() == 16 and p.true_edges().shape == (p.graph.n_edges,)
 
-    # Llama, 4 query heads over 2 key/value heads: a0.h3's k and v come from a0.kv1, a1.h0's from a1.kv0.
-    # a0.h3<q>, a0.kv1<k>, a0.kv1<v> read input (3); a1.h0<q>, a1.kv0<k>, <v> read input and a0.h3
-    # (6); the logits read input, a0.h3, a1.h0 (3). 12 in all; nothing into a0.kv0 or the MLPs.
+    # Llama, 4 query heads over 2 key/value heads, k/v edges per query head (the default):
+    # a0.h3<q,k,v> read input (3); a1.h0<q,k,v> read input and a0.h3 (6); the logits read input,
+    # a0.h3, a1.h0 (3). 12 in all; nothing into a0.h2 (a0.h3's group mate) or the MLPs.
     p = plant("llama", ["a1.h0", "a0.h3"], 0.0, seed=0, n_layers=2, n_rows=2)
+    expected = {f"input->a0.h3<{s}>" for s in "qkv"}
+    expected |= {f"{src}->a1.h0<{s}>" for src in ("input", "a0.h3") for s in "qkv"}
+    expected |= {f"{src}->logits" for src in ("input", "a0.h3", "a1.h0")}
+    assert set(p.true_edge_names()) == expected and len(expected) == 12
+    # Grouped: a0.h3's k and v come from a0.kv1, a1.h0's from a1.kv0 (the same count).
+    g = Graph.from_adapter(p.model.adapter, kv_edges="grouped")
     expected = {"input->a0.h3<q>", "input->a0.kv1<k>", "input->a0.kv1<v>"}
     expected |= {f"{src}->{r}" for src in ("input", "a0.h3") for r in ("a1.h0<q>", "a1.kv0<k>", "a1.kv0<v>")}
     expected |= {f"{src}->logits" for src in ("input", "a0.h3", "a1.h0")}
-    assert set(p.true_edge_names()) == expected and len(expected) == 12
+    assert {n for n, t in zip(g.edge_names, p.true_edges(g)) if t} == expected and len(expected) == 12
 
     # NeoX, parallel residual: m0 reads only the input (3 + 1 + 3 = 7).
     p = plant("neox", ["a0.h0", "m0"], 0.0, seed=0, n_layers=1, n_rows=2)

@@ -40,8 +40,15 @@ def test_prune_drops_edges_without_a_path_from_input_to_logits():
                                                    ["input->a0.h0<q>", "a0.h0->a1.h1<v>", "a1.h1->logits"]}
 
 
-def test_prune_keeps_a_grouped_key_value_path():
+def test_prune_keeps_a_per_query_head_key_path_only_into_that_head():
     g = Graph(2, 4, n_kv_heads=2)
+    keep = _edges(g, "input->a0.h3<k>", "a0.h3->logits", "a0.h2->logits")
+    # the key edge feeds query head 3 only (not 2, its group mate): a0.h2 receives nothing
+    assert set(np.flatnonzero(prune(g, keep))) == {g.edge_index["input->a0.h3<k>"], g.edge_index["a0.h3->logits"]}
+
+
+def test_prune_keeps_a_grouped_key_value_path():
+    g = Graph(2, 4, n_kv_heads=2, kv_edges="grouped")
     keep = _edges(g, "input->a0.kv1<k>", "a0.h3->logits", "a0.h0->logits")
     # kv head 1 feeds query heads 2 and 3; head 3 reaches the logits, head 0 receives nothing
     assert set(np.flatnonzero(prune(g, keep))) == {g.edge_index["input->a0.kv1<k>"], g.edge_index["a0.h3->logits"]}

@@ -418,11 +418,12 @@ def forward_from(setup: Setup, c: _BatchCache, start: int, off: torch.Tensor, al
         layer = stage.layer
         if stage.kind == "attn":
             h0 = source_rows(g, layer)[0]
-            h, kv = g.n_heads, g.n_kv_heads
+            h, kv = g.n_heads, g.n_kv_readers
             size = h // kv
             w = a.heads(layer)
-            for grp in range(kv):  # one key/value group at a time (a head, without GQA)
+            for grp in range(kv):  # one k/v reader group at a time (a query head, unless the graph is grouped)
                 heads = np.arange(grp * size, (grp + 1) * size)
+                wkv = g.kv_weight_heads()[grp]  # the model's key/value head these readers project through
                 mode = int(need[h0 + heads].max())
                 q_readers = stage.start + heads
                 kv_readers = np.array([stage.start + h + grp, stage.start + h + kv + grp])
@@ -439,12 +440,13 @@ def forward_from(setup: Setup, c: _BatchCache, start: int, off: torch.Tensor, al
                 xq = inputs(idx, q_readers, mode)
                 kx = max(xq.shape[0], xkv.shape[0])
                 xkv = a.attn_norm(layer, xkv)
-                k = _project(flat(xkv[:, :, :, 0]), w.k[grp:grp + 1], None if w.k_bias is None else w.k_bias[grp:grp + 1])
-                v = _project(flat(xkv[:, :, :, 1]), w.v[grp:grp + 1], None if w.v_bias is None else w.v_bias[grp:grp + 1])
+                kvs = slice(wkv, wkv + 1)
+                k = _project(flat(xkv[:, :, :, 0]), w.k[kvs], None if w.k_bias is None else w.k_bias[kvs])
+                v = _project(flat(xkv[:, :, :, 1]), w.v[kvs], None if w.v_bias is None else w.v_bias[kvs])
                 if p0 > 0:
                     pk, pv = c.prefix_kv(layer)
-                    k = torch.cat([flat(widen(pk[None, :, :, grp:grp + 1], k.shape[0] // b)), k], dim=1)
-                    v = torch.cat([flat(widen(pv[None, :, :, grp:grp + 1], v.shape[0] // b)), v], dim=1)
+                    k = torch.cat([flat(widen(pk[None, :, :, kvs], k.shape[0] // b)), k], dim=1)
+                    v = torch.cat([flat(widen(pv[None, :, :, kvs], v.shape[0] // b)), v], dim=1)
                 hs = slice(grp * size, (grp + 1) * size)
                 q = _project(flat(widen(a.attn_norm(layer, xq), kx)), w.q[hs], None if w.q_bias is None else w.q_bias[hs])
                 if k.shape[0] != q.shape[0]:

@@ -29,6 +29,9 @@ class Setup:
     # pass while they fit in this many bytes, and recomputed per stage beyond it: speed on small
     # problems, bounded memory on large ones.
     write_cache_bytes: int = 256 * 2**20
+    # k/v edges of a grouped-query model: per query head ("head", MIB's names) or per key/value head
+    # ("grouped"); see discovery/graph.py
+    kv_edges: str = "head"
     graph: Graph = field(init=False)
     _mean: Activations | None = field(default=None, init=False, repr=False)
 
@@ -40,7 +43,7 @@ class Setup:
             raise UserError(f"batch size must be at least 1 (got {self.batch_size})")
         if self.intervention == "patching":
             check_equal_lengths(self.task)  # a corrupted activation replaces the clean one position by position
-        self.graph = Graph.from_adapter(self.model.adapter)
+        self.graph = Graph.from_adapter(self.model.adapter, kv_edges=self.kv_edges)
 
     @property
     def adapter(self):
