@@ -32,24 +32,26 @@ def _add_model_args(p):
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--task", required=True,
                    help="JSONL task file (text rows or token-id rows), or a built-in task name (see 'circuitry tasks')")
-    p.add_argument("--n", type=int, default=200, help="rows of a built-in task (default 200)")
-    p.add_argument("--seed", type=int, default=0, help="seed of a built-in task (default 0)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--n", type=int, default=None, help="rows of a built-in task (default 200)")
+    p.add_argument("--seed", type=int, default=None, help="seed of a built-in task (default 0)")
+    p.add_argument("--batch-size", type=int, default=None, help="examples per forward pass (default 16)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
     # light names only (discovery/names.py): --help and argument errors answer before torch loads
     from .names import ACDC_METHODS, INTERVENTIONS, METHOD_NAMES as METHODS, METRIC_NAMES as METRICS
+    from .options import DEFAULT_METHOD
 
     parser = _Parser(prog="circuitry", description="Circuit discovery on Hugging Face causal LMs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     d = sub.add_parser("discover", help="score every edge, select a circuit, evaluate it, write circuit JSON")
     _add_model_args(d)
-    d.add_argument("--method", default="eap-ig", choices=list(METHODS) + list(ACDC_METHODS),
-                   help="edge scoring (then --top-n/--threshold/--greedy), or acdc / eap-ig+acdc (then --tau)")
-    d.add_argument("--steps", type=int, default=5, help="interpolation steps (eap-ig and eap-ig-activations only; default 5)")
+    d.add_argument("--method", default=None, choices=list(METHODS) + list(ACDC_METHODS),
+                   help=f"edge scoring (then --top-n/--threshold/--greedy), or acdc / eap-ig+acdc (then --tau); "
+                        f"default {DEFAULT_METHOD}")
+    d.add_argument("--steps", type=int, default=None, help="interpolation steps (eap-ig and eap-ig-activations only; default 5)")
     d.add_argument("--metric", default=None, metavar="|".join(METRICS) + "|FILE.py:NAME",
                    help="default: kl for ACDC; else the built-in task's own metric, else logit_diff; FILE.py:NAME "
                         "is your own fn(logits, batch, clean_logits=None) -> one value per example")
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "a comma-separated list gives one circuit per tau from one run (files NAME.tau=T.json)")
     d.add_argument("--candidates", type=int, default=None,
                    help="eap-ig+acdc: ACDC decides only over the top-K edges by |EAP-IG score| (default 1000)")
-    d.add_argument("--intervention", default="patching", choices=list(INTERVENTIONS),
+    d.add_argument("--intervention", default=None, choices=list(INTERVENTIONS),
                    help="what an edge out of the circuit carries (default: the corrupted activation)")
     sel = d.add_mutually_exclusive_group()
     sel.add_argument("--top-n", type=int, default=None, help="keep the N most important edges (default 100)")
@@ -71,14 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-curve", action="store_true", help="skip the faithfulness curve (CPR/CMD)")
     d.add_argument("--label", action="store_true",
                    help="also label the circuit's heads and MLPs (see 'circuitry label'); writes schema 1.1")
-    d.add_argument("--label-backend", default="heuristic", choices=["heuristic", "openai"],
+    d.add_argument("--label-backend", default="heuristic",
                    help="with --label: heuristic (offline, default) or openai (CIRCUITRY_LLM_BASE_URL, _MODEL)")
     d.add_argument("--workers", type=int, default=None,
                    help="shard the examples over N Ray workers (RAY_ADDRESS's cluster, else a local Ray)")
     d.add_argument("--worker-cpus", type=float, default=None, help="Ray CPUs per worker (default: an even share)")
     d.add_argument("--worker-gpus", type=float, default=None,
                    help="Ray GPUs per worker (default: an even share of the cluster's, at most 1)")
-    d.add_argument("--kv-edges", default="head", choices=["head", "grouped"],
+    d.add_argument("--kv-edges", default=None, choices=["head", "grouped"],
                    help="grouped-query models: k/v edges per query head (default, MIB names a0.h2->a1.h3<k>) or "
                         "per key/value head (grouped: a0.h2->a1.kv1<k>)")
     d.add_argument("--out", required=True, help="where to write the circuit JSON")
@@ -134,13 +136,18 @@ def _check_model_and_task(args) -> bool:
 
 def _load(args):
     builtin = _check_model_and_task(args)
+    if builtin:  # bounded before anything is built (--n 1000000000 would build rows until memory runs out)
+        from .options import BuiltinTaskOptions, validated
+
+        size = validated(BuiltinTaskOptions, {k: v for k, v in (("n", args.n), ("seed", args.seed)) if v is not None},
+                         flag)
     from .models import load_model
     from .task_library import build_task
     from .tasks import load_task
 
     model = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
     if builtin:
-        task = build_task(args.task, tokenizer=model.tokenizer, vocab_size=model.vocab_size, n=args.n, seed=args.seed)
+        task = build_task(args.task, tokenizer=model.tokenizer, vocab_size=model.vocab_size, n=size.n, seed=size.seed)
     else:
         task = load_task(args.task, tokenizer=model.tokenizer, vocab_size=model.vocab_size)
     return model, task
@@ -189,21 +196,52 @@ def _metric_args(args):
     return metric, None
 
 
+def flag(key: str) -> str:
+    """The `circuitry discover` flag of a discovery option (discovery/options.py's flat names)."""
+    return {"absolute": "--signed", "prune": "--no-prune", "curve": "--no-curve"}.get(key, "--" + key.replace("_", "-"))
+
+
+def discovery_options(args):
+    """The options of `circuitry discover` as the one DiscoveryOptions model (its bounds, its defaults);
+    a rejected value is one line naming the flag. A --metric FILE.py:NAME is loaded by _metric_args."""
+    from .names import METRIC_NAMES
+    from .options import DiscoveryOptions, WorkerOptions, validated
+
+    flat = dict(method=args.method, metric=args.metric if args.metric in METRIC_NAMES else None,
+                intervention=args.intervention, steps=args.steps, batch_size=args.batch_size, top_n=args.top_n,
+                threshold=args.threshold, greedy=args.greedy, absolute=False if args.signed else None,
+                prune=False if args.no_prune else None, curve=False if args.no_curve else None, tau=args.tau,
+                candidates=args.candidates, kv_edges=args.kv_edges,
+                label_backend=args.label_backend if args.label else None)
+    options = DiscoveryOptions.from_flat(spell=flag, **flat)
+    validated(WorkerOptions, {"workers": args.workers, "worker_cpus": args.worker_cpus,
+                              "worker_gpus": args.worker_gpus}, flag)
+    return options
+
+
+def _check_out(path: str) -> None:
+    """--out can be written (checked before the work starts; the file is then written atomically)."""
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        raise UserError(f"--out '{path}' is a directory; give a file path such as {os.path.join(path, 'circuit.json')}")
+    if not os.path.isdir(parent):
+        raise UserError(f"--out: directory '{parent}' does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise UserError(f"--out '{path}' is not writable; choose another path")
+
+
 def cmd_discover(args) -> int:
-    taus = args.tau or []
-    many = len(taus) > 1
+    options = discovery_options(args)
+    _check_out(args.out)
+    many = len(options.method.tau or []) > 1
     _check_model_and_task(args)
     metric, higher_is_better = _metric_args(args)
     model, task = _load(args)
     from .discover import discover
 
-    result = discover(model, task, args.method, metric=metric, higher_is_better=higher_is_better,
-                      intervention=args.intervention,
-                      steps=args.steps, batch_size=args.batch_size, top_n=args.top_n, threshold=args.threshold,
-                      greedy=args.greedy, absolute=not args.signed, prune=not args.no_prune,
-                      curve=not args.no_curve, progress=not args.quiet, tau=taus[0] if len(taus) == 1 else None,
-                      taus=taus if many else None, candidates=args.candidates, workers=args.workers,
-                      worker_cpus=args.worker_cpus, worker_gpus=args.worker_gpus, kv_edges=args.kv_edges)
+    result = discover(model, task, options=options, metric=metric if not isinstance(metric, str) else None,
+                      higher_is_better=higher_is_better, progress=not args.quiet, workers=args.workers,
+                      worker_cpus=args.worker_cpus, worker_gpus=args.worker_gpus)
     for circuit in result if many else [result]:
         out = _tau_path(args.out, circuit.selection.value) if many else args.out
         circuit.save(out)  # saved before labeling: the circuit is kept whatever labeling does
@@ -217,7 +255,8 @@ def cmd_discover(args) -> int:
             from labeling import label_circuit
             from labeling.cli import summary_line
 
-            labeled = label_circuit(circuit, model, task, args.label_backend)
+            labeling = options.labeling
+            labeled = label_circuit(circuit, model, task, labeling.backend, **labeling.options.model_dump())
             labeled.save(out)
             print(summary_line(labeled, out))
     return 0
@@ -234,9 +273,11 @@ def cmd_evaluate(args) -> int:
     model, task = _load(args)
     from .discover import evaluate
 
+    from .options import MethodOptions, validated
+
+    batch_size = validated(MethodOptions, {"batch_size": args.batch_size} if args.batch_size else {}, flag).batch_size
     result = evaluate(model, task, circuit, metric=metric, higher_is_better=higher_is_better,
-                      intervention=args.intervention,
-                      batch_size=args.batch_size, progress=not args.quiet)
+                      intervention=args.intervention, batch_size=batch_size, progress=not args.quiet)
     if args.json:
         print(json.dumps(result))
     else:

@@ -18,7 +18,8 @@ from .evaluation import evaluate_circuit, faithfulness_curves
 from .methods import Setup, score_edges
 from .metrics import METRICS, resolve_metric
 from .models import LoadedModel
-from .names import ACDC_METHODS
+from .options import ACDC_DEFAULT_METRIC, ACDC_METHODS  # noqa: F401 (re-exported)
+from .options import DEFAULT_CANDIDATES, DEFAULT_TAU, DEFAULT_TOP_N, DiscoveryOptions, WorkerOptions, validated
 from .selection import greedy, nodes_in_circuit, threshold, top_n
 from .selection import prune as prune_edges  # `prune` is discover()'s flag
 from .tasks import Task
@@ -54,34 +55,32 @@ def select(setup: Setup, scores, *, top: int | None = None, thresh: float | None
     elif grow is not None:
         keep, info = greedy(graph, scores, grow, higher_is_better=hib, absolute=absolute), ("greedy", grow)
     else:
-        n = 100 if top is None else top
+        n = DEFAULT_TOP_N if top is None else top
         keep, info = top_n(graph, scores, n, higher_is_better=hib, absolute=absolute), ("top-n", n)
     if do_prune:
         keep = prune_edges(graph, keep)
     return keep, SelectionInfo(kind=info[0], value=info[1], absolute=absolute, pruned=do_prune)
 
 
-ACDC_DEFAULT_METRIC = "kl"  # Conmy et al.: distance from the clean model's output distribution
-DEFAULT_CANDIDATES = 1000
-
-
-def discover(model: LoadedModel, task: Task, method: str = "eap-ig", *, metric=None,
-             higher_is_better: bool | None = None,
-             intervention: str = "patching", steps: int = 5, batch_size: int = 16, top_n: int | None = None,
-             threshold: float | None = None, greedy: int | None = None, absolute: bool = True,
-             prune: bool = True, curve: bool = True, progress: bool = False, tau: float | None = None,
+def discover(model: LoadedModel, task: Task, method: str | None = None, *, options: DiscoveryOptions | None = None,
+             metric=None, higher_is_better: bool | None = None, intervention: str | None = None,
+             steps: int | None = None, batch_size: int | None = None, top_n: int | None = None,
+             threshold: float | None = None, greedy: int | None = None, absolute: bool | None = None,
+             prune: bool | None = None, curve: bool | None = None, progress: bool = False, tau: float | None = None,
              taus: list[float] | None = None, candidates: int | None = None, workers=None,
-             worker_cpus: float | None = None, worker_gpus: float | None = None, kv_edges: str = "head"):
+             worker_cpus: float | None = None, worker_gpus: float | None = None, kv_edges: str | None = None, on_batch=None):
     """Find a circuit: scores for every edge, the selected circuit, its faithfulness (and curve).
 
+    The options are one DiscoveryOptions (discovery/options.py: its defaults and bounds), given as
+    `options`, as keywords (None: the default), or both (keywords win).
     The metric defaults to the task's own (built-in tasks), else logit_diff; for ACDC to KL. It is a
     built-in name, a `Metric`, or your own function fn(logits, batch, clean_logits=None) ->
     Tensor[batch] (the contract is in discovery.metrics), whose direction higher_is_better gives
     (default True); its name is recorded in the circuit.
-    Scoring methods (METHODS) select by top_n / threshold / greedy. ACDC methods (ACDC_METHODS) decide
-    the circuit themselves: `acdc` over every edge, `eap-ig+acdc` over the `candidates` edges EAP-IG
-    ranks highest (|score|); tau is the threshold (default 0.01), and `taus` gives one circuit per
-    threshold from one run (a list of Circuits is returned, in the order given).
+    Scoring methods select by top_n / threshold / greedy. ACDC methods (ACDC_METHODS) decide the
+    circuit themselves: `acdc` over every edge, `eap-ig+acdc` over the `candidates` edges EAP-IG
+    ranks highest (|score|); tau is the threshold (default 0.01), and `taus` (or an options tau list
+    of several) gives one circuit per threshold from one run (a list of Circuits, in the order given).
 
     workers: shard the scoring (and ACDC's mask evaluations) over that many Ray workers, each with
     worker_cpus / worker_gpus (default: an even share), started for the call (Ray: RAY_ADDRESS's
@@ -89,35 +88,47 @@ def discover(model: LoadedModel, task: Task, method: str = "eap-ig", *, metric=N
     Evaluating the circuit stays in this process.
 
     kv_edges: a grouped-query model's k/v edges per query head ("head", as MIB names them) or per
-    key/value head ("grouped", `a1.kv0<k>`); see discovery/graph.py for how the two relate."""
+    key/value head ("grouped", `a1.kv0<k>`); see discovery/graph.py for how the two relate.
+
+    on_batch(done, total, desc): called around each batch of discovery work (Setup.on_batch); it may
+    raise (e.g. discovery.errors.Cancelled) to stop the run within one batch."""
     started = time.perf_counter()
-    acdc_method = method in ACDC_METHODS
-    if not acdc_method and (tau is not None or taus is not None or candidates is not None):
-        raise UserError(f"tau and candidates apply to {' and '.join(ACDC_METHODS)}, not to '{method}'")
-    if acdc_method and any(x is not None for x in (top_n, threshold, greedy)):
-        raise UserError(f"{method} decides the circuit itself by tau; drop --top-n/--threshold/--greedy")
-    metric = resolve_metric(metric or (ACDC_DEFAULT_METRIC if acdc_method else task.metric or "logit_diff"),
+    if tau is not None and taus is not None:
+        raise UserError("give tau or taus, not both")
+    own_metric = metric if metric is not None and not isinstance(metric, str) else None  # a Metric or a function
+    opts = DiscoveryOptions.from_flat(options, method=method, metric=None if own_metric is not None else metric,
+                                      intervention=intervention, steps=steps, batch_size=batch_size, top_n=top_n,
+                                      threshold=threshold, greedy=greedy, absolute=absolute, prune=prune,
+                                      curve=curve, tau=taus if taus is not None else tau, candidates=candidates,
+                                      kv_edges=kv_edges)
+    if workers is None or isinstance(workers, int):
+        validated(WorkerOptions, {"workers": workers, "worker_cpus": worker_cpus, "worker_gpus": worker_gpus})
+    m, sel = opts.method, opts.selection
+    metric = resolve_metric(own_metric if own_metric is not None else opts.resolved_metric(task.metric),
                             higher_is_better)
     if torch.device(model.adapter.device).type == "cuda":
         torch.cuda.reset_peak_memory_stats(model.adapter.device)
-    setup = Setup(model, task, metric, batch_size=batch_size, intervention=intervention, progress=progress,
-                  kv_edges=kv_edges)
-    params = {"metric": metric.name, **_metric_params(metric), "intervention": intervention,
-              "batch_size": batch_size}
+    setup = Setup(model, task, metric, batch_size=m.batch_size, intervention=m.intervention, progress=progress,
+                  kv_edges=m.kv_edges)
+    setup.on_batch = on_batch
+    params = {"metric": metric.name, **_metric_params(metric), "intervention": m.intervention,
+              "batch_size": m.batch_size}
     if setup.graph.gqa:
         params["kv_edges"] = setup.graph.kv_edges
-    if method in ("eap-ig", "eap-ig-activations", "eap-ig+acdc"):
-        params["steps"] = steps
+    if m.name in ("eap-ig", "eap-ig-activations", "eap-ig+acdc"):
+        params["steps"] = m.steps
     with _worker_pool(workers, worker_cpus, worker_gpus) as pool:
         if pool is not None:
             params["workers"] = pool.n
-        if acdc_method:
-            return _discover_acdc(setup, model, task, method, params, tau=tau, taus=taus, candidates=candidates,
-                                  steps=steps, prune=prune, curve=curve, started=started, workers=pool)
-        scores = score_edges(setup, method, steps=steps, workers=pool).numpy()
-    keep, selection = select(setup, scores, top=top_n, thresh=threshold, grow=greedy, absolute=absolute,
-                             do_prune=prune)
-    return _package(setup, model, task, method, params, scores, keep, selection, curve=curve, prune=prune,
+        if m.acdc:
+            circuits = _discover_acdc(setup, model, task, m.name, params, taus=m.tau or [DEFAULT_TAU],
+                                      candidates=m.candidates, steps=m.steps, prune=sel.prune, curve=m.curve,
+                                      started=started, workers=pool)
+            return circuits if taus is not None or len(circuits) > 1 else circuits[0]
+        scores = score_edges(setup, m.name, steps=m.steps, workers=pool).numpy()
+    keep, selection = select(setup, scores, top=sel.top_n, thresh=sel.threshold, grow=sel.greedy,
+                             absolute=sel.absolute, do_prune=sel.prune)
+    return _package(setup, model, task, m.name, params, scores, keep, selection, curve=m.curve, prune=sel.prune,
                     started=started)
 
 
@@ -145,24 +156,17 @@ def _worker_pool(n: int | None, cpus: float | None, gpus: float | None):
         yield pool
 
 
-def _discover_acdc(setup: Setup, model, task, method, params, *, tau, taus, candidates, steps, prune, curve,
-                   started, workers=None) -> Circuit | list[Circuit]:
-    from .methods.acdc import DEFAULT_TAU, acdc
+def _discover_acdc(setup: Setup, model, task, method, params, *, taus, candidates, steps, prune, curve,
+                   started, workers=None) -> list[Circuit]:
+    from .methods.acdc import acdc
 
-    if tau is not None and taus is not None:
-        raise UserError("give tau or taus, not both")
-    tau_list = list(taus) if taus is not None else [DEFAULT_TAU if tau is None else tau]
     cand_mask = None
     if method == "eap-ig+acdc":
         k = DEFAULT_CANDIDATES if candidates is None else candidates
-        if k < 1:
-            raise UserError(f"--candidates must be at least 1 (got {k})")
         ranking = score_edges(setup, "eap-ig", steps=steps, workers=workers).numpy()
         cand_mask = top_n(setup.graph, ranking, min(k, setup.graph.n_edges), absolute=True)
         params["candidates"] = int(cand_mask.sum())
-    elif candidates is not None:
-        raise UserError("--candidates applies to eap-ig+acdc (plain acdc decides every edge)")
-    results = acdc(setup, taus=tau_list, candidates=cand_mask, workers=workers)
+    results = acdc(setup, taus=list(taus), candidates=cand_mask, workers=workers)
     circuits = []
     for r in results:
         keep = prune_edges(setup.graph, r.in_circuit) if prune else r.in_circuit
@@ -171,7 +175,7 @@ def _discover_acdc(setup: Setup, model, task, method, params, *, tau, taus, cand
         selection = SelectionInfo(kind="acdc", value=r.tau, absolute=False, pruned=prune)
         circuits.append(_package(setup, model, task, method, p, r.scores, keep, selection, curve=curve,
                                  prune=prune, started=started))
-    return circuits if taus is not None else circuits[0]
+    return circuits
 
 
 def _package(setup: Setup, model, task, method, params, scores, keep, selection, *, curve, prune,

@@ -11,3 +11,7 @@ class TaskError(UserError):
 
 class UnsupportedModelError(UserError):
     """A model whose architecture has no adapter."""
+
+
+class Cancelled(Exception):
+    """Raised by a Setup.on_batch callback to stop a run (the job was cancelled); not a user error."""

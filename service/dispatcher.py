@@ -11,12 +11,15 @@ import threading
 import time
 import uuid
 
+from pydantic import ValidationError
+
 from discovery.errors import UserError
 
 from .background import BackgroundLoop
 from .pipeline import JobResult, LeaseLost, RetryableError
 from .queue import Lease, Queue
 from .results import store_circuit
+from .schemas import JobRequest
 
 log = logging.getLogger("circuitry.dispatcher")
 
@@ -73,7 +76,11 @@ class Dispatcher(BackgroundLoop):
                 raise LeaseLost(lease.job_id)
 
         try:
-            result = self.executor.run(lease.spec, report, job_id=lease.job_id)
+            try:
+                job = JobRequest.model_validate(lease.spec)
+            except ValidationError as exc:  # stored by an older version whose options this one refuses
+                raise UserError(f"the stored job request is no longer valid: {exc.errors()[0].get('msg')}") from None
+            result = self.executor.run(job, report, job_id=lease.job_id)
             if lost.is_set():
                 raise LeaseLost(lease.job_id)
             stored = self.queue.complete(lease, lambda s, job_id: self._store(s, job_id, result))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .config import Settings
 from .pipeline import JobResult, ModelCache, Report, run_job
+from .schemas import JobRequest
 
 
 class InlineExecutor:
@@ -13,8 +14,8 @@ class InlineExecutor:
         self.settings = settings
         self.cache = ModelCache(settings.max_actors)
 
-    def run(self, spec: dict, report: Report, job_id: str = "") -> JobResult:
-        return run_job(spec, report, self.cache, self.settings.model_roots, self.settings.device)
+    def run(self, job: JobRequest, report: Report, job_id: str = "") -> JobResult:
+        return run_job(job, report, self.cache, self.settings.model_roots, self.settings.device)
 
     def close(self) -> None:
         pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
@@ -12,6 +13,7 @@ from typing import Callable
 from discovery.errors import UserError
 
 from .models_access import resolve_model
+from .schemas import JobRequest
 
 # report(progress, message, status=None): records progress; raises LeaseLost when the job was taken away
 Report = Callable[..., None]
@@ -54,45 +56,40 @@ class ModelCache:
             return model
 
 
-def model_key(spec: dict, device: str | None) -> tuple:
-    m = spec["model"]
-    return (m["name"], m.get("revision"), m.get("dtype"), device)
+def model_key(job: JobRequest, device: str | None) -> tuple:
+    m = job.model
+    return (m.name, m.revision, m.dtype, device)
 
 
-def load_for(spec: dict, roots: list[str], device: str | None):
+def load_for(job: JobRequest, roots: list[str], device: str | None):
     from discovery.models import load_model
 
-    m = spec["model"]
-    path = resolve_model(m["name"], roots)
-    loaded = load_model(path, revision=m.get("revision"), dtype=m.get("dtype"), device=device)
-    loaded.name = m["name"]  # record the name the user gave, not the server's directory
+    m = job.model
+    path = resolve_model(m.name, roots)
+    loaded = load_model(path, revision=m.revision, dtype=m.dtype, device=device)
+    loaded.name = m.name  # record the name the user gave, not the server's directory
     return loaded
 
 
-def build_task(spec: dict, model):
-    t = spec["task"]
-    if t.get("builtin"):
+def build_task(job: JobRequest, model):
+    t = job.task
+    if t.builtin:
         from discovery.task_library import build_task as build
-        return build(t["builtin"], tokenizer=model.tokenizer, vocab_size=model.vocab_size, n=t["n"], seed=t["seed"])
+        return build(t.builtin, tokenizer=model.tokenizer, vocab_size=model.vocab_size, n=t.n, seed=t.seed)
     from discovery.tasks import task_from_rows
-    return task_from_rows(t["rows"], tokenizer=model.tokenizer, vocab_size=model.vocab_size, name=t["name"])
+    return task_from_rows(t.rows, tokenizer=model.tokenizer, vocab_size=model.vocab_size, name=t.name)
 
 
-def discover_circuit(spec: dict, model, task) -> str:
+def discover_circuit(job: JobRequest, model, task, on_batch=None) -> str:
     from discovery.discover import discover
 
-    m, sel = spec["method"], spec["selection"]
-    circuit = discover(model, task, m["name"], metric=m.get("metric"), intervention=m["intervention"],
-                       steps=m["steps"], batch_size=m["batch_size"], top_n=sel.get("top_n"),
-                       threshold=sel.get("threshold"), greedy=sel.get("greedy"), absolute=sel["absolute"],
-                       prune=sel["prune"], curve=m["curve"], progress=False, tau=m.get("tau"),
-                       candidates=m.get("candidates"))
+    circuit = discover(model, task, options=job.options, progress=False, on_batch=on_batch)
     return circuit.model_dump_json()
 
 
-def label(spec: dict, circuit_json: str, model, task) -> JobResult:
+def label(job: JobRequest, circuit_json: str, model, task) -> JobResult:
     """The labeling step: labeling.label_circuit with the job's backend (imported only when asked for)."""
-    backend = spec["labeling"]["backend"]
+    backend = job.labeling.backend
     try:
         from labeling import label_circuit
     except ImportError:
@@ -101,24 +98,42 @@ def label(spec: dict, circuit_json: str, model, task) -> JobResult:
     from discovery.circuit import Circuit
 
     circuit = Circuit.model_validate_json(circuit_json)
-    labeled = label_circuit(circuit, model, task, backend=backend, **spec["labeling"].get("options", {}))
+    labeled = label_circuit(circuit, model, task, backend=backend, **job.labeling.options.model_dump())
     data = json.loads(labeled.model_dump_json())
     return JobResult(labeled.model_dump_json(), list(data.get("labels") or []))
 
 
-def wants_labels(spec: dict) -> bool:
-    return spec.get("labeling", {}).get("backend", "none") != "none"
-
-
-def run_job(spec: dict, report: Report, cache: ModelCache, roots: list[str], device: str | None) -> JobResult:
+def run_job(job: JobRequest, report: Report, cache: ModelCache, roots: list[str], device: str | None) -> JobResult:
     """The whole job in this process (the inline executor)."""
     report(0.05, "loading model")
-    model = cache.get(model_key(spec, device), lambda: load_for(spec, roots, device))
+    model = cache.get(model_key(job, device), lambda: load_for(job, roots, device))
     report(0.2, "building task")
-    task = build_task(spec, model)
-    report(0.3, f"discovering ({spec['method']['name']}, {len(task)} rows)")
-    circuit_json = discover_circuit(spec, model, task)
-    if not wants_labels(spec):
+    task = build_task(job, model)
+    report(0.3, f"discovering ({job.method.name}, {len(task)} rows)")
+    circuit_json = discover_circuit(job, model, task, on_batch=BatchProgress(report, 0.3, 0.8))
+    if not job.labeling.wanted:
         return JobResult(circuit_json)
-    report(0.8, f"labeling ({spec['labeling']['backend']})", status="labeling")
-    return label(spec, circuit_json, model, task)
+    report(0.8, f"labeling ({job.labeling.backend})", status="labeling")
+    return label(job, circuit_json, model, task)
+
+
+class BatchProgress:
+    """A Setup.on_batch callback that turns the methods' batches into job progress between `lo` and
+    `hi`: each pass (scoring, ACDC's rounds, evaluations) moves a share of what is left, so progress
+    only grows; at most one report per `every_s` (each is a database write). `report` raises
+    LeaseLost when the job was cancelled: the run stops within one batch."""
+
+    def __init__(self, report: Report, lo: float, hi: float, every_s: float = 0.5, clock=time.monotonic):
+        self.report, self.lo, self.hi, self.every_s, self.clock = report, lo, hi, every_s, clock
+        self.base, self.progress, self.last, self.pass_key = lo, lo, -1e9, None
+
+    def __call__(self, done: int, total: int, desc: str | None) -> None:
+        if (desc, total) != self.pass_key or done == 0:
+            self.base, self.pass_key = self.progress, (desc, total)
+        share = (self.hi - self.base) * (0.5 if desc else 0.2)  # a pass moves part of what is left
+        self.progress = max(self.progress, self.base + share * (done / max(1, total)))
+        now = self.clock()
+        if now - self.last >= self.every_s:
+            self.last = now
+            what = desc or "evaluating"
+            self.report(round(self.progress, 4), f"{what}: batch {done}/{total}")

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
-from discovery.discover import ACDC_METHODS
-from discovery.methods import INTERVENTIONS, METHODS
-from discovery.metrics import METRICS
+from discovery.options import (DEFAULT_BUILTIN_ROWS, DiscoveryOptions, LabelingOptions, MethodOptions, Rows, Seed,
+                               SelectionOptions, _Strict)
 from discovery.task_library import TASKS
 
-MethodName = Literal[tuple(METHODS) + tuple(ACDC_METHODS)]  # type: ignore[valid-type]
-MetricName = Literal[tuple(METRICS)]  # type: ignore[valid-type]
-InterventionName = Literal[tuple(INTERVENTIONS)]  # type: ignore[valid-type]
 TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]
 JobStatus = Literal["queued", "running", "labeling", "succeeded", "failed", "cancelled"]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+# the job body's groups are discovery/options.py's: one set of bounds and defaults for CLI, API and watches
+MethodSpec, SelectionSpec, LabelingSpec = MethodOptions, SelectionOptions, LabelingOptions
 
 
 class ModelSpec(_Strict):
@@ -35,8 +28,8 @@ class ModelSpec(_Strict):
 class TaskSpec(_Strict):
     """A built-in task (`builtin` with `n` and `seed`) or inline `rows` (text rows or token-id rows)."""
     builtin: TaskName | None = Field(None, description="built-in task name (see `circuitry tasks`)")
-    n: int = Field(32, ge=1, description="rows of a built-in task")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    n: Rows = DEFAULT_BUILTIN_ROWS
+    seed: Seed = 0
     rows: list[dict[str, Any]] | None = Field(
         None, min_length=1, description="inline rows: {clean, corrupted, answer, wrong} or "
                                         "{clean_ids, corrupted_ids, answer_id, wrong_id}")
@@ -54,69 +47,21 @@ class TaskSpec(_Strict):
         return self.builtin or self.name
 
 
-class MethodSpec(_Strict):
-    name: MethodName = "eap-ig"
-    metric: MetricName | None = Field(None, description="default: the built-in task's metric, else logit_diff")
-    intervention: InterventionName = "patching"
-    steps: int = Field(5, ge=1, le=256, description="interpolation steps (eap-ig, eap-ig-activations)")
-    batch_size: int = Field(16, ge=1, le=4096)
-    curve: bool = Field(False, description="also compute the faithfulness curve (CPR/CMD)")
-    tau: float | None = Field(None, gt=0, le=1e6, description="acdc, eap-ig+acdc: remove an edge when the metric "
-                                                               "moves by at most tau (default 0.01)")
-    candidates: int | None = Field(None, ge=1, le=10_000_000, description="eap-ig+acdc: edges EAP-IG hands to ACDC "
-                                                                          "(default 1000)")
-
-    @model_validator(mode="after")
-    def _acdc_only(self):
-        if self.name not in ACDC_METHODS and (self.tau is not None or self.candidates is not None):
-            raise ValueError(f"tau and candidates apply to {' and '.join(ACDC_METHODS)}, not to '{self.name}'")
-        if self.name == "acdc" and self.candidates is not None:
-            raise ValueError("candidates applies to eap-ig+acdc (plain acdc decides every edge)")
-        return self
-
-
-class SelectionSpec(_Strict):
-    top_n: int | None = Field(None, ge=1, le=10_000_000)
-    threshold: float | None = None
-    greedy: int | None = Field(None, ge=1, le=10_000_000)
-    absolute: bool = True
-    prune: bool = True
-
-    @field_validator("threshold")
-    @classmethod
-    def _finite(cls, v):
-        if v is not None and not math.isfinite(v):
-            raise ValueError("threshold must be a finite number")
-        return v
-
-    @model_validator(mode="after")
-    def _at_most_one(self):
-        if sum(x is not None for x in (self.top_n, self.threshold, self.greedy)) > 1:
-            raise ValueError("give at most one of top_n, threshold, greedy (default: top_n 100)")
-        return self
-
-
-class LabelingSpec(_Strict):
-    backend: str = Field("none", min_length=1, max_length=64, pattern=r"^[a-z0-9_-]+$",
-                         description="'none' (no labels), or a labeling backend such as 'heuristic'")
-    options: dict[str, Any] = Field(default_factory=dict)
-
-
-class JobRequest(_Strict):
+class JobRequest(DiscoveryOptions):
+    """A job: the model, the task, and the discovery options (discovery/options.py's DiscoveryOptions)."""
     model: ModelSpec
     task: TaskSpec
-    method: MethodSpec = Field(default_factory=MethodSpec)
-    selection: SelectionSpec = Field(default_factory=SelectionSpec)
-    labeling: LabelingSpec = Field(default_factory=LabelingSpec)
-    callback_url: HttpUrl | None = Field(None, description="POSTed the job when it finishes")
+    callback_url: HttpUrl | None = Field(None, description="POSTed the job when it finishes (signed; see docs)")
 
     @model_validator(mode="after")
-    def _acdc_selects_itself(self):
-        s = self.selection
-        if self.method.name in ACDC_METHODS and any(x is not None for x in (s.top_n, s.threshold, s.greedy)):
-            raise ValueError(f"{self.method.name} decides the circuit itself by method.tau; drop selection "
-                             "top_n/threshold/greedy")
+    def _one_circuit(self):
+        if self.method.tau is not None and len(self.method.tau) > 1:
+            raise ValueError("a job makes one circuit: give one method.tau (submit one job per tau)")
         return self
+
+    @property
+    def options(self) -> DiscoveryOptions:
+        return DiscoveryOptions(method=self.method, selection=self.selection, labeling=self.labeling)
 
 
 class Job(BaseModel):

@@ -9,14 +9,16 @@ from pydantic import BaseModel, Field, model_validator
 
 from discovery.timeline import TimelinePoint
 
-from .schemas import JobStatus, LabelingSpec, MethodSpec, SelectionSpec, TaskSpec, _Strict
+from discovery.options import DiscoveryOptions
+
+from .schemas import JobStatus, LabelingSpec, MethodSpec, SelectionSpec, TaskSpec
 
 _NAME = r"^[^\x00-\x1f]+$"
 
 
-class WatchRequest(_Strict):
-    """A checkpoint source, the jobs to run on each new checkpoint, and a schedule (exactly one of
-    `interval_s` and `cron`)."""
+class WatchRequest(DiscoveryOptions):
+    """A checkpoint source, the jobs to run on each new checkpoint (the discovery options of
+    discovery/options.py, the same as a job's), and a schedule (exactly one of `interval_s` and `cron`)."""
     source: str = Field(min_length=1, max_length=512, pattern=_NAME,
                         description="toy:NAME (a toy model's checkpoints), a directory under a model root whose "
                                     "subdirectories are checkpoints, or a hub repository id (its branches and tags)")
@@ -27,9 +29,6 @@ class WatchRequest(_Strict):
                                 description="checkpoint names to take, e.g. step* (glob) or step\\d+ (regex)")
     pattern_kind: Literal["glob", "regex"] = "glob"
     tasks: list[TaskSpec] = Field(min_length=1, max_length=32, description="one job per task per checkpoint")
-    method: MethodSpec = Field(default_factory=MethodSpec)
-    selection: SelectionSpec = Field(default_factory=SelectionSpec)
-    labeling: LabelingSpec = Field(default_factory=LabelingSpec)
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     interval_s: float | None = Field(None, ge=1, le=366 * 86400, description="scan every this many seconds")
     cron: str | None = Field(None, min_length=9, max_length=128, pattern=_NAME,

@@ -32,9 +32,8 @@ def create_watch(db: Database, settings: Settings, body: ws.WatchRequest, owner:
         check_cron(body.cron)
     for task in body.tasks:
         validate_task(task, settings)
-    if body.method.name in ("acdc", "eap-ig+acdc") and any(
-            x is not None for x in (body.selection.top_n, body.selection.threshold, body.selection.greedy)):
-        raise UserError(f"{body.method.name} decides the circuit itself by tau; drop selection top_n/threshold/greedy")
+    if body.method.tau is not None and len(body.method.tau) > 1:
+        raise UserError("a watch's jobs make one circuit each: give one method.tau")
     now = time.time()
     row = Watch(id=str(uuid.uuid4()), name=body.name or source, owner=owner, source_kind=kind, source=source,
                 pattern=body.pattern, pattern_kind=body.pattern_kind,

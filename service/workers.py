@@ -16,18 +16,19 @@ from discovery.distributed import connect_ray
 
 from .config import Settings
 from .pipeline import JobResult, ModelCache, Report, RetryableError, build_task, discover_circuit, label, load_for, \
-    model_key, wants_labels
+    model_key
+from .schemas import JobRequest
 
 
 @ray.remote
 class ModelActor:
-    def __init__(self, spec: dict, roots: list[str], device: str | None):
-        self.spec, self.roots, self.device, self.model = spec, roots, device, None
+    def __init__(self, job: JobRequest, roots: list[str], device: str | None):
+        self.job, self.roots, self.device, self.model = job, roots, device, None
 
-    def discover(self, spec: dict) -> str:
+    def discover(self, job: JobRequest) -> str:
         if self.model is None:  # loaded here, not in __init__: a load error is then the job's error, not a dead actor
-            self.model = load_for(self.spec, self.roots, self.device)
-        return discover_circuit(spec, self.model, build_task(spec, self.model))
+            self.model = load_for(self.job, self.roots, self.device)
+        return discover_circuit(job, self.model, build_task(job, self.model))
 
     def ping(self) -> bool:
         return True
@@ -37,9 +38,9 @@ _label_cache = ModelCache(1)  # per Ray worker process: consecutive labeling tas
 
 
 @ray.remote
-def label_task(spec: dict, circuit_json: str, roots: list[str], device: str | None) -> JobResult:
-    model = _label_cache.get(model_key(spec, device), lambda: load_for(spec, roots, device))
-    return label(spec, circuit_json, model, build_task(spec, model))
+def label_task(job: JobRequest, circuit_json: str, roots: list[str], device: str | None) -> JobResult:
+    model = _label_cache.get(model_key(job, device), lambda: load_for(job, roots, device))
+    return label(job, circuit_json, model, build_task(job, model))
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -61,14 +62,14 @@ class RayExecutor:
         self._lock = threading.Lock()
         self.created = 0
 
-    def _acquire(self, spec: dict) -> tuple[tuple, object]:
-        key = model_key(spec, self.settings.device)
+    def _acquire(self, job: JobRequest) -> tuple[tuple, object]:
+        key = model_key(job, self.settings.device)
         with self._lock:
             actor = self._actors.get(key)
             if actor is None:
                 self._evict(room_for=1)
                 actor = ModelActor.options(num_cpus=self.settings.actor_cpus, num_gpus=self.settings.actor_gpus) \
-                    .remote(spec, self.settings.model_roots, self.settings.device)
+                    .remote(job, self.settings.model_roots, self.settings.device)
                 self._actors[key] = actor
                 self.created += 1
             self._actors.move_to_end(key)
@@ -106,12 +107,12 @@ class RayExecutor:
         finally:
             self._running.pop(job_id, None)
 
-    def run(self, spec: dict, report: Report, job_id: str = "") -> JobResult:
+    def run(self, job: JobRequest, report: Report, job_id: str = "") -> JobResult:
         report(0.05, "waiting for a model actor")
-        key, actor = self._acquire(spec)
+        key, actor = self._acquire(job)
         try:
-            report(0.2, f"discovering on a model actor ({spec['method']['name']})")
-            circuit_json = self._get(job_id, actor.discover.remote(spec))
+            report(0.2, f"discovering on a model actor ({job.method.name})")
+            circuit_json = self._get(job_id, actor.discover.remote(job))
         except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError) as exc:
             self._drop(key)  # a dead actor (e.g. out of memory) is replaced on the next job
             raise RetryableError(f"the model actor died: {str(exc).splitlines()[0]}") from None
@@ -127,12 +128,12 @@ class RayExecutor:
                 from None
         finally:
             self._release(key)
-        if not wants_labels(spec):
+        if not job.labeling.wanted:
             return JobResult(circuit_json)
-        report(0.8, f"labeling ({spec['labeling']['backend']})", status="labeling")
+        report(0.8, f"labeling ({job.labeling.backend})", status="labeling")
         try:
             return self._get(job_id, label_task.options(num_cpus=min(1.0, self.settings.actor_cpus))
-                             .remote(spec, circuit_json, self.settings.model_roots, self.settings.device))
+                             .remote(job, circuit_json, self.settings.model_roots, self.settings.device))
         except ray.exceptions.RayTaskError as exc:
             cause = _unwrap(exc)
             raise (UserError(str(cause)) if isinstance(cause, UserError) else RuntimeError(str(cause))) from None

@@ -144,7 +144,7 @@ def test_bad_model_and_arguments(capsys, tmp_path, model_dir):
     _user_error(capsys, "discover", "--model", model_dir, "--task", task, "--out", "o", "--top-n", "3",
                 "--threshold", "1", match="not allowed with")
     _user_error(capsys, "discover", "--model", model_dir, "--task", task, "--out", "o", "--batch-size", "0",
-                match="batch size")
+                match="--batch-size: must be at least 1")
     _user_error(capsys, "discover", "--model", model_dir, "--task", task, "--out", "o", "--method", "eap-ig",
                 "--steps", "0", match="--steps")
     _user_error(capsys, "evaluate", "--model", model_dir, "--task", task, match="required: --circuit")

@@ -758,6 +758,7 @@ class _ACDC:
             for members, chain in chains:
                 for s in members:
                     bar.update(self.consume(s, chain, values))
+            self.setup.tick(sum(min(s.pos, n) for s in states), n * len(states), "acdc")  # progress, cancel
         bar.close()
         return states
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -32,6 +33,10 @@ class Setup:
     # k/v edges of a grouped-query model: per query head ("head", MIB's names) or per key/value head
     # ("grouped"); see discovery/graph.py
     kv_edges: str = "head"
+    # on_batch(done, total, desc): called before each batch a method or evaluation works on (done of
+    # total in this pass; desc names the pass, None for evaluations) and once at the pass's end; it
+    # may raise (discovery.errors.Cancelled) to stop the run within one batch. Progress, cancellation.
+    on_batch: Callable[[int, int, str | None], None] | None = field(default=None, repr=False)
     graph: Graph = field(init=False)
     _mean: Activations | None = field(default=None, init=False, repr=False)
 
@@ -56,8 +61,20 @@ class Setup:
     def batches(self, desc: str | None = None):
         it = iter_batches(self.task, self.batch_size, device=self.device)
         total = -(-len(self.task) // self.batch_size)
-        return tqdm(it, total=total, desc=desc, file=sys.stderr, disable=not self.progress or desc is None,
-                    leave=False)
+        bar = tqdm(it, total=total, desc=desc, file=sys.stderr, disable=not self.progress or desc is None,
+                   leave=False)
+        return bar if self.on_batch is None else self._watched(bar, total, desc)
+
+    def _watched(self, batches, total: int, desc: str | None):
+        for done, batch in enumerate(batches):
+            self.on_batch(done, total, desc)
+            yield batch
+        self.on_batch(total, total, desc)
+
+    def tick(self, done: int, total: int, desc: str | None) -> None:
+        """on_batch for loops that reuse cached batches (ACDC's mask evaluations)."""
+        if self.on_batch is not None:
+            self.on_batch(done, total, desc)
 
     @torch.no_grad()
     def reference(self, batch: Batch) -> Activations:
