@@ -29,6 +29,24 @@ class ModelInfo(BaseModel):
     n_kv_heads: int
     parallel_residual: bool
     dtype: str
+    d_model: int | None = None  # residual width (MIB / EAP-IG graphs need it); optional: older files lack it
+
+
+class ExampleRow(BaseModel):
+    """One representative task row (the first), as the model saw it: what graph viewers that show one
+    prompt (Neuronpedia, circuit-tracer) display. Probabilities are the model's softmax at the last
+    prompt position, where the metric is read."""
+
+    row: int = 0
+    token_ids: list[int]
+    tokens: list[str]  # each id decoded on its own (`<id>` for a model without a tokenizer)
+    prompt: str  # the whole prompt decoded
+    answer_id: int
+    answer: str
+    answer_prob: float
+    wrong_id: int | None = None
+    wrong: str | None = None
+    wrong_prob: float | None = None
 
 
 class TaskInfo(BaseModel):
@@ -36,6 +54,7 @@ class TaskInfo(BaseModel):
     source: str
     rows: int
     content_hash: str
+    example: ExampleRow | None = None  # the first row's tokens and answer probability; optional
 
 
 class MethodInfo(BaseModel):

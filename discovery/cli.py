@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from .errors import UserError
 
@@ -40,6 +41,7 @@ def _add_model_args(p):
 
 def build_parser() -> argparse.ArgumentParser:
     # light names only (discovery/names.py): --help and argument errors answer before torch loads
+    from .export import FORMATS as EXPORT_FORMATS
     from .names import ACDC_METHODS, INTERVENTIONS, METHOD_NAMES as METHODS, METRIC_NAMES as METRICS
     from .options import DEFAULT_METHOD
 
@@ -105,6 +107,28 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("circuits", nargs="+", help="circuit JSON files, one per checkpoint (model.revision gives the step)")
     tl.add_argument("--chart", default=None, help="write a PNG chart (circuit size and faithfulness per step) here")
     tl.add_argument("--json", action="store_true", help="print the points as JSON lines")
+
+    x = sub.add_parser("export", help="write a circuit for another tool: MIB / EAP-IG (json, pt), Neuronpedia, "
+                                      "networkx node-link, GraphML; or MIB's submission layout")
+    x.add_argument("circuit", help="circuit JSON (plain or labeled), or a MIB / EAP-IG graph (.json, .pt)")
+    x.add_argument("--format", default=None, choices=list(EXPORT_FORMATS),
+                   help="mib (EAP-IG Graph.to_json), mib-pt (Graph.to_pt), neuronpedia, node-link, graphml, json; "
+                        "with --mib-submission: mib (default) or mib-pt")
+    x.add_argument("--out", default=None, help="file to write (with --format)")
+    x.add_argument("--scan", default=None, help="neuronpedia: the model id Neuronpedia files the graph under "
+                                                "(default: the model name's last part, lower-cased)")
+    x.add_argument("--slug", default=None, help="neuronpedia: the graph's slug (default: model-task-method)")
+    x.add_argument("--d-model", type=int, default=None,
+                   help="mib, mib-pt: the model's residual width, for circuit files that do not record it")
+    x.add_argument("--all-edges", action="store_true",
+                   help="node-link, graphml: every edge of the graph (with in_circuit), not only the circuit's")
+    x.add_argument("--mib-submission", default=None, metavar="DIR",
+                   help="write MIB's circuit-localization submission folder DIR/TASK_MODEL/ (with --task, --model)")
+    x.add_argument("--task", default=None, help="with --mib-submission: the MIB task (ioi, mcqa, arc-easy, ...)")
+    x.add_argument("--model", default=None, help="with --mib-submission: the MIB model (gpt2, qwen2.5, gemma2, llama3)")
+    x.add_argument("--circuits", action="store_true",
+                   help="with --mib-submission: nine thresholded circuits (0.1%%..50%% of edges) instead of one "
+                        "importance-score file")
 
     t = sub.add_parser("tasks", help="list the built-in tasks; 'tasks show NAME' prints sample rows")
     tsub = t.add_subparsers(dest="tasks_command", parser_class=_Parser)
@@ -266,16 +290,20 @@ def cmd_evaluate(args) -> int:
     if not os.path.isfile(args.circuit):  # before pydantic and torch load
         raise UserError(f"circuit file '{args.circuit}' not found")
     from .circuit import Circuit
+    from .export.mib_import import read_mib
 
-    circuit = Circuit.load(args.circuit)
+    mib_graph = read_mib(args.circuit)  # a MIB / EAP-IG graph (json or pt), mapped onto the model's graph below
+    circuit = None if mib_graph is not None else Circuit.load(args.circuit)
     _check_model_and_task(args)
     metric, higher_is_better = _metric_args(args)
     model, task = _load(args)
-    from .discover import evaluate
-
+    from .discover import evaluate, model_info
+    from .graph import Graph
     from .options import MethodOptions, validated
 
     batch_size = validated(MethodOptions, {"batch_size": args.batch_size} if args.batch_size else {}, flag).batch_size
+    if mib_graph is not None:
+        circuit = mib_graph.to_circuit(Graph.from_adapter(model.adapter), model_info(model))
     result = evaluate(model, task, circuit, metric=metric, higher_is_better=higher_is_better,
                       intervention=args.intervention, batch_size=batch_size, progress=not args.quiet)
     if args.json:
@@ -341,6 +369,45 @@ def cmd_timeline(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    if not os.path.isfile(args.circuit):  # before pydantic and torch load
+        raise UserError(f"circuit file '{args.circuit}' not found")
+    from .export import FORMATS
+    from .export.load import load_document
+
+    if args.mib_submission is None and (args.task or args.model or args.circuits):
+        raise UserError("--task, --model and --circuits go with --mib-submission DIR")
+    if args.mib_submission is not None:
+        if not (args.task and args.model):
+            raise UserError("--mib-submission needs --task (the MIB task) and --model (the MIB model)")
+        if args.format not in (None, "mib", "mib-pt"):
+            raise UserError("a MIB submission is written as mib (JSON) or mib-pt files; drop --format or use one of them")
+        from .export.mib_submission import check_names, write_submission
+
+        check_names(args.task, args.model)  # before reading a (possibly large) file
+        data = load_document(args.circuit)
+        paths = write_submission(data, args.mib_submission, args.task, args.model, circuits=args.circuits,
+                                 pt=args.format == "mib-pt", d_model=args.d_model)
+        print(f"MIB submission: {len(paths)} file(s) in {paths[0].parent}")
+        return 0
+    if args.format is None or args.out is None:
+        raise UserError("give --format FORMAT and --out FILE (or --mib-submission DIR --task T --model M)")
+    from .export import export
+
+    data = load_document(args.circuit)
+    content = export(data, args.format, scan=args.scan, slug=args.slug, d_model=args.d_model,
+                     all_edges=args.all_edges)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        out.write_bytes(content)
+    else:
+        out.write_text(content)
+    n = sum(1 for e in data.get("edges") or [] if e.get("in_circuit"))
+    print(f"{args.format} ({FORMATS[args.format].help}): circuit of {n} edges -> {out}")
+    return 0
+
+
 def cmd_tasks(args) -> int:
     from .names import TASK_NAMES
 
@@ -375,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             from transformers.utils import logging as hf_logging
             hf_logging.disable_progress_bar()
         commands = {"discover": cmd_discover, "evaluate": cmd_evaluate, "diff": cmd_diff, "timeline": cmd_timeline,
-                    "tasks": cmd_tasks}
+                    "tasks": cmd_tasks, "export": cmd_export}
         handler = commands.get(args.command) or args.func
         return handler(args)
     except UserError as exc:

@@ -15,6 +15,7 @@ from .circuit import (Circuit, CurvePoint, MethodInfo, Metrics, ModelInfo, Selec
                       build_nodes, code_version)
 from .errors import UserError
 from .evaluation import evaluate_circuit, faithfulness_curves
+from .example_row import representative_row
 from .methods import Setup, score_edges
 from .metrics import METRICS, resolve_metric
 from .models import LoadedModel
@@ -41,7 +42,7 @@ def model_info(model: LoadedModel) -> ModelInfo:
     return ModelInfo(name=model.name, revision=model.revision, architecture=model.architecture,
                      model_type=model.config.model_type, config_hash=model.config_hash(), n_layers=a.n_layers,
                      n_heads=a.n_heads, n_kv_heads=a.n_kv_heads, parallel_residual=a.parallel,
-                     dtype=str(a.dtype).replace("torch.", ""))
+                     dtype=str(a.dtype).replace("torch.", ""), d_model=a.d_model)
 
 
 def select(setup: Setup, scores, *, top: int | None = None, thresh: float | None = None,
@@ -194,7 +195,8 @@ def _package(setup: Setup, model, task, method, params, scores, keep, selection,
         metrics.cpr, metrics.cmd = _clean(c["cpr"]), _clean(c["cmd"])
     return Circuit(
         model=model_info(model),
-        task=TaskInfo(name=task.name, source=task.source, rows=len(task), content_hash=task.content_hash),
+        task=TaskInfo(name=task.name, source=task.source, rows=len(task), content_hash=task.content_hash,
+                      example=representative_row(model, task)),
         method=MethodInfo(name=method, params=params), selection=selection,
         nodes=build_nodes(setup.graph, nodes), edges=build_edges(setup.graph, scores, keep), metrics=metrics,
         wall_time_s=round(time.perf_counter() - started, 3), peak_memory_bytes=peak_memory_bytes(model.adapter.device),

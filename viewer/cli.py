@@ -33,6 +33,11 @@ def _load(path: str):
     from labeling.schema import LabeledCircuit
 
     _check(path)
+    from discovery.export.load import mib_as_circuit
+
+    imported = mib_as_circuit(path)  # a MIB / EAP-IG graph (json or pt) someone else found
+    if imported is not None:
+        return LabeledCircuit.model_validate(imported.model_dump())
     return LabeledCircuit.load(path)  # reads plain 1.0 circuits too
 
 

@@ -1,0 +1,148 @@
+"""The attribution-graph JSON of Neuronpedia and circuit-tracer, for a component circuit.
+
+Valid against Neuronpedia's published schema (`apps/webapp/app/api/graph/graph-schema.json`) and
+circuit-tracer's pydantic model (`circuit_tracer/frontend/graph_models.py`), and shaped the way their
+frontends read it:
+- `metadata`: `slug`, `scan` (the model id Neuronpedia files the graph under: `--scan`, default the
+  model name's last path part, lower-cased), `transcoder_list` [], `prompt_tokens` and `prompt` (the
+  circuit's representative row, `task.example`), `node_threshold` 1.0 (a number: every node is shown;
+  lower it in the frontend to hide the least influential), `schema_version` 1, `info` (creator,
+  generator, description), `pruning_settings`, and `circuitry` (method, task, metric, faithfulness).
+- `nodes[]`, one per in-circuit component. `node_id` / `jsNodeId`: the circuitry id. `layer`: the
+  block index as a string (`"E"` for the input, `str(n_layers)` for the logits). `feature`: unique
+  within the node's layer (head index H; n_heads + G for key/value head G; n_heads + n_kv_heads for
+  the MLP; the answer's token id for the logits; 0 for the input), so the frontends' `layer_feature_ctx` ids are distinct.
+  `ctx_idx`: the last prompt position, where the answer is read (components are not per position).
+  `feature_type`: `embedding`, `attention head`, `mlp`, `logit`. `clerp`: the component's label in a
+  labeled circuit, else its id; the logit node's is `Output "<answer>" (p=0.123)` with the answer's
+  probability on the representative row (the form both frontends parse the token and `p` from), and its
+  `token_prob` is that probability. `influence`: cumulative share of total |link weight| over nodes
+  ordered by decreasing weight, as circuit-tracer defines it (the first node's is its own share, the
+  last's 1.0). `activation`: null. Labeled nodes also carry `circuitry` (description, tags, status).
+- `links[]`, one per (source, target) pair of in-circuit edges: the reader slots of a head (q, k, v)
+  are summed into one link, because the frontends key links by their two ends. `weight`: -score for
+  metrics where higher is better (logit/probability differences), +score for KL: positive weight =
+  the edge carries the behaviour. `scores` keeps each slot's raw circuitry score.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from ..errors import UserError
+from .common import labels, loss_sign, model_shape
+
+FEATURE_TYPES = {"input": "embedding", "logits": "logit", "attention": "attention head", "kv_head": "attention head",
+                 "mlp": "mlp"}
+
+
+def default_scan(data: dict) -> str:
+    name = str((data.get("model") or {}).get("name") or "model").rstrip("/").split("/")[-1]
+    return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-") or "model"
+
+
+def _feature(node: dict, n_heads: int, n_kv: int, example: dict) -> int:
+    kind = node.get("kind")
+    if kind == "attention":
+        return int(node["head"])
+    if kind == "kv_head":
+        return n_heads + int(node["head"])
+    if kind == "mlp":
+        return n_heads + n_kv
+    if kind == "logits":
+        return int(example["answer_id"])
+    return 0
+
+
+def _layer(node: dict, n_layers: int) -> str:
+    if node.get("kind") == "input":
+        return "E"
+    if node.get("kind") == "logits":
+        return str(n_layers)
+    return str(node["layer"])
+
+
+def to_neuronpedia(data: dict, scan: str | None = None, slug: str | None = None) -> dict:
+    example = (data.get("task") or {}).get("example")
+    if not example or not example.get("tokens"):
+        raise UserError("the circuit file has no representative row (task.example: written by `circuitry discover` "
+                        "since exports were added); re-run discover on this model and task to export it to Neuronpedia")
+    n_layers, n_heads, n_kv, _ = model_shape(data)
+    tokens = [str(t) for t in example["tokens"]]
+    ctx = len(tokens) - 1
+    recs = labels(data)
+    flip = loss_sign(data)  # weight = contribution to the behaviour: -score for logit_diff, +score for kl
+
+    links: dict[tuple[str, str], dict] = {}
+    for e in data.get("edges") or []:
+        if not e.get("in_circuit"):
+            continue
+        link = links.setdefault((e["source"], e["target"]), {"source": e["source"], "target": e["target"],
+                                                              "weight": 0.0, "scores": {}})
+        if e.get("score") is not None:
+            link["weight"] += flip * float(e["score"])
+        link["scores"][e.get("slot") or e["name"]] = e.get("score")
+    ends = {x for pair in links for x in pair}
+    kept = [n for n in data.get("nodes") or [] if n.get("in_circuit") or n["id"] in ends]
+    ids = {n["id"] for n in kept}
+    missing = ends - ids
+    if missing:
+        raise UserError(f"in-circuit edges end at {sorted(missing)[:3]}, which the circuit file's nodes do not list")
+
+    strength = {n["id"]: 0.0 for n in kept}
+    for (s, t), link in links.items():
+        strength[s] += abs(link["weight"])
+        strength[t] += abs(link["weight"])
+    total = sum(strength.values())
+    influence, running = {}, 0.0
+    for nid in sorted(strength, key=lambda k: -strength[k]):
+        running += strength[nid]
+        influence[nid] = min(1.0, running / total) if total > 0 else 1.0
+
+    nodes = []
+    for n in kept:
+        rec = recs.get(n["id"])
+        node = {"node_id": n["id"], "jsNodeId": n["id"], "feature": _feature(n, n_heads, n_kv, example),
+                "layer": _layer(n, n_layers), "ctx_idx": ctx, "feature_type": FEATURE_TYPES[n["kind"]],
+                "is_target_logit": n["kind"] == "logits", "token_prob": 0.0, "run_idx": 0, "reverse_ctx_idx": 0,
+                "clerp": rec["label"] if rec and rec.get("label") else n["id"],
+                "influence": influence[n["id"]], "activation": None}
+        if n["kind"] == "logits":
+            p = float(example.get("answer_prob") or 0.0)
+            node["token_prob"] = p
+            node["clerp"] = f'Output "{example.get("answer", "")}" (p={p:.3f})'
+        if rec:
+            node["circuitry"] = {"component": n["id"], "description": rec.get("description"),
+                                 "role_tags": list(rec.get("role_tags") or []), "status": rec.get("status"),
+                                 "confidence": rec.get("confidence")}
+        nodes.append(node)
+
+    model, task, method = data.get("model") or {}, data.get("task") or {}, data.get("method") or {}
+    metrics = data.get("metrics") or {}
+    name = slug or re.sub(r"[^a-z0-9]+", "-", f"{default_scan(data)}-{task.get('name', '')}-"
+                                                 f"{method.get('name', '')}".lower()).strip("-")
+    created = data.get("created_at")
+    info = {"creator_name": "circuitry",
+            "description": f"{method.get('name')} circuit of {model.get('name')} on task {task.get('name')} "
+                           f"({metrics.get('n_edges')} edges, faithfulness {metrics.get('faithfulness')}); "
+                           "nodes are whole heads and MLPs, links carry edge scores",
+            "generator": {"name": "circuitry", "version": str(data.get("code_version") or "")}}
+    try:
+        info["create_time_ms"] = int(datetime.fromisoformat(created).timestamp() * 1000)
+    except (TypeError, ValueError):
+        pass
+    return {
+        "metadata": {
+            "slug": name, "scan": scan or default_scan(data), "transcoder_list": [], "prompt_tokens": tokens,
+            "prompt": str(example.get("prompt") or "".join(tokens)), "node_threshold": 1.0, "schema_version": 1,
+            "info": info, "pruning_settings": {"node_threshold": 1.0, "edge_threshold": 1.0},
+            "circuitry": {"model": model.get("name"), "revision": model.get("revision"), "task": task.get("name"),
+                          "task_source": task.get("source"), "method": method.get("name"),
+                          "metric": metrics.get("metric"), "faithfulness": metrics.get("faithfulness"),
+                          "schema_version": data.get("schema_version"), "example_row": example.get("row", 0)},
+        },
+        "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
+        "nodes": nodes,
+        "links": list(links.values()),
+    }
