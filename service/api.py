@@ -26,7 +26,7 @@ from discovery.errors import UserError
 from . import schemas
 from .config import Settings
 from .db import Database
-from .formats import FORMATS, mib, neuronpedia, node_link
+from .formats import FORMATS, render
 from .limits import BodyLimit
 from .models_access import resolve_model
 from .problems import ApiError, NotFound, Unauthorized, Unprocessable
@@ -318,12 +318,13 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
                 raise NotFound(f"no circuit with id '{circuit_id}'")
             content = get_artifact(s, row.artifact_sha256)
         headers = {"ETag": f'"{row.artifact_sha256}"'}
-        if format == "json":
-            return Response(content, media_type="application/json", headers=headers)
-        if format == "neuronpedia":
-            return JSONResponse(neuronpedia(content.decode()))
-        data = json.loads(content)
-        return JSONResponse(node_link(data) if format == "node-link" else mib(data))
+        try:
+            body, media_type = render(content, format)
+        except UserError as exc:  # e.g. a circuit stored before it carried the representative row
+            raise Unprocessable(str(exc)) from None
+        if format == "mib-pt":
+            headers["Content-Disposition"] = f'attachment; filename="{circuit_id}.pt"'
+        return Response(body, media_type=media_type, headers=headers)
 
     @app.get("/healthz", tags=["service"])
     def health() -> dict:

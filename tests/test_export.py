@@ -35,6 +35,8 @@ def work(tmp_path_factory):
         tiny.build(fam, n_layers=2).save_pretrained(d / fam)
         assert main(["discover", "--model", str(d / fam), "--task", str(d / "task.jsonl"), "--method", "eap",
                      "--top-n", "30", "--no-curve", "--quiet", "--out", str(d / f"{fam}.json")]) == 0
+    assert main(["discover", "--model", str(d / "llama"), "--task", str(d / "task.jsonl"), "--method", "eap",
+                 "--top-n", "30", "--no-curve", "--quiet", "--kv-edges", "grouped", "--out", str(d / "grouped.json")]) == 0
     tiny.build("gpt2", n_layers=3).save_pretrained(d / "gpt2-3l")
     data = json.loads((d / "gpt2.json").read_text())
     head = next(n["id"] for n in data["nodes"] if n["in_circuit"] and n["kind"] == "attention")
@@ -95,13 +97,13 @@ def test_mib_pt_is_graph_to_pt_layout(work, capsys):
     assert not (ref.in_graph & ~ref.real).any()  # nothing outside EAP-IG's real edges
 
 
-def test_gqa_exports_per_query_head_names(work, capsys):
-    data = _doc(work, "llama")
+@pytest.mark.parametrize("name", ["llama", "grouped"])
+def test_gqa_exports_per_query_head_names(work, capsys, name):
+    data = _doc(work, name)
     kv = [e for e in data["edges"] if ".kv" in e["name"] and e["score"] is not None]
-    if not kv:  # grain-gqa's per-query-head default: nothing grouped to expand
-        assert not any(".kv" in e["name"] for e in data["edges"])
-    raw = json.loads(_export(capsys, work, "llama", "mib").read_text())
-    ref = RefGraph.from_json(work / "llama.mib.out")
+    assert bool(kv) == (name == "grouped")  # per-query-head k/v edges by default; --kv-edges grouped: a1.kv0<k>
+    raw = json.loads(_export(capsys, work, name, "mib").read_text())
+    ref = RefGraph.from_json(work / f"{name}.mib.out")
     assert not any(".kv" in name for name in raw["edges"]) and set(raw["edges"]) == set(ref.edges)
     for e in kv:  # a grouped k/v edge: one edge per query head of its group, each half its score
         src, reader = e["name"].split("->")
@@ -112,14 +114,19 @@ def test_gqa_exports_per_query_head_names(work, capsys):
 
 
 @pytest.mark.parametrize("fmt", ["mib", "mib-pt"])
-@pytest.mark.parametrize("fam", ["gpt2", "llama"])
-def test_exported_mib_evaluates_to_the_same_metric(work, capsys, fam, fmt):
-    code, original = _evaluate(capsys, work, fam, work / f"{fam}.json")
+@pytest.mark.parametrize("name", ["gpt2", "llama", "grouped"])
+def test_exported_mib_evaluates_to_the_same_metric(work, capsys, name, fmt):
+    """A grouped circuit's MIB file (per query head) evaluates on the per-query-head graph to the
+    grouped circuit's metric: a group's k/v edge is exactly all of its query heads' k/v edges."""
+    model = "gpt2" if name == "gpt2" else "llama"
+    code, original = _evaluate(capsys, work, model, work / f"{name}.json")
     assert code == 0
-    code, imported = _evaluate(capsys, work, fam, _export(capsys, work, fam, fmt))
+    code, imported = _evaluate(capsys, work, model, _export(capsys, work, name, fmt))
     assert code == 0, imported
-    for key in ("clean", "corrupted", "circuit", "faithfulness", "n_edges"):
+    for key in ("clean", "corrupted", "circuit", "faithfulness"):
         assert imported[key] == pytest.approx(original[key], rel=1e-9), key
+    expanded = sum(2 if ".kv" in e["name"] else 1 for e in _doc(work, name)["edges"] if e["in_circuit"])
+    assert imported["n_edges"] == expanded  # 2 query heads per key/value head in the tiny Llama
 
 
 def test_mib_import_refuses_another_shape(work, capsys):
@@ -234,7 +241,7 @@ def _check_graph(g, data):
     assert {(link["source"], link["target"]) for link in g["links"]} == pairs
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "labeled"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "grouped", "labeled"])
 def test_neuronpedia_graph_valid(work, capsys, name):
     data = _doc(work, name)
     g = json.loads(_export(capsys, work, name, "neuronpedia", "--scan", "gpt2-small").read_text())
@@ -268,7 +275,7 @@ def test_neuronpedia_needs_the_representative_row(work, capsys, tmp_path):
 
 # --- networkx node-link and GraphML --------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "labeled"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "grouped", "labeled"])
 def test_node_link_reads_with_networkx_defaults(work, capsys, name):
     data = _doc(work, name)
     d = json.loads(_export(capsys, work, name, "node-link").read_text())

@@ -57,10 +57,28 @@ def test_submit_poll_circuit(svc):
     assert circuit["model"]["name"] == "tiny-gpt2" and circuit["method"]["name"] == "eap"
     assert sum(e["in_circuit"] for e in circuit["edges"]) == circuit["metrics"]["n_edges"] > 0
 
-    node_link = client.get(f"/v1/circuits/{done['circuit_id']}", params={"format": "node-link"}).json()
-    assert len(node_link["links"]) == circuit["metrics"]["n_edges"]
-    mib = client.get(f"/v1/circuits/{done['circuit_id']}", params={"format": "mib"}).json()
-    assert len(mib["edges"]) == len(circuit["edges"]) and "a0.h0" in mib["nodes"]
+    # every export format, read by the target's reader (networkx, torch) or checked in its layout
+    import io
+
+    import networkx as nx
+    import torch
+
+    def fmt(name):
+        r = client.get(f"/v1/circuits/{done['circuit_id']}", params={"format": name})
+        assert r.status_code == 200, r.text
+        return r
+
+    node_link = nx.node_link_graph(fmt("node-link").json())
+    assert node_link.number_of_edges() == circuit["metrics"]["n_edges"]
+    mib = fmt("mib").json()
+    assert len(mib["edges"]) == len(circuit["edges"]) and mib["nodes"]["a0.h0"] == {"in_graph": mib["nodes"]["a0.h0"][
+        "in_graph"]} and mib["cfg"]["d_model"] == circuit["model"]["d_model"]
+    pt = fmt("mib-pt")
+    assert pt.headers["content-type"] == "application/octet-stream"
+    assert torch.load(io.BytesIO(pt.content), weights_only=True)["cfg"] == mib["cfg"]
+    graph = fmt("neuronpedia").json()
+    assert graph["metadata"]["prompt_tokens"] == circuit["task"]["example"]["tokens"]
+    assert nx.read_graphml(io.BytesIO(fmt("graphml").content)).number_of_edges() == circuit["metrics"]["n_edges"]
 
     # the circuit's nodes are queryable: "circuits of this model where NODE is in the circuit"
     in_circuit = next(n["id"] for n in circuit["nodes"] if n["in_circuit"] and n["kind"] == "attention")
