@@ -241,8 +241,14 @@ def test_cli_user_errors(tmp_path, induction, capsys, monkeypatch):
     assert "a9.h0" in capsys.readouterr().err
 
 
-def test_neuronpedia_export(labeled):
+def test_neuronpedia_export(labeled, induction):
+    from discovery.example_row import representative_row
+
+    model, task, _ = induction  # the hand circuit has no representative row; discover() writes one
+    example = representative_row(model, task)
+    labeled = labeled.model_copy(update={"task": labeled.task.model_copy(update={"example": example})})
     g = to_neuronpedia(labeled)
+    assert g["metadata"]["prompt_tokens"] == example.tokens and g["metadata"]["scan"] == "toy-induction"
     nodes = {n["node_id"]: n for n in g["nodes"]}
     assert nodes["a0.h3"]["clerp"] == "Previous-token head" and nodes["a1.h2"]["clerp"] == "Induction head"
     assert nodes["input"]["feature_type"] == "embedding" and nodes["logits"]["is_target_logit"]
