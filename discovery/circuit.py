@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import UserError
 from .graph import Graph
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.2"  # 1.2: level, node scores and neurons (1.1 is the labeled file); 1.0 files still read
 
 
 class ModelInfo(BaseModel):
@@ -75,6 +75,11 @@ class Node(BaseModel):
     layer: int | None = None
     head: int | None = None
     in_circuit: bool = False
+    # node and neuron levels (schema 1.2): the node's score (the metric change when its output is switched
+    # to the reference); at the neuron level its kept output dimensions and their scores, in that order
+    score: float | None = None
+    neurons: list[int] | None = None
+    neuron_scores: list[float | None] | None = None
 
 
 class Edge(BaseModel):
@@ -101,6 +106,7 @@ class Metrics(BaseModel):
     faithfulness: float | None = None
     n_edges: int = 0
     n_nodes: int = 0
+    n_neurons: int | None = None  # neuron level: neurons kept
     curve_signed: list[CurvePoint] = Field(default_factory=list)
     curve_absolute: list[CurvePoint] = Field(default_factory=list)
     cpr: float | None = None
@@ -111,6 +117,7 @@ class Circuit(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
     schema_version: str = SCHEMA_VERSION
+    level: Literal["edge", "node", "neuron"] = "edge"  # what was scored and selected (files before 1.2: edge)
     model: ModelInfo
     task: TaskInfo
     method: MethodInfo
@@ -173,6 +180,20 @@ class Circuit(BaseModel):
         from .notebook import repr_html
         return repr_html(self)
 
+    def neuron_mask(self, graph: Graph, d_model: int) -> np.ndarray:
+        """Kept neurons [n_sources, d_model] of a neuron-level circuit (nodes[].neurons)."""
+        self.in_circuit(graph)  # the same shape checks
+        keep = np.zeros((graph.n_sources, d_model), dtype=bool)
+        for node in self.nodes:
+            s = graph.source_index.get(node.id)
+            if s is None or not node.neurons:
+                continue
+            if max(node.neurons) >= d_model or min(node.neurons) < 0:
+                raise UserError(f"node '{node.id}' lists neuron {max(node.neurons)} but the model's outputs have "
+                                f"{d_model} dimensions (0..{d_model - 1})")
+            keep[s, node.neurons] = True
+        return keep
+
     def save(self, path: str | os.PathLike) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(self.model_dump_json(indent=1))
@@ -206,8 +227,26 @@ def build_edges(graph: Graph, scores, in_circuit) -> list[Edge]:
             for e, (s, d) in enumerate(zip(graph.edge_src, graph.edge_dst))]
 
 
-def build_nodes(graph: Graph, in_circuit_nodes: set[str]) -> list[Node]:
-    return [Node(**graph.node_info(n), in_circuit=n in in_circuit_nodes) for n in graph.node_ids()]
+def build_nodes(graph: Graph, in_circuit_nodes: set[str], node_scores=None, neurons=None,
+                neuron_scores=None) -> list[Node]:
+    """node_scores [n_sources]; neurons: kept [n_sources, d_model] bool with neuron_scores of that shape."""
+    nodes = []
+    for n in graph.node_ids():
+        node = Node(**graph.node_info(n), in_circuit=n in in_circuit_nodes)
+        s = graph.source_index.get(n)
+        if s is not None and node_scores is not None:
+            node.score = _finite_or_none(node_scores[s])
+        if s is not None and neurons is not None:
+            kept = np.flatnonzero(neurons[s])
+            node.neurons = [int(i) for i in kept]
+            node.neuron_scores = [_finite_or_none(neuron_scores[s, i]) for i in kept]
+        nodes.append(node)
+    return nodes
+
+
+def _finite_or_none(x) -> float | None:
+    x = float(x)
+    return None if np.isnan(x) or np.isinf(x) else x
 
 
 def code_version() -> str:

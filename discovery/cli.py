@@ -42,7 +42,7 @@ def _add_model_args(p):
 def build_parser() -> argparse.ArgumentParser:
     # light names only (discovery/names.py): --help and argument errors answer before torch loads
     from .export import FORMATS as EXPORT_FORMATS
-    from .names import ACDC_METHODS, INTERVENTIONS, METHOD_NAMES as METHODS, METRIC_NAMES as METRICS
+    from .names import ACDC_METHODS, INTERVENTIONS, LEVELS, METHOD_NAMES as METHODS, METRIC_NAMES as METRICS
     from .options import DEFAULT_METHOD
 
     parser = _Parser(prog="circuitry", description="Circuit discovery on Hugging Face causal LMs.")
@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"edge scoring (then --top-n/--threshold/--greedy), or acdc / eap-ig+acdc (then --tau); "
                         f"default {DEFAULT_METHOD}")
     d.add_argument("--steps", type=int, default=None, help="interpolation steps (eap-ig and eap-ig-activations only; default 5)")
+    d.add_argument("--level", default=None, choices=list(LEVELS),
+                   help="what is scored and selected: edges (default), nodes (each head and MLP as one unit: eap, "
+                        "eap-ig, clean-corrupted, exact) or neurons (each output dimension of each node); "
+                        "--top-n/--threshold then count nodes or neurons (default: the top 10%%)")
     d.add_argument("--metric", default=None, metavar="|".join(METRICS) + "|FILE.py:NAME",
                    help="default: kl for ACDC; else the built-in task's own metric, else logit_diff; FILE.py:NAME "
                         "is your own fn(logits, batch, clean_logits=None) -> one value per example")
@@ -235,7 +239,7 @@ def discovery_options(args):
                 intervention=args.intervention, steps=args.steps, batch_size=args.batch_size, top_n=args.top_n,
                 threshold=args.threshold, greedy=args.greedy, absolute=False if args.signed else None,
                 prune=False if args.no_prune else None, curve=False if args.no_curve else None, tau=args.tau,
-                candidates=args.candidates, kv_edges=args.kv_edges,
+                candidates=args.candidates, kv_edges=args.kv_edges, level=args.level,
                 label_backend=args.label_backend if args.label else None)
     options = DiscoveryOptions.from_flat(spell=flag, **flat)
     validated(WorkerOptions, {"workers": args.workers, "worker_cpus": args.worker_cpus,
@@ -271,7 +275,13 @@ def cmd_discover(args) -> int:
         circuit.save(out)  # saved before labeling: the circuit is kept whatever labeling does
         m, p = circuit.metrics, circuit.method.params
         acdc = f"tau {p['tau']:g}, {p['n_forward_passes']} forward passes; " if "tau" in p else ""
-        print(f"{circuit.method.name}: {acdc}{m.n_edges} of {len(circuit.edges)} edges, {m.n_nodes} nodes; "
+        size = f"{m.n_edges} of {len(circuit.edges)} edges, {m.n_nodes} nodes"
+        if circuit.level == "node":
+            scored = [n for n in circuit.nodes if n.score is not None]
+            size = f"{sum(n.in_circuit for n in scored)} of {len(scored)} nodes, {m.n_edges} edges"
+        elif circuit.level == "neuron":
+            size = f"{m.n_neurons} neurons in {m.n_nodes - 1} nodes, {m.n_edges} edges"
+        print(f"{circuit.method.name}: {acdc}{size}; "
               f"{m.metric} clean {_fmt(m.clean)}, corrupted {_fmt(m.corrupted)}, circuit {_fmt(m.circuit)}, "
               f"faithfulness {_fmt(m.faithfulness)}; CPR {_fmt(m.cpr)}, CMD {_fmt(m.cmd)}; "
               f"{circuit.wall_time_s:.1f}s -> {out}")

@@ -69,7 +69,8 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
              threshold: float | None = None, greedy: int | None = None, absolute: bool | None = None,
              prune: bool | None = None, curve: bool | None = None, progress: bool = False, tau: float | None = None,
              taus: list[float] | None = None, candidates: int | None = None, workers=None,
-             worker_cpus: float | None = None, worker_gpus: float | None = None, kv_edges: str | None = None, on_batch=None):
+             worker_cpus: float | None = None, worker_gpus: float | None = None, kv_edges: str | None = None, on_batch=None,
+             level: str | None = None):
     """Find a circuit: scores for every edge, the selected circuit, its faithfulness (and curve).
 
     The options are one DiscoveryOptions (discovery/options.py: its defaults and bounds), given as
@@ -92,7 +93,12 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
     key/value head ("grouped", `a1.kv0<k>`); see discovery/graph.py for how the two relate.
 
     on_batch(done, total, desc): called around each batch of discovery work (Setup.on_batch); it may
-    raise (e.g. discovery.errors.Cancelled) to stop the run within one batch."""
+    raise (e.g. discovery.errors.Cancelled) to stop the run within one batch.
+
+    level: "edge" (default), "node" (each head and MLP one unit, scored by switching its whole output
+    to the reference; methods eap, eap-ig, clean-corrupted, exact) or "neuron" (each output dimension
+    of each node; eap, eap-ig, clean-corrupted); then top_n / threshold count nodes or neurons
+    (default: the top 10%), see discovery/levels.py."""
     started = time.perf_counter()
     if tau is not None and taus is not None:
         raise UserError("give tau or taus, not both")
@@ -101,7 +107,7 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
                                       intervention=intervention, steps=steps, batch_size=batch_size, top_n=top_n,
                                       threshold=threshold, greedy=greedy, absolute=absolute, prune=prune,
                                       curve=curve, tau=taus if taus is not None else tau, candidates=candidates,
-                                      kv_edges=kv_edges)
+                                      kv_edges=kv_edges, level=level)
     if workers is None or isinstance(workers, int):
         validated(WorkerOptions, {"workers": workers, "worker_cpus": worker_cpus, "worker_gpus": worker_gpus})
     m, sel = opts.method, opts.selection
@@ -118,6 +124,12 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
         params["kv_edges"] = setup.graph.kv_edges
     if m.name in ("eap-ig", "eap-ig-activations", "eap-ig+acdc"):
         params["steps"] = m.steps
+    if m.level != "edge":
+        if workers is not None:
+            raise UserError(f"workers shard edge-level scoring; drop them for level {m.level}")
+        return _discover_units(setup, model, task, m.name, params, m.level, steps=m.steps, top=sel.top_n,
+                               thresh=sel.threshold, grow=sel.greedy, absolute=sel.absolute, curve=m.curve,
+                               started=started)
     with _worker_pool(workers, worker_cpus, worker_gpus) as pool:
         if pool is not None:
             params["workers"] = pool.n
@@ -131,6 +143,46 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
                              absolute=sel.absolute, do_prune=sel.prune)
     return _package(setup, model, task, m.name, params, scores, keep, selection, curve=m.curve, prune=sel.prune,
                     started=started)
+
+
+def _discover_units(setup: Setup, model, task, method, params, level, *, steps, top, thresh, grow, absolute, curve,
+                    started) -> Circuit:
+    """discover() at the node or neuron level (discovery/levels.py)."""
+    from .levels import evaluate_units, neuron_edges, node_edges, select_units, unit_curves
+    from .methods.node import neuron_scores, node_scores
+
+    graph = setup.graph
+    if level == "node":
+        scores = node_scores(setup, method, steps=steps).numpy()
+        neuron = None
+    else:
+        neuron = neuron_scores(setup, method, steps=steps).numpy()
+        scores = neuron.sum(1)
+    keep, kind, value = select_units(neuron if level == "neuron" else scores, top=top, thresh=thresh, grow=grow,
+                                     absolute=absolute, higher_is_better=setup.metric.higher_is_better)
+    edges = node_edges(graph, keep) if level == "node" else neuron_edges(graph, keep)
+    result = evaluate_units(setup, level, keep)
+    sources = np.flatnonzero(keep if level == "node" else keep.any(1))
+    kept_nodes = set(nodes_in_circuit(graph, edges)) | {graph.sources[s] for s in sources} | {"logits"}
+    metrics = Metrics(metric=setup.metric.name, clean=_clean(result["clean"]), corrupted=_clean(result["corrupted"]),
+                      circuit=_clean(result["circuit"]), faithfulness=_clean(result["faithfulness"]),
+                      n_edges=int(edges.sum()), n_nodes=len(kept_nodes),
+                      n_neurons=int(keep.sum()) if level == "neuron" else None)
+    if curve:
+        c = unit_curves(setup, level, neuron if level == "neuron" else scores)
+        for key in ("curve_signed", "curve_absolute"):
+            setattr(metrics, key, [CurvePoint(**dict(p, faithfulness=_clean(p["faithfulness"]))) for p in c[key]])
+        metrics.cpr, metrics.cmd = _clean(c["cpr"]), _clean(c["cmd"])
+    nodes = build_nodes(graph, kept_nodes, node_scores=scores, neurons=keep if level == "neuron" else None,
+                        neuron_scores=neuron)
+    return Circuit(
+        level=level, model=model_info(model),
+        task=TaskInfo(name=task.name, source=task.source, rows=len(task), content_hash=task.content_hash),
+        method=MethodInfo(name=method, params=dict(params, level=level)),
+        selection=SelectionInfo(kind=kind, value=value, absolute=absolute, pruned=False),
+        nodes=nodes, edges=build_edges(graph, None, edges), metrics=metrics,
+        wall_time_s=round(time.perf_counter() - started, 3), peak_memory_bytes=peak_memory_bytes(model.adapter.device),
+        device=str(model.adapter.device), code_version=code_version())
 
 
 def _metric_params(metric) -> dict:
@@ -218,8 +270,14 @@ def evaluate(model: LoadedModel, task: Task, circuit: Circuit, *, metric=None, h
     setup = Setup(model, task, resolve_metric(metric, higher_is_better), batch_size=batch_size,
                   intervention=intervention or params.get("intervention", "patching"), progress=progress,
                   kv_edges=circuit.kv_edges)
-    keep = circuit.in_circuit(setup.graph)
-    out = evaluate_circuit(setup, keep)
+    if circuit.level == "neuron":
+        from .levels import evaluate_units
+
+        keep = circuit.neuron_mask(setup.graph, model.adapter.d_model)
+        out = dict(evaluate_units(setup, "neuron", keep), n_edges=int(circuit.in_circuit(setup.graph).sum()),
+                   n_neurons=int(keep.sum()))
+    else:
+        out = evaluate_circuit(setup, circuit.in_circuit(setup.graph))
     out["metric"] = setup.metric.name
     out["intervention"] = setup.intervention
     out["same_task"] = task.content_hash == circuit.task.content_hash  # held-out tasks are legitimate

@@ -14,6 +14,7 @@ METHOD_NAMES = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted", "exact
 ACDC_METHODS = ("acdc", "eap-ig+acdc")  # methods that decide edges themselves (then --tau)
 METRIC_NAMES = ("logit_diff", "prob_diff", "kl")
 INTERVENTIONS = ("patching", "zero", "mean")  # what an edge outside the circuit carries
+LEVELS = ("edge", "node", "neuron")  # what discover() scores and selects (discovery/levels.py)
 TASK_NAMES = ("ioi", "greater-than", "induction", "docstring", "subject-verb-agreement", "capital-country")
 
 TOY_MODELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy", "models")

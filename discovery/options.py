@@ -20,9 +20,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import UserError
-from .names import ACDC_METHODS, INTERVENTIONS, METHOD_NAMES, METRIC_NAMES  # light: no torch before parsing
+from .names import ACDC_METHODS, INTERVENTIONS, LEVELS, METHOD_NAMES, METRIC_NAMES  # light: no torch before parsing
 
 ALL_METHODS = tuple(METHOD_NAMES) + ACDC_METHODS
+NODE_METHODS = ("eap", "eap-ig", "clean-corrupted", "exact")  # level "node" (discovery/methods/node.py)
+NEURON_METHODS = ("eap", "eap-ig", "clean-corrupted")  # level "neuron"
 DEFAULT_METHOD = "eap-ig"  # discover()'s default: discover() takes it from here
 DEFAULT_TAU = 0.01  # discovery.methods.acdc's (tests/test_options.py checks they agree)
 ACDC_DEFAULT_METRIC = "kl"  # Conmy et al.: distance from the clean model's output distribution
@@ -72,7 +74,11 @@ class MethodOptions(_Strict):
                                                                          f"edges by |EAP-IG score| (default {DEFAULT_CANDIDATES})")
     kv_edges: Literal["head", "grouped"] = Field(
         "head", description="a grouped-query model's k/v edges per query head (MIB's names) or per key/value head")
-    # level, positions, qk_fix ...: method options other parts of discovery add go here
+    level: Literal[LEVELS] = Field(  # type: ignore[valid-type]
+        "edge", description="what is scored and selected: edges, nodes (each head and MLP one unit) or neurons "
+                            "(each output dimension of each node); top_n/threshold then count nodes or neurons "
+                            "(default: the top 10%)")
+    # positions, qk_fix ...: method options other parts of discovery add go here
 
     @model_validator(mode="after")
     def _acdc_only(self):
@@ -80,6 +86,10 @@ class MethodOptions(_Strict):
             raise ValueError(f"tau and candidates apply to {' and '.join(ACDC_METHODS)}, not to '{self.name}'")
         if self.name == "acdc" and self.candidates is not None:
             raise ValueError("candidates applies to eap-ig+acdc (plain acdc decides every edge)")
+        allowed = {"node": NODE_METHODS, "neuron": NEURON_METHODS}.get(self.level)
+        if allowed is not None and self.name not in allowed:
+            raise ValueError(f"method '{self.name}' has no {self.level}-level scores; at level {self.level} "
+                             f"choose one of {', '.join(allowed)}")
         return self
 
     @property
@@ -133,6 +143,8 @@ class DiscoveryOptions(_Strict):
     def _acdc_selects_itself(self):
         if self.method.acdc and self.selection.chosen:
             raise ValueError(f"{self.method.name} decides the circuit itself by tau; drop top_n/threshold/greedy")
+        if self.method.level != "edge" and self.selection.greedy is not None:
+            raise ValueError(f"greedy grows edges from the logits; at level {self.method.level} use top_n or threshold")
         return self
 
     # ------------------------------------------------------------------------------- flat form

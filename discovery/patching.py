@@ -144,26 +144,29 @@ def _mix(delta: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.einsum("npsm,nsd->npdm", delta, weights)
 
 
-def _stage_update(adapter, graph: Graph, stage: Stage, off: torch.Tensor, live_nonzero, deltas) -> torch.Tensor | None:
-    """Sum over the stage's out-of-circuit edges of (live - reference) source outputs, per reader."""
+def _stage_update(adapter, graph: Graph, stage: Stage, off: torch.Tensor, live_nonzero, deltas,
+                  dims: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Sum over the stage's out-of-circuit edges of (live - reference) source outputs, per reader.
+    dims [N|1, n_sources, d]: each source's difference is first weighted per output dimension."""
     emb, zs, mlps = deltas
     sl = slice(stage.start, stage.stop)
     total = None
+    weigh = (lambda t, rows: t) if dims is None else (lambda t, rows: t * dims[:, None, rows])  # noqa: E731
 
     def add(term):
         nonlocal total
         total = term if total is None else total + term
 
     if live_nonzero[0, sl].any():
-        add(_mix(emb.unsqueeze(2), off[:, 0:1, sl]))
+        add(_mix(weigh(emb.unsqueeze(2), slice(0, 1)), off[:, 0:1, sl]))
     for layer in range(graph.n_layers):
         h0, h1 = source_rows(graph, layer)
         if h0 >= stage.n_upstream:
             break
         if live_nonzero[h0:h1, sl].any():
-            add(_mix(head_writes(adapter, layer, zs[layer]), off[:, h0:h1, sl]))
+            add(_mix(weigh(head_writes(adapter, layer, zs[layer]), slice(h0, h1)), off[:, h0:h1, sl]))
         if h1 < stage.n_upstream and live_nonzero[h1, sl].any():
-            add(_mix(mlps[layer].unsqueeze(2), off[:, h1:h1 + 1, sl]))
+            add(_mix(weigh(mlps[layer].unsqueeze(2), slice(h1, h1 + 1)), off[:, h1:h1 + 1, sl]))
     return total
 
 
@@ -200,6 +203,7 @@ def run(
     start_stage: int = 0,
     start_resid: torch.Tensor | None = None,
     reader_override: dict[int, torch.Tensor] | None = None,
+    off_dims: torch.Tensor | None = None,
 ) -> RunResult:
     """One forward pass of the model through its own modules, with edges patched as `off` says.
 
@@ -213,6 +217,9 @@ def run(
     start_stage/start_resid: begin at a stage from a given residual (upstream sources not run).
     reader_override: {stage index: [N, P, d]} input seen by every reader of that stage instead of
       the residual; the residual itself flows on unchanged to later stages.
+    off_dims: [N | 1, n_sources, d_model] weights of each source's (live - reference) difference per
+      output dimension (neuron circuits: 1 where that neuron carries the reference, 0 where it is
+      live), applied on the edges that `off` switches; None: every dimension (1).
     """
     n, p = ids.shape
     positions = torch.arange(p, device=ids.device)[None].expand(n, p)
@@ -227,6 +234,7 @@ def run(
     if patching:
         off = off.to(resid.dtype)
         live_nonzero = (off != 0).any(dim=0).cpu().numpy()
+        dims = None if off_dims is None else off_dims.to(resid.dtype)
         d_emb = emb - ref.embed if emb is not None else None
     d_z, d_mlp = [None] * graph.n_layers, [None] * graph.n_layers
     rec = Activations(emb.detach() if (record and emb is not None) else None, [None] * graph.n_layers,
@@ -241,7 +249,8 @@ def run(
         if reader_override is not None and stage_idx in reader_override:
             shared = reader_override[stage_idx]
         elif patching and live_nonzero[:stage.n_upstream, stage.start:stage.stop].any():
-            x = resid.unsqueeze(2) - _stage_update(adapter, graph, stage, off, live_nonzero, (d_emb, d_z, d_mlp))
+            x = resid.unsqueeze(2) - _stage_update(adapter, graph, stage, off, live_nonzero, (d_emb, d_z, d_mlp),
+                                                   dims)
             if wants_grad(stage_idx) and x.requires_grad:
                 x.register_hook(lambda g, st=stage: grad_hook(st, 0, g))
             return x

@@ -10,7 +10,7 @@ from transformers import BertConfig, PreTrainedTokenizerFast
 
 import tiny
 from conftest import token_rows
-from discovery import Graph
+from discovery import SCHEMA_VERSION, Graph
 from discovery.cli import main
 
 NAMES = ["Mary", "John", "Alice", "Bob", "Carol", "Dave"]
@@ -73,7 +73,7 @@ def test_discover_then_evaluate(capsys, tmp_path, model_dir):
     assert code == 0 and "eap-ig:" in out and str(out_file) in out
     data = json.loads(out_file.read_text())
     g = Graph(2, 4)
-    assert data["schema_version"] == "1.0" and len(data["edges"]) == g.n_edges
+    assert data["schema_version"] == SCHEMA_VERSION and len(data["edges"]) == g.n_edges
     edge = data["edges"][0]
     assert set(edge) == {"name", "source", "target", "slot", "score", "in_circuit"}
     assert [e["name"] for e in data["edges"]] == g.edge_names

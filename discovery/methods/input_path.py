@@ -13,9 +13,14 @@ from ..patching import RunResult, run
 from .common import Setup, edge_score_hook, new_score_matrix, to_edge_scores
 
 
-def input_path_scores(setup: Setup, alphas: list[float], desc: str) -> torch.Tensor:
+def input_path_scores(setup: Setup, alphas: list[float], desc: str, neurons: bool = False) -> torch.Tensor:
+    """Per-edge scores; with neurons=True per-neuron scores instead ([n_sources, d_model], the same
+    gradients dotted per output dimension with each source's own difference: methods/node.py)."""
+    from .node import new_neuron_matrix, neuron_score_hook
+
     adapter, graph, metric = setup.adapter, setup.graph, setup.metric
-    scores, n_examples = new_score_matrix(setup), 0
+    scores, n_examples = (new_neuron_matrix(setup) if neurons else new_score_matrix(setup)), 0
+    make_hook = neuron_score_hook if neurons else edge_score_hook
     alphas = sorted(alphas, key=lambda a: a != 1.0)  # the clean point first: it records the clean run
     for batch in setup.batches(desc):
         ref = setup.reference(batch)
@@ -31,8 +36,8 @@ def input_path_scores(setup: Setup, alphas: list[float], desc: str) -> torch.Ten
             if clean is None:  # alpha = 1 is the clean run itself
                 clean = RunResult(result.logits.detach(), result.acts)
             if "hook" not in state:
-                state["hook"] = edge_score_hook(setup, ref.minus(clean.acts), scores, 1.0 / len(alphas))
+                state["hook"] = make_hook(setup, ref.minus(clean.acts), scores, 1.0 / len(alphas))
             value = metric(result.logits, batch, clean.logits).sum()
             value.backward()
         n_examples += len(batch.rows)
-    return to_edge_scores(setup, scores, n_examples)
+    return (scores / n_examples).cpu() if neurons else to_edge_scores(setup, scores, n_examples)

@@ -1,0 +1,128 @@
+"""Node and neuron scores: the metric change when a whole component's output (node), or one output
+dimension of it (neuron), is switched to its reference value on every edge it writes.
+
+Sources are the graph's writers (`input`, heads, MLPs), in the graph's source order; a neuron of a
+source is one dimension of its write to the residual stream (d_model wide, a head's write after its
+output projection), as the EAP-IG library's neuron graphs.
+
+Gradient estimates (eap, eap-ig, clean-corrupted): a source's output reaches every later reader
+through the residual, so the gradient with respect to it is the sum of its readers' input gradients,
+and
+
+    neuron score[s, i] = mean over examples of sum over positions of
+                         (reference_s - clean_s)[i] * sum over readers r of s of grad_r[i]
+
+taken along the same inputs as the edge method (the clean run for EAP, embeddings interpolated from
+the reference for EAP-IG). A node's score is the sum of its neurons'; for these methods it is
+therefore exactly the sum of the scores of the node's outgoing edges. Memory: [n_sources, d_model]
+fp32 scores and the edge methods' per-stage gradients, nothing per edge.
+
+Exact (nodes only): each node's outgoing edges switched to the reference together, measured.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..patching import Activations, head_writes, source_rows
+from .common import Setup, masked_metric_sums
+
+NODE_METHODS = ("eap", "eap-ig", "clean-corrupted", "exact")
+NEURON_METHODS = ("eap", "eap-ig", "clean-corrupted")
+
+
+def new_neuron_matrix(setup: Setup) -> torch.Tensor:
+    return torch.zeros(setup.graph.n_sources, setup.adapter.d_model, dtype=torch.float32, device=setup.device)
+
+
+def neuron_score_hook(setup: Setup, delta: Activations, scores: torch.Tensor, weight: float = 1.0):
+    """Backward hook (the edge methods' grad_hook signature) adding, for every source upstream of the
+    readers it is given, weight * sum_{n,p} delta_source * (sum of those readers' gradients), per
+    output dimension. fp32 whatever the model dtype."""
+    graph, adapter = setup.graph, setup.adapter
+    cache, cached_bytes = {}, [0]
+
+    def writes_of(layer):  # delta is fixed for the batch: a layer's writes are kept within the budget
+        if layer in cache:
+            return cache[layer]
+        writes = head_writes(adapter, layer, delta.z[layer].float()).float()
+        if cached_bytes[0] + writes.numel() * 4 <= setup.write_cache_bytes:
+            cache[layer] = writes
+            cached_bytes[0] += writes.numel() * 4
+        return writes
+
+    def hook(stage, first, grad):
+        g = grad.float().sum(2)  # [N, P, d]: the gradient these readers send back to every upstream source
+        scores[0] += weight * torch.einsum("npm,npm->m", delta.embed.float().expand_as(g), g)
+        for layer in range(graph.n_layers):
+            h0, h1 = source_rows(graph, layer)
+            if h0 >= stage.n_upstream:
+                break
+            writes = writes_of(layer)
+            scores[h0:h1] += weight * torch.einsum("nphm,npm->hm", writes.expand(*g.shape[:2], -1, -1), g)
+            if h1 < stage.n_upstream:
+                scores[h1] += weight * torch.einsum("npm,npm->m", delta.mlp[layer].float().expand_as(g), g)
+
+    return hook
+
+
+def neuron_scores(setup: Setup, method: str, steps: int = 5) -> torch.Tensor:
+    """[n_sources, d_model] neuron scores (float32, CPU)."""
+    from .input_path import input_path_scores
+
+    if method not in NEURON_METHODS:
+        raise UserError(f"method '{method}' has no neuron-level scores; choose one of {', '.join(NEURON_METHODS)}")
+    if method == "eap":
+        alphas = [1.0]
+    elif method == "eap-ig":
+        if steps < 1:
+            raise UserError(f"--steps must be at least 1 (got {steps})")
+        alphas = [k / steps for k in range(1, steps + 1)]
+    else:
+        alphas = [0.0, 1.0]
+    return input_path_scores(setup, alphas, method, neurons=True)
+
+
+def node_scores(setup: Setup, method: str, steps: int = 5) -> torch.Tensor:
+    """[n_sources] node scores (float32, CPU): measured for `exact`, else the sum of neuron scores."""
+    if method not in NODE_METHODS:
+        raise UserError(f"method '{method}' has no node-level scores; choose one of {', '.join(NODE_METHODS)}")
+    if method == "exact":
+        return exact_nodes(setup)
+    return neuron_scores(setup, method, steps).sum(1)
+
+
+def node_off_rows(graph, sources) -> torch.Tensor:
+    """off masks [len(sources), n_sources, n_readers]: mask k switches every edge out of source k."""
+    valid = torch.as_tensor(graph.valid, dtype=torch.float32)
+    off = torch.zeros(len(sources), graph.n_sources, graph.n_readers)
+    for k, s in enumerate(sources):
+        off[k, s] = valid[s]
+    return off
+
+
+@torch.no_grad()
+def exact_nodes(setup: Setup, max_rows: int = 512) -> torch.Tensor:
+    graph = setup.graph
+    totals = torch.zeros(graph.n_sources, dtype=torch.float64)
+    n_examples = 0
+    bar = tqdm(total=graph.n_sources * (-(-len(setup.task) // setup.batch_size)), desc="exact (nodes)",
+               file=sys.stderr, disable=not setup.progress, leave=False)
+    for batch in setup.batches():
+        b = len(batch.rows)
+        ref = setup.reference(batch)
+        clean_logits = setup.clean_run(batch).logits
+        base = setup.metric(clean_logits, batch, clean_logits).double().sum()
+        per_pass = max(1, max_rows // b)
+        for start in range(0, graph.n_sources, per_pass):
+            sources = list(range(start, min(start + per_pass, graph.n_sources)))
+            off = node_off_rows(graph, sources)
+            totals[sources] += (masked_metric_sums(setup, batch, ref, off, clean_logits) - base).cpu()
+            bar.update(len(sources))
+        n_examples += b
+    bar.close()
+    return (totals / n_examples).float()
