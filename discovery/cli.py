@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", default=None, choices=list(EXPORT_FORMATS),
                    help="mib (EAP-IG Graph.to_json), mib-pt (Graph.to_pt), neuronpedia, node-link, graphml, json; "
                         "with --mib-submission: mib (default) or mib-pt")
-    x.add_argument("--out", default=None, help="file to write (with --format)")
+    x.add_argument("--out", default=None, help="file to write (with --format); for neuronpedia a folder (ending in /) "
+                                               "becomes a circuit-tracer frontend data folder with graph-metadata.json")
     x.add_argument("--scan", default=None, help="neuronpedia: the model id Neuronpedia files the graph under "
                                                 "(default: the model name's last part, lower-cased)")
     x.add_argument("--slug", default=None, help="neuronpedia: the graph's slug (default: model-task-method)")
@@ -408,6 +409,12 @@ def cmd_export(args) -> int:
     content = export(data, args.format, scan=args.scan, slug=args.slug, d_model=args.d_model,
                      all_edges=args.all_edges)
     out = Path(args.out)
+    if args.format == "neuronpedia" and (out.is_dir() or args.out.endswith(("/", os.sep))):
+        from .export.neuronpedia import write_graph_dir
+
+        out = write_graph_dir(json.loads(content), out)  # a circuit-tracer frontend data folder
+        print(f"neuronpedia graph -> {out} (listed in {out.parent / 'graph-metadata.json'})")
+        return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(content, bytes):
         out.write_bytes(content)

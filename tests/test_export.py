@@ -257,6 +257,17 @@ def test_neuronpedia_graph_valid(work, capsys, name):
         assert node["clerp"] == "Induction head" and node["circuitry"]["role_tags"] == ["induction", "previous_token"]
 
 
+def test_neuronpedia_graph_folder_for_circuit_tracer(work, capsys, tmp_path):
+    for name in ("gpt2", "llama", "gpt2"):  # the same slug twice: its index entry is replaced
+        assert main(["export", str(work / f"{name}.json"), "--format", "neuronpedia", "--slug", name,
+                     "--out", f"{tmp_path}/graphs/"]) == 0
+    index = json.loads((tmp_path / "graphs" / "graph-metadata.json").read_text())
+    assert [g["slug"] for g in index["graphs"]] == ["llama", "gpt2"]
+    g = json.loads((tmp_path / "graphs" / "gpt2.json").read_text())
+    jsonschema.validate(g, SCHEMA)
+    assert index["graphs"][1]["prompt_tokens"] == g["metadata"]["prompt_tokens"]
+
+
 def test_neuronpedia_schema_catches_the_old_export(work):
     """The schema check can fail: the export before this issue (null threshold) does not pass."""
     g = json.loads(export(_doc(work, "gpt2"), "neuronpedia"))

@@ -146,3 +146,28 @@ def to_neuronpedia(data: dict, scan: str | None = None, slug: str | None = None)
         "nodes": nodes,
         "links": list(links.values()),
     }
+
+
+def write_graph_dir(graph: dict, directory) -> "Path":
+    """Write `graph` as a circuit-tracer frontend data folder: `DIR/<slug>.json` plus its entry in
+    `DIR/graph-metadata.json` (`{"graphs": [{slug, scan, prompt_tokens, prompt, title_prefix}]}`, the
+    index the frontend lists; an entry with the same slug is replaced). circuit-tracer's
+    `frontend.local_server.serve(data_dir=DIR)` then shows it."""
+    import json
+    from pathlib import Path
+
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = graph["metadata"]
+    path = folder / f"{meta['slug']}.json"
+    path.write_text(json.dumps(graph, indent=1))
+    index_path = folder / "graph-metadata.json"
+    try:
+        index = json.loads(index_path.read_text()) if index_path.exists() else {"graphs": []}
+        graphs = [g for g in index.get("graphs", []) if isinstance(g, dict) and g.get("slug") != meta["slug"]]
+    except (ValueError, AttributeError):
+        raise UserError(f"{index_path} is not a graph index ({{\"graphs\": [...]}}); give another folder") from None
+    graphs.append({"slug": meta["slug"], "scan": meta["scan"], "prompt_tokens": meta["prompt_tokens"],
+                   "prompt": meta["prompt"], "title_prefix": ""})
+    index_path.write_text(json.dumps({"graphs": graphs}, indent=1))
+    return path
