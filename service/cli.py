@@ -1,12 +1,13 @@
 """`circuitry serve` (API + dispatcher + executor + scan scheduler), `circuitry tokens` (create, revoke, list)
-and `circuitry scan` (service/scan_cli.py)."""
+and `circuitry scan` (service/watches/cli.py)."""
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timezone
 
 from discovery.errors import UserError
+
+from .config import settings_from_args
 
 
 def register(subparsers) -> None:
@@ -43,17 +44,8 @@ def register(subparsers) -> None:
     tsub.add_parser("list", help="list tokens (ids, names, prefixes; never secrets)")
     t.set_defaults(func=cmd_tokens)
 
-    from .scan_cli import register as register_scan  # `circuitry scan`: watches of training checkpoints
+    from .watches.cli import register as register_scan  # `circuitry scan`: watches of training checkpoints
     register_scan(subparsers)
-
-
-def _settings(args, **overrides):
-    from .config import Settings
-
-    settings = Settings.from_env(database_url=args.database_url, **overrides)
-    if getattr(args, "model_root", None):
-        settings.model_roots = settings.model_roots + [os.path.abspath(r) for r in args.model_root]
-    return settings
 
 
 def cmd_serve(args) -> int:
@@ -63,7 +55,7 @@ def cmd_serve(args) -> int:
 
     if args.concurrency is not None and args.concurrency < 1:
         raise UserError("--concurrency must be at least 1")
-    settings = _settings(args, executor=args.executor, concurrency=args.concurrency, auth=not args.no_auth,
+    settings = settings_from_args(args, executor=args.executor, concurrency=args.concurrency, auth=not args.no_auth,
                          device=args.device, lease_s=args.lease_s, heartbeat_s=args.heartbeat_s,
                          max_attempts=args.max_attempts, backoff_s=args.backoff_s, actor_cpus=args.actor_cpus,
                          actor_gpus=args.actor_gpus, max_actors=args.max_actors)
@@ -75,10 +67,10 @@ def cmd_serve(args) -> int:
 
 
 def cmd_tokens(args) -> int:
-    from .db import Database
-    from .tokens import create_token, list_tokens, revoke_token
+    from .store.db import Database
+    from .store.tokens import create_token, list_tokens, revoke_token
 
-    db = Database(_settings(args).resolved_database_url())
+    db = Database(settings_from_args(args).resolved_database_url())
     db.migrate()
     if args.tokens_command == "create":
         if args.max_active_jobs is not None and args.max_active_jobs < 1:

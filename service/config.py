@@ -77,3 +77,11 @@ class Settings:
 
     def backoff(self, attempt: int) -> float:
         return min(self.backoff_max_s, self.backoff_s * 2 ** max(0, attempt - 1))
+
+
+def settings_from_args(args, **overrides) -> Settings:
+    """Settings from the environment, overridden by a command's --database-url, --model-root and `overrides`."""
+    settings = Settings.from_env(database_url=args.database_url, **overrides)
+    if getattr(args, "model_root", None):
+        settings.model_roots = settings.model_roots + [os.path.abspath(r) for r in args.model_root]
+    return settings

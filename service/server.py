@@ -9,9 +9,9 @@ import time
 
 import uvicorn
 
-from .api import create_app
+from .api.app import create_app
 from .config import Settings
-from .db import Database
+from .store.db import Database
 
 
 def build_app(settings: Settings, *, dispatcher: bool = True, db: Database | None = None, scheduler: bool = False):
@@ -23,11 +23,13 @@ def build_app(settings: Settings, *, dispatcher: bool = True, db: Database | Non
     def factory(queue):
         parts = []
         if dispatcher:
-            from .dispatcher import Dispatcher
-            from .executor import make_executor
-            parts.append(Dispatcher(queue, make_executor(settings), concurrency=settings.concurrency))
+            from .jobs.dispatcher import Dispatcher
+            from .jobs.executor import make_executor
+            from .api.callbacks import Callbacks
+            parts.append(Dispatcher(queue, make_executor(settings), concurrency=settings.concurrency,
+                                    on_finished=Callbacks(queue)))
         if scheduler:
-            from .scheduler import Scheduler
+            from .watches.scheduler import Scheduler
             parts.append(Scheduler(queue.db, settings, queue))
         return parts[0] if len(parts) == 1 else _Together(parts)
     return create_app(settings, db, dispatcher_factory=factory)

@@ -14,8 +14,8 @@ from discovery.errors import UserError
 from discovery import wrap_model
 from discovery.options import FLAT, DiscoveryOptions, LABEL_BACKENDS, LABEL_SCORERS
 from discovery.tasks import task_from_rows
-from service.schemas import JobRequest, TaskSpec
-from service.watch_schemas import WatchRequest
+from service.jobs.spec import JobRequest, TaskSpec
+from service.watches.schemas import WatchRequest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -125,7 +125,7 @@ def test_every_flat_option_has_a_cli_flag_or_is_documented():
 
 
 def test_the_job_travels_as_the_model(tmp_path):
-    from service.pipeline import discover_circuit
+    from service.jobs.pipeline import discover_circuit
 
     job = JobRequest.model_validate(_body(method={"name": "eap", "curve": False}, selection={"top_n": 4}))
     model = wrap_model(tiny.build("gpt2", n_layers=1))

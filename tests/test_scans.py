@@ -1,4 +1,4 @@
-"""Scheduled scans of checkpoints (service/watches.py, scheduler.py, watches_api.py): a new checkpoint
+"""Scheduled scans of checkpoints (service/watches/: sources, scheduler; service/api/watches.py): a new checkpoint
 is queued exactly once even with two schedulers ticking at once; a checkpoint still being written waits;
 hub listing through a fake HfApi; a checkpoint that fails to load fails its own job while the others
 run; the timeline in training order through the API; the diff endpoint; bad input as problem+json."""
@@ -17,14 +17,14 @@ from service_helpers import is_problem, make_model_root, settings, wait_for
 from sqlalchemy import func, select
 
 from conftest import token_rows
-from service.db import Database
-from service.queue import Queue
-from service.scheduler import Scheduler, next_run, tick
+from service.store.db import Database
+from service.jobs.queue import Queue
+from service.watches.scheduler import Scheduler, next_run, tick
 from service.server import BackgroundServer, build_app
-from service.tables import Job, Watch, WatchCheckpoint
-from service.tokens import create_token
-from service.watch_schemas import WatchRequest
-from service.watch_store import create_watch, get_watch
+from service.store.tables import Job, Watch, WatchCheckpoint
+from service.store.tokens import create_token
+from service.watches.schemas import WatchRequest
+from service.watches.store import create_watch, get_watch
 
 OLD = time.time() - 3600  # an mtime well past any quiet period
 
@@ -123,10 +123,10 @@ def test_two_scheduler_processes_queue_once(store):
     code = textwrap.dedent(f"""
         import time
         from service.config import Settings
-        from service.db import Database
-        from service.queue import Queue
-        from service.scheduler import tick
-        from service.watch_store import get_watch
+        from service.store.db import Database
+        from service.jobs.queue import Queue
+        from service.watches.scheduler import tick
+        from service.watches.store import get_watch
         s = Settings(database_url={s.database_url!r}, model_roots={s.model_roots!r}, executor="inline")
         db = Database(s.database_url)
         watch = get_watch(db, {watch.id!r})
@@ -299,7 +299,7 @@ def test_timeline_in_training_order(api, scanned):
 
 def test_diff_endpoint_is_diff_circuits(api, scanned):
     from discovery.diff import diff_circuits
-    from service.watch_store import load_circuit
+    from service.watches.store import load_circuit
 
     client, db, root = api
     points = client.get(f"/v1/watches/{scanned}/timeline").json()["tasks"][0]["points"]

@@ -9,9 +9,9 @@ import httpx
 import pytest
 from service_helpers import is_problem, job_body, make_model_root, settings, wait_for
 
-from service.db import Database
+from service.store.db import Database
 from service.server import BackgroundServer, build_app
-from service.tokens import create_token, revoke_token
+from service.store.tokens import create_token, revoke_token
 
 
 def _start(tmp, *, dispatcher: bool, **kw):
@@ -265,7 +265,7 @@ def test_labeling_step(svc):
     assert next(c for c in summary if c["id"] == job["circuit_id"])["labeled"] is True
     from sqlalchemy import func, select
 
-    from service.tables import Label
+    from service.store.tables import Label
     with db.read() as s:
         stored = s.scalar(select(func.count()).select_from(Label).where(Label.circuit_id == job["circuit_id"]))
     assert stored == len(circuit["labels"])

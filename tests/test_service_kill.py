@@ -14,9 +14,9 @@ import pytest
 from service_helpers import free_port, job_body, make_model_root, wait_for
 from sqlalchemy import func, select
 
-from service.db import Database
-from service.tables import CircuitRow
-from service.tokens import create_token
+from service.store.db import Database
+from service.store.tables import CircuitRow
+from service.store.tokens import create_token
 
 
 def _serve(tmp, db_url, root, log_name):

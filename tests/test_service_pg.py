@@ -10,8 +10,8 @@ import httpx
 import pytest
 from service_helpers import job_body, make_model_root, settings, wait_for
 
-from service.db import Database
-from service.queue import Queue
+from service.store.db import Database
+from service.jobs.queue import Queue
 from service.server import BackgroundServer, build_app
 
 PG = os.environ.get("CIRCUITRY_TEST_PG", "postgresql+psycopg://root@127.0.0.1:5432/test")

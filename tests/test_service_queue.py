@@ -8,10 +8,10 @@ import pytest
 from service_helpers import job_body
 
 from service.config import Settings
-from service.db import Database
-from service.queue import Queue
-from service.results import store_circuit
-from service.tables import CircuitRow
+from service.store.db import Database
+from service.jobs.queue import Queue
+from service.store.results import store_circuit
+from service.store.tables import CircuitRow
 
 
 def _circuit() -> dict:

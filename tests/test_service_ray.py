@@ -8,7 +8,7 @@ import httpx
 import pytest
 from service_helpers import job_body, make_model_root, settings, wait_for
 
-from service.db import Database
+from service.store.db import Database
 from service.server import BackgroundServer, build_app
 
 

@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from service_helpers import make_model_root
 from service_helpers import settings as service_settings
 
-from service.db import Database
+from service.store.db import Database
 from service.server import BackgroundServer, build_app
-from service.tokens import create_token
+from service.store.tokens import create_token
 
 schemathesis = pytest.importorskip("schemathesis")
 

@@ -173,9 +173,9 @@ def test_view_cli_errors(circuits, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     from service.config import Settings
-    from service.db import Database
+    from service.store.db import Database
     from service.server import BackgroundServer, build_app
-    from service.tokens import create_token
+    from service.store.tokens import create_token
 
     d = tmp_path_factory.mktemp("ui")
     settings = Settings(database_url=f"sqlite:///{d}/circuitry.db", executor="inline", lease_s=30, heartbeat_s=1,
@@ -248,7 +248,7 @@ def test_ui_submit_follow_and_view(browser, service, tmp_path):
 
 def test_ui_watch_timeline(browser, service, circuits):
     """The watch page draws GET /v1/watches/{id}/timeline (answered here by the test, in the shape of
-    service.watch_schemas.WatchTimeline)."""
+    service.watches.schemas.WatchTimeline)."""
     from discovery.circuit import Circuit
     from discovery.timeline import timeline
 

@@ -28,9 +28,9 @@ JOBS = {
 def start_service(home: Path):
     """The service on a free loopback port with its own SQLite store, and a fresh token's secret."""
     from service.config import Settings
-    from service.db import Database
+    from service.store.db import Database
     from service.server import BackgroundServer, build_app
-    from service.tokens import create_token
+    from service.store.tokens import create_token
 
     home.mkdir(parents=True, exist_ok=True)
     settings = Settings(database_url=f"sqlite:///{home.resolve() / 'circuitry.db'}", executor="inline",

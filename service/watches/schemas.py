@@ -11,7 +11,7 @@ from discovery.timeline import TimelinePoint
 
 from discovery.options import DiscoveryOptions
 
-from .schemas import JobStatus, LabelingSpec, MethodSpec, SelectionSpec, TaskSpec
+from ..jobs.spec import JobStatus, LabelingSpec, MethodSpec, SelectionSpec, TaskSpec
 
 _NAME = r"^[^\x00-\x1f]+$"
 

@@ -4,7 +4,7 @@ config.attributes["connection"] (or, from the alembic CLI, the URL in sqlalchemy
 from alembic import context
 from sqlalchemy import create_engine
 
-from service.tables import Base
+from service.store.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -26,15 +26,15 @@ from sqlalchemy import select, update
 
 from discovery.errors import UserError
 
-from . import schemas
-from .background import BackgroundLoop
-from .config import Settings
-from .db import Database
-from .models_access import resolve_model
-from .problems import TooManyActiveJobs
-from .queue import Queue
-from .tables import ApiToken, Watch, WatchCheckpoint
-from .watches import Checkpoint, list_checkpoints
+from ..background import BackgroundLoop
+from ..config import Settings
+from ..store.db import Database
+from ..jobs.models_access import resolve_model
+from ..problems import TooManyActiveJobs
+from ..jobs.queue import Queue
+from ..jobs.spec import JobRequest
+from ..store.tables import ApiToken, Watch, WatchCheckpoint
+from .sources import Checkpoint, list_checkpoints
 
 log = logging.getLogger("circuitry.scheduler")
 DEFERRED_RETRY_S = 60.0  # a tick cut short by the owner's active-job limit is tried again this soon
@@ -63,9 +63,9 @@ def job_key(watch_id: str, fingerprint: str, task: str) -> str:
     return f"watch:{watch_id}:{fingerprint}:{task}"
 
 
-def job_spec(watch: Watch, checkpoint: Checkpoint, task: dict) -> schemas.JobRequest:
+def job_spec(watch: Watch, checkpoint: Checkpoint, task: dict) -> JobRequest:
     t = watch.template
-    return schemas.JobRequest.model_validate({
+    return JobRequest.model_validate({
         "model": {"name": checkpoint.model, "revision": checkpoint.revision, "dtype": t.get("dtype")},
         "task": task, "method": t["method"], "selection": t["selection"], "labeling": t["labeling"]})
 

@@ -24,16 +24,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from discovery.errors import UserError
 
 from . import schemas
-from .config import Settings
-from .db import Database
+from ..jobs.checks import validate_task
+from ..config import Settings
+from ..store.db import Database
 from .formats import FORMATS, render
 from .limits import BodyLimit
-from .models_access import resolve_model
-from .problems import ApiError, NotFound, Unauthorized, Unprocessable
-from .queue import Queue
-from .results import get_artifact
-from .tables import TERMINAL, CircuitNode, CircuitRow
-from .tokens import find_token
+from ..jobs.models_access import resolve_model
+from ..problems import ApiError, NotFound, Unauthorized, Unprocessable
+from ..jobs.queue import Queue
+from ..store.results import get_artifact
+from ..store.tables import TERMINAL, CircuitNode, CircuitRow
+from ..store.tokens import find_token
 from .views import circuit_view, event_view, job_view
 
 log = logging.getLogger("circuitry.api")
@@ -57,39 +58,6 @@ def problem(status: int, title: str, detail: str, *, errors=None, headers=None, 
 
 def _where(loc) -> str:
     return ".".join(str(x) for x in loc if x not in ("body",)) or "body"
-
-
-class _StubTokenizer:
-    """Stands in for a model's tokenizer when checking text rows before a job is queued: every
-    structural check runs; tokenization itself (single-token answers) is checked when the job runs."""
-
-    def __call__(self, text):
-        return {"input_ids": [0]}
-
-    def encode(self, text, add_special_tokens=False):
-        return [0]
-
-
-def validate_task(task: schemas.TaskSpec, settings: Settings) -> None:
-    from discovery.tasks import check_equal_lengths, task_from_rows
-
-    if task.builtin is not None:
-        if task.n > settings.max_rows:
-            raise Unprocessable(f"task.n is {task.n}; this server allows at most {settings.max_rows} rows per job")
-        return
-    rows = task.rows or []
-    if len(rows) > settings.max_rows:
-        raise Unprocessable(f"task.rows has {len(rows)} rows; this server allows at most {settings.max_rows}")
-    try:
-        built = task_from_rows(rows, tokenizer=_StubTokenizer(), name=task.name)
-        if built.kind == "tokens":
-            longest = max(len(r) for r in built.clean_ids + built.corrupted_ids)
-            if longest > settings.max_tokens_per_row:
-                raise Unprocessable(f"a task row has {longest} tokens; this server allows at most "
-                                    f"{settings.max_tokens_per_row}")
-            check_equal_lengths(built)
-    except UserError as exc:
-        raise Unprocessable(f"task.rows: {exc}") from None
 
 
 def _cursor(seq: int) -> str:
@@ -331,8 +299,8 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
         """Liveness and queue depth (no token needed)."""
         return {"status": "ok", "jobs": queue.counts()}
 
-    from .watches_api import watch_router  # here: it uses this module's validate_task
+    from .watches import watch_router
     app.include_router(watch_router(db, queue, settings, Owner, _PROBLEM_RESPONSES))
-    from .ui import router as ui_router  # the browser pages (/ui): HTML shells that call this API
+    from ..ui import router as ui_router  # the browser pages (/ui): HTML shells that call this API
     app.include_router(ui_router)
     return app

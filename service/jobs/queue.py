@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from sqlalchemy import and_, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from .config import Settings
-from .db import Database
-from .problems import Conflict, NotFound, TooManyActiveJobs
-from .tables import ACTIVE, LEASED, TERMINAL, Job, JobEvent
+from ..config import Settings
+from ..store.db import Database
+from ..problems import Conflict, NotFound, TooManyActiveJobs
+from ..store.tables import ACTIVE, LEASED, TERMINAL, Job, JobEvent
 
 
 @dataclass

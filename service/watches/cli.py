@@ -75,9 +75,9 @@ def register(subparsers) -> None:
 
 
 def cmd_scan(args) -> int:
-    from .cli import _settings
-    from .db import Database
-    from .problems import ApiError
+    from ..config import settings_from_args as _settings
+    from ..store.db import Database
+    from ..problems import ApiError
 
     settings = _settings(args)
     db = Database(settings.resolved_database_url())
@@ -92,7 +92,7 @@ def cmd_scan(args) -> int:
 def _request(args):
     from pydantic import ValidationError
 
-    from .watch_schemas import WatchRequest
+    from .schemas import WatchRequest
 
     method = {k: v for k, v in dict(name=args.method, metric=args.metric, tau=args.tau, candidates=args.candidates,
                                     steps=args.steps, batch_size=args.batch_size).items() if v is not None}
@@ -111,7 +111,7 @@ def _request(args):
 
 
 def _add(args, db, settings) -> int:
-    from .watch_store import create_watch
+    from .store import create_watch
 
     row = create_watch(db, settings, _request(args), owner="-")
     print(f"watch {row.id} ({row.source_kind} {row.source}): {_schedule(row)}; first scan due now")
@@ -123,7 +123,7 @@ def _schedule(row) -> str:
 
 
 def _list(args, db, settings) -> int:
-    from .watch_store import list_watches, watch_view
+    from .store import list_watches, watch_view
 
     for row in list_watches(db):
         v = watch_view(db, row)
@@ -135,7 +135,7 @@ def _list(args, db, settings) -> int:
 
 
 def _remove(args, db, settings) -> int:
-    from .watch_store import remove_watch
+    from .store import remove_watch
 
     row = remove_watch(db, args.id)
     print(f"watch {row.id} ({row.name}) removed; its jobs and circuits stay")
@@ -143,10 +143,10 @@ def _remove(args, db, settings) -> int:
 
 
 def _run_now(args, db, settings) -> int:
-    from .queue import Queue
+    from ..jobs.queue import Queue
     from .scheduler import tick
-    from .tables import TERMINAL
-    from .watch_store import checkpoints, get_watch
+    from ..store.tables import TERMINAL
+    from .store import checkpoints, get_watch
 
     report = tick(db, Queue(db, settings), settings, get_watch(db, args.id))
     if report.error:
@@ -183,7 +183,7 @@ def _fmt(x) -> str:
 def _timeline(args, db, settings) -> int:
     from discovery.timeline import plot_timeline
 
-    from .watch_store import watch_timeline
+    from .store import watch_timeline
 
     tl = watch_timeline(db, args.id)
     tasks = [t for t in tl.tasks if args.task in (None, t.task)]

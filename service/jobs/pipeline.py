@@ -13,7 +13,7 @@ from typing import Callable
 from discovery.errors import UserError
 
 from .models_access import resolve_model
-from .schemas import JobRequest
+from .spec import JobRequest
 
 # report(progress, message, status=None): records progress; raises LeaseLost when the job was taken away
 Report = Callable[..., None]

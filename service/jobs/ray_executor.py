@@ -14,10 +14,10 @@ import ray
 from discovery.errors import UserError
 from discovery.distributed import connect_ray
 
-from .config import Settings
+from ..config import Settings
 from .pipeline import JobResult, ModelCache, Report, RetryableError, build_task, discover_circuit, label, load_for, \
     model_key
-from .schemas import JobRequest
+from .spec import JobRequest
 
 
 @ray.remote

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .config import Settings
+from ..config import Settings
 from .pipeline import JobResult, ModelCache, Report, run_job
-from .schemas import JobRequest
+from .spec import JobRequest
 
 
 class InlineExecutor:
@@ -25,7 +25,7 @@ def make_executor(settings: Settings):
     if settings.executor == "inline":
         return InlineExecutor(settings)
     if settings.executor == "ray":
-        from .workers import RayExecutor
+        from .ray_executor import RayExecutor
         return RayExecutor(settings)
     from discovery.errors import UserError
     raise UserError(f"unknown executor '{settings.executor}'; use 'ray' or 'inline'")

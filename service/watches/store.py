@@ -11,20 +11,19 @@ from sqlalchemy import delete, func, select
 from discovery.errors import UserError
 from discovery.timeline import timeline
 
-from . import watch_schemas as ws
-from .config import Settings
-from .db import Database
-from .problems import NotFound
-from .results import get_artifact
+from . import schemas as ws
+from ..config import Settings
+from ..store.db import Database
+from ..problems import NotFound
+from ..store.results import get_artifact
 from .scheduler import check_cron
-from .tables import CircuitRow, Job, Watch, WatchCheckpoint
-from .views import iso
-from .watches import check_pattern, resolve_source
+from ..store.tables import CircuitRow, Job, Watch, WatchCheckpoint, iso
+from .sources import check_pattern, resolve_source
 
 
 def create_watch(db: Database, settings: Settings, body: ws.WatchRequest, owner: str) -> Watch:
     """Store a new watch (its first scan is due at once). UserError: refused, with the reason."""
-    from .api import validate_task  # the job API's own task checks (sizes, row shapes)
+    from ..jobs.checks import validate_task  # the job API's own task checks (sizes, row shapes)
 
     kind, source = resolve_source(body.source, body.kind, settings.model_roots)
     check_pattern(body.pattern, body.pattern_kind)

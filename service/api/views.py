@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from . import schemas
-from .tables import CircuitRow, Job, JobEvent
-
-
-def iso(t: float | None) -> str | None:
-    return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
+from ..store.tables import CircuitRow, Job, JobEvent, iso
 
 
 def job_view(j: Job, request: schemas.JobRequest | None = None) -> schemas.Job:

@@ -15,11 +15,11 @@ from pydantic import ValidationError
 
 from discovery.errors import UserError
 
-from .background import BackgroundLoop
+from ..background import BackgroundLoop
 from .pipeline import JobResult, LeaseLost, RetryableError
 from .queue import Lease, Queue
-from .results import store_circuit
-from .schemas import JobRequest
+from ..store.results import store_circuit
+from .spec import JobRequest
 
 log = logging.getLogger("circuitry.dispatcher")
 
@@ -27,8 +27,10 @@ log = logging.getLogger("circuitry.dispatcher")
 class Dispatcher(BackgroundLoop):
     thread_name = "circuitry-dispatcher"
 
-    def __init__(self, queue: Queue, executor, *, concurrency: int = 1):
+    def __init__(self, queue: Queue, executor, *, concurrency: int = 1, on_finished=None):
+        """on_finished(job_id): called after each job attempt ends (the API's callback delivery)."""
         super().__init__()
+        self.on_finished = on_finished
         self.queue, self.executor = queue, executor
         self.settings = queue.settings
         self.concurrency = max(1, concurrency)
@@ -100,7 +102,11 @@ class Dispatcher(BackgroundLoop):
             done.set()
             self._running.discard(threading.current_thread())
             self._slots.release()
-            self._callback(lease.job_id)
+            if self.on_finished is not None:
+                try:
+                    self.on_finished(lease.job_id)
+                except Exception:
+                    log.exception("on_finished for job %s failed", lease.job_id)
 
     def _heartbeats(self, lease: Lease, lost: threading.Event, done: threading.Event) -> None:
         while not done.wait(self.settings.heartbeat_s):
@@ -118,17 +124,3 @@ class Dispatcher(BackgroundLoop):
     def _store(session, job_id: str, result: JobResult) -> str:
         circuit = json.loads(result.circuit_json)
         return store_circuit(session, job_id, circuit, result.circuit_json.encode(), result.labels)
-
-    def _callback(self, job_id: str) -> None:
-        """POST the finished job to its callback_url (best effort, a few seconds at most)."""
-        try:
-            job = self.queue.get(job_id)
-            if not job.callback_url or job.status not in ("succeeded", "failed", "cancelled"):
-                return
-            import httpx
-
-            from .views import job_view
-            httpx.post(job.callback_url, content=job_view(job).model_dump_json(), timeout=5.0,
-                       headers={"Content-Type": "application/json"}, follow_redirects=False)
-        except Exception as exc:
-            log.warning("callback for job %s failed: %s", job_id, exc)

@@ -11,7 +11,7 @@ fingerprint that names each one for good (its idempotency key).
   jobs load that commit, so a branch moved later is scanned again as a new checkpoint.
 
 The same model-access rules as jobs apply: directories only under a model root, no `..`, no symlinks
-out of a root (service/models_access.py)."""
+out of a root (service/jobs/models_access.py)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from discovery.errors import UserError
 from discovery.timeline import step_of
 
-from .models_access import HUB_ID, resolve_model
+from ..jobs.models_access import HUB_ID, resolve_model
 
 KINDS = ("toy", "dir", "hub")
 WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Query
 
 from discovery.diff import CircuitDiff, diff_circuits
 
-from . import watch_schemas as ws
-from . import watch_store
-from .scheduler import tick
+from ..watches import schemas as ws
+from ..watches import store as watch_store
+from ..watches.scheduler import tick
 
 
 def watch_router(db, queue, settings, Owner, responses: dict) -> APIRouter:

@@ -1,16 +1,18 @@
-"""Pydantic models for every API body: the job request, jobs, events, circuits, problems."""
+"""A job as it is submitted, stored and run: the model, the task and the discovery options
+(discovery/options.py's DiscoveryOptions, which JobRequest extends). The API, watches, the queue and
+the executors all pass this one model."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import Field, HttpUrl, model_validator
 
 from discovery.options import (DEFAULT_BUILTIN_ROWS, DiscoveryOptions, LabelingOptions, MethodOptions, Rows, Seed,
                                SelectionOptions, _Strict)
-from discovery.task_library import TASKS
+from discovery.names import TASK_NAMES
 
-TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]
+TaskName = Literal[TASK_NAMES]  # type: ignore[valid-type]
 JobStatus = Literal["queued", "running", "labeling", "succeeded", "failed", "cancelled"]
 # the job body's groups are discovery/options.py's: one set of bounds and defaults for CLI, API and watches
 MethodSpec, SelectionSpec, LabelingSpec = MethodOptions, SelectionOptions, LabelingOptions
@@ -64,75 +66,3 @@ class JobRequest(DiscoveryOptions):
         return DiscoveryOptions(method=self.method, selection=self.selection, labeling=self.labeling)
 
 
-class Job(BaseModel):
-    id: str
-    status: JobStatus
-    model: str
-    revision: str | None
-    task: str
-    method: str
-    attempt: int
-    max_attempts: int
-    progress: float
-    message: str | None
-    error: str | None
-    circuit_id: str | None
-    created_at: str
-    updated_at: str
-    started_at: str | None
-    finished_at: str | None
-    request: JobRequest
-
-
-class JobList(BaseModel):
-    items: list[Job]
-    next_cursor: str | None = Field(None, description="pass as ?cursor= for the next page; null on the last page")
-
-
-class JobEvent(BaseModel):
-    id: int
-    at: str
-    kind: str
-    status: JobStatus
-    attempt: int
-    progress: float | None
-    message: str | None
-
-
-class JobEventList(BaseModel):
-    items: list[JobEvent]
-
-
-class CircuitSummary(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
-    id: str
-    job_id: str
-    model: str
-    revision: str | None
-    model_type: str
-    task: str
-    task_hash: str
-    method: str
-    params: dict[str, Any]
-    code_version: str
-    n_edges: int
-    n_nodes: int
-    faithfulness: float | None
-    labeled: bool
-    artifact_sha256: str
-    created_at: str
-
-
-class CircuitList(BaseModel):
-    items: list[CircuitSummary]
-    next_cursor: str | None = None
-
-
-class Problem(BaseModel):
-    """RFC 9457 problem details."""
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str
-    instance: str | None = None
-    errors: list[dict[str, Any]] | None = None

@@ -1,8 +1,10 @@
 """The store's tables (SQLAlchemy 2). Times are epoch seconds (float): comparable the same way in
 SQLite and PostgreSQL, with no time-zone conversions. The schema itself is created by the alembic
-migrations in service/migrations; keep the two in step."""
+migrations in service/store/migrations; keep the two in step."""
 
 from __future__ import annotations
+
+from datetime import datetime, timezone
 
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -10,6 +12,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 ACTIVE = ("queued", "running", "labeling")
 LEASED = ("running", "labeling")  # states a worker holds with a lease
 TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def iso(t: float | None) -> str | None:
+    """A stored time as ISO 8601 text (UTC, milliseconds)."""
+    return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
 
 
 class Base(DeclarativeBase):
@@ -147,7 +154,7 @@ class Label(Base):
 
 
 class Watch(Base):
-    """A checkpoint source scanned on a schedule (service/watches.py, service/scheduler.py): each new
+    """A checkpoint source scanned on a schedule (service/watches/sources.py, service/watches/scheduler.py): each new
     complete checkpoint becomes one job per task, built from `template` (a job body without model/task)."""
     __tablename__ = "watches"
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
