@@ -37,6 +37,10 @@ def work(tmp_path_factory):
                      "--top-n", "30", "--no-curve", "--quiet", "--out", str(d / f"{fam}.json")]) == 0
     assert main(["discover", "--model", str(d / "llama"), "--task", str(d / "task.jsonl"), "--method", "eap",
                  "--top-n", "30", "--no-curve", "--quiet", "--kv-edges", "grouped", "--out", str(d / "grouped.json")]) == 0
+    for level in ("node", "neuron"):
+        assert main(["discover", "--model", str(d / "gpt2"), "--task", str(d / "task.jsonl"), "--method", "eap",
+                     "--top-n", "40" if level == "neuron" else "6", "--no-curve", "--quiet", "--level", level,
+                     "--out", str(d / f"{level}.json")]) == 0
     tiny.build("gpt2", n_layers=3).save_pretrained(d / "gpt2-3l")
     data = json.loads((d / "gpt2.json").read_text())
     head = next(n["id"] for n in data["nodes"] if n["in_circuit"] and n["kind"] == "attention")
@@ -114,11 +118,11 @@ def test_gqa_exports_per_query_head_names(work, capsys, name):
 
 
 @pytest.mark.parametrize("fmt", ["mib", "mib-pt"])
-@pytest.mark.parametrize("name", ["gpt2", "llama", "grouped"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "grouped", "node", "neuron"])
 def test_exported_mib_evaluates_to_the_same_metric(work, capsys, name, fmt):
     """A grouped circuit's MIB file (per query head) evaluates on the per-query-head graph to the
     grouped circuit's metric: a group's k/v edge is exactly all of its query heads' k/v edges."""
-    model = "gpt2" if name == "gpt2" else "llama"
+    model = "llama" if name in ("llama", "grouped") else "gpt2"
     code, original = _evaluate(capsys, work, model, work / f"{name}.json")
     assert code == 0
     code, imported = _evaluate(capsys, work, model, _export(capsys, work, name, fmt))
@@ -127,6 +131,30 @@ def test_exported_mib_evaluates_to_the_same_metric(work, capsys, name, fmt):
         assert imported[key] == pytest.approx(original[key], rel=1e-9), key
     expanded = sum(2 if ".kv" in e["name"] else 1 for e in _doc(work, name)["edges"] if e["in_circuit"])
     assert imported["n_edges"] == expanded  # 2 query heads per key/value head in the tiny Llama
+    assert imported.get("n_neurons") == original.get("n_neurons")
+
+
+@pytest.mark.parametrize("level", ["node", "neuron"])
+def test_mib_node_and_neuron_entries(work, capsys, level):
+    data = _doc(work, level)
+    raw = json.loads(_export(capsys, work, level, "mib").read_text(), parse_constant=lambda c: float(c))
+    ref = RefGraph.from_json(work / f"{level}.mib.out")  # EAP-IG's from_json takes the extra node keys
+    assert ref.in_graph.sum() == sum(e["in_circuit"] for e in data["edges"])
+    for n in data["nodes"]:
+        if n["id"] not in raw["nodes"] or n["id"] == "logits":
+            continue  # key/value-head nodes have no MIB counterpart
+        entry = raw["nodes"][n["id"]]
+        if level == "node" and n.get("score") is not None:
+            assert entry["score"] == pytest.approx(-n["score"])  # a loss change, as the edge scores
+        if level == "neuron":
+            assert len(entry["neurons"]) == 32 and [i for i, k in enumerate(entry["neurons"]) if k] == (n["neurons"] or [])
+            for i, v in zip(n["neurons"] or [], n["neuron_scores"] or []):
+                if v is not None:
+                    assert entry["neurons_scores"][i] == pytest.approx(-v)
+    if level == "neuron":
+        pt = torch.load(_export(capsys, work, level, "mib-pt"), weights_only=True)
+        assert pt["neurons_in_graph"].shape == (len(ref.node_names) - 1, 32)
+        assert int(pt["neurons_in_graph"].sum()) == sum(len(n["neurons"] or []) for n in data["nodes"])
 
 
 def test_mib_import_refuses_another_shape(work, capsys):

@@ -16,7 +16,9 @@ Key/value heads always appear per query head: MIB evaluates grouped-query models
 
 The JSON document: `{"cfg": {n_layers, n_heads, parallel_attn_mlp, d_model}, "nodes": {name:
 {"in_graph": bool[, "score": float]}}, "edges": {name: {"score": float, "in_graph": bool}}}`, every node
-(`logits` too, always in the graph) and every edge of the graph. Scores are changes of the loss as MIB
+(`logits` too, always in the graph) and every edge of the graph; a node-level circuit adds node
+`score`s, a neuron-level one each node's `neurons` (bool per output dimension) and `neurons_scores`
+(NaN where unscored, which JSON writes as the `NaN` token Python's json reads). Scores are changes of the loss as MIB
 attributes them (`common.loss_sign`: circuitry's logit-difference scores negated); a null score is 0.
 """
 
@@ -118,18 +120,46 @@ def node_scores(data: dict) -> dict[str, float]:
             if isinstance(n, dict) and n.get("score") is not None}
 
 
+def neurons(data: dict, width: int) -> dict[str, tuple[list[bool], list[float]]] | None:
+    """A neuron-level circuit's kept output dimensions per node, as MIB's `neurons` (bool per
+    dimension) and `neurons_scores` (loss-signed; NaN, EAP-IG's "unscored", where the circuit file
+    records no score: it records scores of kept neurons only). None for edge and node circuits."""
+    if data.get("level") != "neuron":
+        return None
+    sign = loss_sign(data)
+    out = {}
+    for n in data.get("nodes") or []:
+        kept, values = n.get("neurons") or [], n.get("neuron_scores") or []
+        mask, nscores = [False] * width, [float("nan")] * width
+        for i, v in zip(kept, list(values) + [None] * (len(kept) - len(values))):
+            if not 0 <= int(i) < width:
+                raise UserError(f"node '{n['id']}' lists neuron {i} but d_model is {width}")
+            mask[int(i)] = True
+            if v is not None:
+                nscores[int(i)] = sign * float(v)
+        out[n["id"]] = (mask, nscores)
+    return out
+
+
 def to_mib(data: dict, d_model: int | None = None, *, scores: bool = True) -> dict:
     """The circuit as `Graph.to_json` writes it; `scores=False` leaves the edge scores out (MIB's
-    thresholded-circuit submissions carry only membership)."""
+    thresholded-circuit submissions carry only membership). Node-level circuits add each scored node's
+    `score`; neuron-level circuits each node's `neurons` and `neurons_scores`."""
     config = cfg(data, d_model)
     shape, layout, score, member = graph_values(data)
     inside = nodes_in_graph(layout, member)
     nscore = node_scores(data)
+    per_neuron = neurons(data, config["d_model"])
     nodes = {}
     for name in sources(shape["n_layers"], shape["n_heads"]) + ["logits"]:
         nodes[name] = {"in_graph": name in inside}
         if scores and name in nscore and name != "logits":
             nodes[name]["score"] = nscore[name]
+        if per_neuron is not None and name != "logits":
+            mask, nscores = per_neuron.get(name, ([False] * config["d_model"], [float("nan")] * config["d_model"]))
+            nodes[name]["neurons"] = mask
+            if scores:
+                nodes[name]["neurons_scores"] = nscores
     out_edges = {}
     for name, _, _ in layout:
         out_edges[name] = {"score": score.get(name, 0.0), "in_graph": bool(member.get(name))} if scores else \

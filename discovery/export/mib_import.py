@@ -24,8 +24,10 @@ from . import mib
 class MibGraph:
     """A parsed MIB / EAP-IG graph file: its cfg and, per edge name, (score, in_graph)."""
 
-    def __init__(self, path: str, cfg: dict, edges: dict[str, tuple[float, bool]]):
+    def __init__(self, path: str, cfg: dict, edges: dict[str, tuple[float, bool]],
+                 node_scores: dict[str, float] | None = None, neurons: dict[str, tuple[list, list | None]] | None = None):
         self.path, self.cfg, self.edges = path, cfg, edges
+        self.node_scores, self.neurons = node_scores or {}, neurons or {}
         try:
             self.n_layers, self.n_heads = int(cfg["n_layers"]), int(cfg["n_heads"])
         except (KeyError, TypeError, ValueError):
@@ -86,13 +88,32 @@ class MibGraph:
                                    parallel_residual=graph.parallel, dtype="unknown",
                                    d_model=int(self.d_model) if self.d_model else None)
         nodes = nodes_in_circuit(graph, keep)
+        level, node_kw = "edge", {}
+        if self.node_scores:  # MIB scores are loss changes: negated back, as the edge scores
+            level = "node"
+            node_kw["node_scores"] = np.array([-self.node_scores.get(s, np.nan) for s in graph.sources])
+        if self.neurons:
+            level = "neuron"
+            width = len(next(iter(self.neurons.values()))[0])
+            mask = np.zeros((graph.n_sources, width), dtype=bool)
+            nscores = np.full((graph.n_sources, width), np.nan)
+            for name, (kept, values) in self.neurons.items():
+                s = graph.source_index.get(name)
+                if s is None or len(kept) != width:
+                    raise UserError(f"MIB graph '{self.path}': node '{name}' has {len(kept)} neurons, expected {width}")
+                mask[s] = np.asarray(kept, dtype=bool)
+                if values is not None:
+                    nscores[s] = -np.asarray(values, dtype=np.float64)
+            node_kw.update(neurons=mask, neuron_scores=nscores)
         return Circuit(
+            level=level,
             model=model_info,
             task=TaskInfo(name="unknown", source="<MIB graph: no task>", rows=0, content_hash=""),
             method=MethodInfo(name="imported-mib", params={"source": str(self.path), "kv_edges": graph.kv_edges}),
             selection=SelectionInfo(kind="given", value=None, absolute=True, pruned=False),
-            nodes=build_nodes(graph, nodes), edges=build_edges(graph, scores, keep),
-            metrics=Metrics(metric="logit_diff", n_edges=int(keep.sum()), n_nodes=len(nodes)),
+            nodes=build_nodes(graph, nodes, **node_kw), edges=build_edges(graph, scores, keep),
+            metrics=Metrics(metric="logit_diff", n_edges=int(keep.sum()), n_nodes=len(nodes),
+                            n_neurons=int(node_kw["neurons"].sum()) if "neurons" in node_kw else None),
             code_version=code_version())
 
 
@@ -103,7 +124,15 @@ def _from_json(path: str, d) -> MibGraph:
             raise UserError(f"MIB graph '{path}': edge '{name}' must be an object with in_graph (and score)")
         score = info.get("score")
         edges[name] = (float(score) if isinstance(score, (int, float)) else 0.0, bool(info["in_graph"]))
-    return MibGraph(path, d["cfg"], edges)
+    node_scores, neurons = {}, {}
+    for name, node in (d.get("nodes") or {}).items():
+        if not isinstance(node, dict):
+            raise UserError(f"MIB graph '{path}': node '{name}' must be an object {{\"in_graph\": ...}}")
+        if isinstance(node.get("score"), (int, float)) and node["score"] == node["score"]:  # NaN: unscored
+            node_scores[name] = float(node["score"])
+        if node.get("neurons") is not None:
+            neurons[name] = (list(node["neurons"]), node.get("neurons_scores"))
+    return MibGraph(path, d["cfg"], edges, node_scores, neurons)
 
 
 def _from_pt(path: str) -> MibGraph:
@@ -130,7 +159,14 @@ def _from_pt(path: str) -> MibGraph:
         if parent in src_index and child in dst_index:
             f, b = src_index[parent], dst_index[child]
             edges[name] = (float(scores[f, b]), bool(in_graph[f, b]))
-    return MibGraph(path, dict(cfg), edges)
+    node_scores, neurons = {}, {}
+    if d.get("nodes_scores") is not None:
+        node_scores = {n: float(v) for n, v in zip(d["src_nodes"], d["nodes_scores"].tolist()) if v == v}  # not NaN
+    if d.get("neurons_in_graph") is not None:
+        ns = d.get("neurons_scores")
+        neurons = {n: (d["neurons_in_graph"][i].bool().tolist(), None if ns is None else ns[i].float().tolist())
+                   for i, n in enumerate(d["src_nodes"])}
+    return MibGraph(path, dict(cfg), edges, node_scores, neurons)
 
 
 def read_mib(path: str | os.PathLike) -> MibGraph | None:
