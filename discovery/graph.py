@@ -46,6 +46,8 @@ KV_EDGES = ("head", "grouped")
 
 
 class Graph:
+    n_positions = None  # a positional graph (discovery/positions.py) has one edge per position pair
+
     def __init__(self, n_layers: int, n_heads: int, n_kv_heads: int | None = None, parallel: bool = False,
                  kv_edges: str = "head"):
         self.n_layers, self.n_heads = n_layers, n_heads
@@ -130,6 +132,10 @@ class Graph:
     def edge_vector(self, matrix) -> np.ndarray:
         """[n_sources, n_readers] matrix -> per-edge vector in edge order."""
         return np.asarray(matrix)[self.edge_src, self.edge_dst]
+
+    def edge_coords(self) -> tuple:
+        """Index arrays of the edges into a mask or score matrix (shape `valid.shape`), in edge order."""
+        return self.edge_src, self.edge_dst
 
     def owner_of_kv(self, layer: int, head: int) -> str:
         """The node owning query head `head`'s k and v readers (its own unless the graph is grouped)."""

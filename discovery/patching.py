@@ -25,6 +25,7 @@ from typing import Callable
 
 import torch
 
+from . import positions as positional
 from .graph import Graph, Stage
 from .models import Adapter
 
@@ -249,6 +250,10 @@ def run(
         if reader_override is not None and stage_idx in reader_override:
             shared = reader_override[stage_idx]
         elif patching and live_nonzero[:stage.n_upstream, stage.start:stage.stop].any():
+            if off.dim() == 5:  # positional edges: (local [N, P, R, d], k/v cross [N, Pq, Pk, Rkv, d] | None)
+                local, cross = positional.stage_inputs(adapter, graph, stage, off, live_nonzero, resid,
+                                                      (d_emb, d_z, d_mlp), head_writes, source_rows)
+                return local if cross is None else (local, cross)
             x = resid.unsqueeze(2) - _stage_update(adapter, graph, stage, off, live_nonzero, (d_emb, d_z, d_mlp),
                                                    dims)
             if wants_grad(stage_idx) and x.requires_grad:
@@ -272,8 +277,14 @@ def run(
         if stage.kind == "attn":
             h, kv = graph.n_heads, graph.n_kv_readers
             norm = lambda t, layer=layer: adapter.attn_norm(layer, t)
-            xn = norm(x)
-            if xn.dim() == 4:  # readers see different inputs: k/v projected per reader (per query head)
+            xn = None if isinstance(x, tuple) else norm(x)
+            z = None
+            if xn is None:  # positional edges: each query position has its own keys and values
+                w = adapter.heads(layer)
+                q = _project(norm(x[0][:, :, :h]), w.q, w.q_bias)
+                k, v = positional.project_per_query(adapter, graph, layer, norm(x[1]))
+                z = positional.attend_per_query(adapter, layer, q, k, v, rotary, _causal_mask)
+            elif xn.dim() == 4:  # readers see different inputs: k/v projected per reader (per query head)
                 q, k, v = project_qkv(adapter, layer, xn[:, :, :h], xn[:, :, h:h + kv], xn[:, :, h + kv:],
                                       kv_heads=graph.kv_weight_heads())
             else:  # one input for all: the model's own projections
@@ -286,9 +297,17 @@ def run(
                         k, v = per_query_head(k, h), per_query_head(v, h)
                         idx_kv = torch.as_tensor(graph.kv_weight_heads(), device=wk.device)
                         wk, wv = wk[idx_kv], wv[idx_kv]
+                    cross_grad = None
+                    if graph.n_positions is not None:  # a gradient per (query, key position): keys/values per query
+                        n_, p_ = k.shape[:2]
+                        k, v = (t.unsqueeze(1).expand(n_, p_, *t.shape[1:]) for t in (k, v))
+                        cross_grad = positional.cross_reader_gradients(norm, x)
+                        z = positional.attend_per_query(adapter, layer, q, k, v, rotary, _causal_mask)
                     for t, weight, first in ((q, w.q, 0), (k, wk, h), (v, wv, h + kv)):
-                        t.register_hook(lambda g, wt=weight, f=first, st=stage, rg=reader_grad: grad_hook(st, f, rg(g, wt)))
-            z = attend(adapter, layer, q, k, v, rotary)
+                        rg = cross_grad if (cross_grad is not None and first) else reader_grad
+                        t.register_hook(lambda g, wt=weight, f=first, st=stage, rg=rg: grad_hook(st, f, rg(g, wt)))
+            if z is None:
+                z = attend(adapter, layer, q, k, v, rotary)
             if record:
                 rec.z[layer] = z.detach()
             if patching:

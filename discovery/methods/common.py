@@ -37,6 +37,10 @@ class Setup:
     # total in this pass; desc names the pass, None for evaluations) and once at the pass's end; it
     # may raise (discovery.errors.Cancelled) to stop the run within one batch. Progress, cancellation.
     on_batch: Callable[[int, int, str | None], None] | None = field(default=None, repr=False)
+    # position-aware edges (discovery/positions.py): every edge once per (src_pos, dst_pos) pair; the
+    # task's rows must share one token layout. position_names: optional names of the P positions
+    positions: bool = False
+    position_names: list[str] | None = None
     graph: Graph = field(init=False)
     _mean: Activations | None = field(default=None, init=False, repr=False)
 
@@ -49,6 +53,9 @@ class Setup:
         if self.intervention == "patching":
             check_equal_lengths(self.task)  # a corrupted activation replaces the clean one position by position
         self.graph = Graph.from_adapter(self.model.adapter, kv_edges=self.kv_edges)
+        if self.positions:
+            from ..positions import positional_graph
+            self.graph = positional_graph(self.model.adapter, self.graph, self.task, self.position_names)
 
     @property
     def adapter(self):
@@ -155,6 +162,9 @@ def edge_score_hook(setup: Setup, delta: Activations, scores: torch.Tensor, weig
     and a layer's writes are kept for later stages only within setup.write_cache_bytes.
     Accumulated in fp32 whatever the model dtype."""
     graph, adapter = setup.graph, setup.adapter
+    if graph.n_positions is not None:
+        from ..positions import positional_score_hook
+        return positional_score_hook(setup, delta, scores, weight, head_writes, source_rows)
     cache, cached_bytes = {}, [0]
 
     def head_writes_flat(layer, n, p, d):
@@ -187,11 +197,10 @@ def edge_score_hook(setup: Setup, delta: Activations, scores: torch.Tensor, weig
 
 def to_edge_scores(setup: Setup, matrix: torch.Tensor, n_examples: int) -> torch.Tensor:
     """[n_sources, n_readers] sums -> per-edge mean over examples, in the graph's edge order."""
-    g = setup.graph
-    src = torch.as_tensor(g.edge_src, device=matrix.device)
-    dst = torch.as_tensor(g.edge_dst, device=matrix.device)
-    return (matrix[src, dst] / n_examples).cpu()
+    coords = tuple(torch.as_tensor(c, device=matrix.device) for c in setup.graph.edge_coords())
+    return (matrix[coords] / n_examples).cpu()
 
 
 def new_score_matrix(setup: Setup) -> torch.Tensor:
-    return torch.zeros(setup.graph.n_sources, setup.graph.n_readers, dtype=torch.float32, device=setup.device)
+    """[n_sources, n_readers] (positional graphs: [n_sources, n_readers, P, P]) fp32 zeros."""
+    return torch.zeros(setup.graph.valid.shape, dtype=torch.float32, device=setup.device)

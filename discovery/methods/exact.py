@@ -16,7 +16,7 @@ from .common import Setup, masked_metric_sums
 def exact(setup: Setup, max_rows: int = 512):
     graph = setup.graph
     n_edges = graph.n_edges
-    src, dst = torch.as_tensor(graph.edge_src), torch.as_tensor(graph.edge_dst)
+    coords = tuple(torch.as_tensor(c) for c in graph.edge_coords())  # (src, dst[, src_pos, dst_pos])
     totals = torch.zeros(n_edges, dtype=torch.float64)
     n_examples = 0
     bar = tqdm(total=n_edges * (-(-len(setup.task) // setup.batch_size)), desc="exact", file=sys.stderr,
@@ -29,8 +29,8 @@ def exact(setup: Setup, max_rows: int = 512):
         per_pass = max(1, max_rows // b)
         for start in range(0, n_edges, per_pass):
             k = min(per_pass, n_edges - start)
-            off = torch.zeros(k, graph.n_sources, graph.n_readers)
-            off[torch.arange(k), src[start:start + k], dst[start:start + k]] = 1.0
+            off = torch.zeros(k, *graph.valid.shape)
+            off[(torch.arange(k),) + tuple(c[start:start + k] for c in coords)] = 1.0
             totals[start:start + k] += (masked_metric_sums(setup, batch, ref, off, clean_logits) - base).cpu()
             bar.update(k)
         n_examples += b
