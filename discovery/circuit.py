@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import UserError
 from .graph import Graph
 
-SCHEMA_VERSION = "1.2"  # 1.2: level, node scores and neurons (1.1 is the labeled file); 1.0 files still read
+SCHEMA_VERSION = "1.2"  # 1.2: level, node scores and neurons; position-aware circuits (1.1 is the labeled file); 1.0 files still read
 
 
 class ModelInfo(BaseModel):
@@ -89,6 +89,19 @@ class Edge(BaseModel):
     slot: Literal["q", "k", "v", "mlp", "logits"]
     score: float | None
     in_circuit: bool
+    # position-aware circuits only (absent otherwise): where the source writes, and where the target
+    # computes the output this edge feeds (for k/v: the query position)
+    src_pos: int | None = Field(None, exclude_if=lambda v: v is None)
+    dst_pos: int | None = Field(None, exclude_if=lambda v: v is None)
+
+
+class PositionsInfo(BaseModel):
+    """A position-aware circuit (discovery/positions.py): its edges are at token positions 0..n-1."""
+    n: int  # the prompts' length P
+    names: list[str] | None = None  # a name per position, when the task's template gives them
+    n_edges: int  # positional edges of the graph (every allowed position pair of every edge)
+    listed: int  # of those, how many `edges` lists: every in-circuit one, then the highest |score| first
+    limit: int  # the listing cap (all edges are listed when n_edges <= limit)
 
 
 class CurvePoint(BaseModel):
@@ -125,6 +138,7 @@ class Circuit(BaseModel):
     nodes: list[Node]
     edges: list[Edge]
     metrics: Metrics
+    positions: PositionsInfo | None = Field(None, exclude_if=lambda v: v is None)  # position-aware circuits (1.2)
     wall_time_s: float | None = None
     peak_memory_bytes: int | None = None
     device: str | None = None
@@ -219,12 +233,43 @@ class Circuit(BaseModel):
             raise UserError(f"circuit file '{path}': field '{where}': {err['msg']}") from None
 
 
+POSITIONAL_EDGES_LISTED = 50_000  # a position-aware file lists at most this many edges beyond the circuit's
+
+
+def listed_edges(graph: Graph, scores, in_circuit) -> np.ndarray:
+    """Indices of the edges a circuit file lists, in edge order: all of them, except for a positional graph
+    with more than POSITIONAL_EDGES_LISTED edges: the in-circuit ones, then the highest |score| up to the cap."""
+    n = graph.n_edges
+    if graph.n_positions is None or n <= POSITIONAL_EDGES_LISTED:
+        return np.arange(n)
+    keep = np.asarray(in_circuit, bool).copy()
+    rest = max(0, POSITIONAL_EDGES_LISTED - int(keep.sum()))
+    if rest and scores is not None:
+        imp = np.nan_to_num(np.abs(np.asarray(scores, np.float64)), nan=-1.0)
+        imp[keep] = -np.inf
+        keep[np.argsort(-imp, kind="stable")[:rest]] = True
+    return np.flatnonzero(keep)
+
+
 def build_edges(graph: Graph, scores, in_circuit) -> list[Edge]:
     scores = None if scores is None else np.asarray(scores, dtype=np.float64)
-    return [Edge(name=graph.edge_names[e], source=graph.sources[s], target=graph.reader_owner[d],
-                 slot=graph.reader_slot[d], score=None if scores is None or np.isnan(scores[e]) else float(scores[e]),
-                 in_circuit=bool(in_circuit[e]))
-            for e, (s, d) in enumerate(zip(graph.edge_src, graph.edge_dst))]
+    positional = graph.n_positions is not None
+    out = []
+    for e in listed_edges(graph, scores, in_circuit):
+        s, d = graph.edge_src[e], graph.edge_dst[e]
+        pos = {"src_pos": int(graph.edge_src_pos[e]), "dst_pos": int(graph.edge_dst_pos[e])} if positional else {}
+        out.append(Edge(name=graph.edge_name(e) if positional else graph.edge_names[e], source=graph.sources[s],
+                        target=graph.reader_owner[d], slot=graph.reader_slot[d],
+                        score=None if scores is None or np.isnan(scores[e]) else float(scores[e]),
+                        in_circuit=bool(in_circuit[e]), **pos))
+    return out
+
+
+def positions_info(graph: Graph, listed: int) -> PositionsInfo | None:
+    if graph.n_positions is None:
+        return None
+    return PositionsInfo(n=graph.n_positions, names=graph.position_names, n_edges=graph.n_edges, listed=listed,
+                         limit=POSITIONAL_EDGES_LISTED)
 
 
 def build_nodes(graph: Graph, in_circuit_nodes: set[str], node_scores=None, neurons=None,

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--kv-edges", default=None, choices=["head", "grouped"],
                    help="grouped-query models: k/v edges per query head (default, MIB names a0.h2->a1.h3<k>) or "
                         "per key/value head (grouped: a0.h2->a1.kv1<k>)")
+    d.add_argument("--positions", action="store_true",
+                   help="position-aware edges: each edge once per (source position -> destination position); "
+                        "rows must have equal lengths")
     d.add_argument("--out", required=True, help="where to write the circuit JSON")
 
     e = sub.add_parser("evaluate", help="evaluate exactly the edges marked in_circuit in a circuit file")
@@ -241,6 +244,7 @@ def discovery_options(args):
                 threshold=args.threshold, greedy=args.greedy, absolute=False if args.signed else None,
                 prune=False if args.no_prune else None, curve=False if args.no_curve else None, tau=args.tau,
                 candidates=args.candidates, kv_edges=args.kv_edges, level=args.level,
+                positions=True if args.positions else None,
                 label_backend=args.label_backend if args.label else None)
     options = DiscoveryOptions.from_flat(spell=flag, **flat)
     validated(WorkerOptions, {"workers": args.workers, "worker_cpus": args.worker_cpus,

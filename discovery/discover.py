@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .circuit import (Circuit, CurvePoint, MethodInfo, Metrics, ModelInfo, SelectionInfo, TaskInfo, build_edges,
-                      build_nodes, code_version)
+                      build_nodes, code_version, positions_info)
 from .errors import UserError
 from .evaluation import evaluate_circuit, faithfulness_curves
 from .example_row import representative_row
@@ -69,8 +69,8 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
              threshold: float | None = None, greedy: int | None = None, absolute: bool | None = None,
              prune: bool | None = None, curve: bool | None = None, progress: bool = False, tau: float | None = None,
              taus: list[float] | None = None, candidates: int | None = None, workers=None,
-             worker_cpus: float | None = None, worker_gpus: float | None = None, kv_edges: str | None = None, on_batch=None,
-             level: str | None = None):
+             worker_cpus: float | None = None, worker_gpus: float | None = None, kv_edges: str | None = None,
+             on_batch=None, level: str | None = None, positions: bool | None = None):
     """Find a circuit: scores for every edge, the selected circuit, its faithfulness (and curve).
 
     The options are one DiscoveryOptions (discovery/options.py: its defaults and bounds), given as
@@ -92,6 +92,10 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
     kv_edges: a grouped-query model's k/v edges per query head ("head", as MIB names them) or per
     key/value head ("grouped", `a1.kv0<k>`); see discovery/graph.py for how the two relate.
 
+    positions: position-aware edges (discovery/positions.py): every edge once per (source position ->
+    destination position) pair that causal attention allows; the task's rows must share one token
+    layout (equal lengths). Scoring methods with top_n / threshold selection, one process.
+
     on_batch(done, total, desc): called around each batch of discovery work (Setup.on_batch); it may
     raise (e.g. discovery.errors.Cancelled) to stop the run within one batch.
 
@@ -107,7 +111,7 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
                                       intervention=intervention, steps=steps, batch_size=batch_size, top_n=top_n,
                                       threshold=threshold, greedy=greedy, absolute=absolute, prune=prune,
                                       curve=curve, tau=taus if taus is not None else tau, candidates=candidates,
-                                      kv_edges=kv_edges, level=level)
+                                      kv_edges=kv_edges, level=level, positions=positions)
     if workers is None or isinstance(workers, int):
         validated(WorkerOptions, {"workers": workers, "worker_cpus": worker_cpus, "worker_gpus": worker_gpus})
     m, sel = opts.method, opts.selection
@@ -115,13 +119,17 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
                             higher_is_better)
     if torch.device(model.adapter.device).type == "cuda":
         torch.cuda.reset_peak_memory_stats(model.adapter.device)
+    if m.positions and workers is not None:
+        raise UserError("--positions runs in one process; drop --workers")
     setup = Setup(model, task, metric, batch_size=m.batch_size, intervention=m.intervention, progress=progress,
-                  kv_edges=m.kv_edges)
+                  kv_edges=m.kv_edges, positions=m.positions)
     setup.on_batch = on_batch
     params = {"metric": metric.name, **_metric_params(metric), "intervention": m.intervention,
               "batch_size": m.batch_size}
     if setup.graph.gqa:
         params["kv_edges"] = setup.graph.kv_edges
+    if m.positions:
+        params["positions"] = True
     if m.name in ("eap-ig", "eap-ig-activations", "eap-ig+acdc"):
         params["steps"] = m.steps
     if m.level != "edge":
@@ -245,12 +253,14 @@ def _package(setup: Setup, model, task, method, params, scores, keep, selection,
         for key in ("curve_signed", "curve_absolute"):
             setattr(metrics, key, [CurvePoint(**dict(p, faithfulness=_clean(p["faithfulness"]))) for p in c[key]])
         metrics.cpr, metrics.cmd = _clean(c["cpr"]), _clean(c["cmd"])
+    edges = build_edges(setup.graph, scores, keep)
     return Circuit(
         model=model_info(model),
         task=TaskInfo(name=task.name, source=task.source, rows=len(task), content_hash=task.content_hash,
                       example=representative_row(model, task)),
         method=MethodInfo(name=method, params=params), selection=selection,
-        nodes=build_nodes(setup.graph, nodes), edges=build_edges(setup.graph, scores, keep), metrics=metrics,
+        nodes=build_nodes(setup.graph, nodes), edges=edges, metrics=metrics,
+        positions=positions_info(setup.graph, len(edges)),
         wall_time_s=round(time.perf_counter() - started, 3), peak_memory_bytes=peak_memory_bytes(model.adapter.device),
         device=str(model.adapter.device), code_version=code_version())
 
@@ -269,7 +279,11 @@ def evaluate(model: LoadedModel, task: Task, circuit: Circuit, *, metric=None, h
         higher_is_better = params.get("higher_is_better")
     setup = Setup(model, task, resolve_metric(metric, higher_is_better), batch_size=batch_size,
                   intervention=intervention or params.get("intervention", "patching"), progress=progress,
-                  kv_edges=circuit.kv_edges)
+                  kv_edges=circuit.kv_edges, positions=circuit.positions is not None,
+                  position_names=circuit.positions.names if circuit.positions is not None else None)
+    if circuit.positions is not None and circuit.positions.n != setup.graph.n_positions:
+        raise UserError(f"the circuit's edges are at {circuit.positions.n} positions but this task's prompts have "
+                        f"{setup.graph.n_positions} tokens; evaluate it on a task with the same layout")
     if circuit.level == "neuron":
         from .levels import evaluate_units
 

@@ -78,7 +78,9 @@ class MethodOptions(_Strict):
         "edge", description="what is scored and selected: edges, nodes (each head and MLP one unit) or neurons "
                             "(each output dimension of each node); top_n/threshold then count nodes or neurons "
                             "(default: the top 10%)")
-    # positions, qk_fix ...: method options other parts of discovery add go here
+    positions: bool = Field(False, description="position-aware edges: every edge once per (source position -> "
+                                               "destination position) pair; rows must share one token layout")
+    # qk_fix ...: method options other parts of discovery add go here
 
     @model_validator(mode="after")
     def _acdc_only(self):
@@ -90,6 +92,10 @@ class MethodOptions(_Strict):
         if allowed is not None and self.name not in allowed:
             raise ValueError(f"method '{self.name}' has no {self.level}-level scores; at level {self.level} "
                              f"choose one of {', '.join(allowed)}")
+        if self.positions and self.name in ACDC_METHODS:
+            raise ValueError(f"positions works with the scoring methods, not with {self.name}")
+        if self.positions and self.level != "edge":
+            raise ValueError(f"positions applies to edge circuits, not to level {self.level}")
         return self
 
     @property
@@ -145,6 +151,8 @@ class DiscoveryOptions(_Strict):
             raise ValueError(f"{self.method.name} decides the circuit itself by tau; drop top_n/threshold/greedy")
         if self.method.level != "edge" and self.selection.greedy is not None:
             raise ValueError(f"greedy grows edges from the logits; at level {self.method.level} use top_n or threshold")
+        if self.method.positions and self.selection.greedy is not None:
+            raise ValueError("positions selects by top_n or threshold (greedy growth is not position-aware)")
         return self
 
     # ------------------------------------------------------------------------------- flat form

@@ -52,6 +52,8 @@ def _readers_of(graph: Graph) -> list[list[int]]:
 
 def greedy(graph: Graph, scores, n: int, *, higher_is_better=True, absolute=True) -> np.ndarray:
     """Grow from the logits: repeatedly add the most important edge into a node already in the circuit."""
+    if graph.n_positions is not None:
+        raise UserError("greedy selection is not position-aware; use --top-n or --threshold with --positions")
     imp = importance(scores, higher_is_better, absolute)
     readers_of = _readers_of(graph)
     edges_into = [[] for _ in graph.readers]
@@ -82,6 +84,9 @@ def prune(graph: Graph, in_circuit) -> np.ndarray:
     """Drop edges that cannot matter: from a node no kept path reaches from the input, or into a
     node with no kept path to the logits. Exact under corrupted-activation patching (a node whose
     inputs are all corrupted writes its corrupted output, which its out-of-circuit edges carry too)."""
+    if graph.n_positions is not None:  # at the level of (node, position)
+        from .positions import prune_positional
+        return prune_positional(graph, in_circuit, _readers_of(graph))
     m = graph.edge_mask_matrix(in_circuit)
     readers_of = _readers_of(graph)
     active = np.zeros(graph.n_sources, dtype=bool)

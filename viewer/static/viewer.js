@@ -154,9 +154,12 @@
     append(g, gEl);
     return gEl;
   }
+  function positionsOf(e) {  // position-aware circuits: the source position and the target position
+    return e.src_pos === undefined || e.src_pos === null ? "" : "  \u00b7  positions " + e.src_pos + " \u2192 " + e.dst_pos;
+  }
   function edgeTitle(e, extra) {
-    return e.source + " \u2192 " + e.target + "  \u00b7  slot " + e.slot + "  \u00b7  score " + fmt(e.score, 4) +
-      (extra ? "  \u00b7  " + extra : "");
+    return e.source + " \u2192 " + e.target + "  \u00b7  slot " + e.slot + positionsOf(e) + "  \u00b7  score " +
+      fmt(e.score, 4) + (extra ? "  \u00b7  " + extra : "");
   }
 
   // ------------------------------------------------------------------ node panel
@@ -416,7 +419,7 @@
         if (!pa || !pb) return;
         touched[e.source] = touched[e.target] = true;
         var sa = inA[name] ? inA[name].score : null, sb = inB[name] ? inB[name].score : null;
-        var text = e.source + " \u2192 " + e.target + "  \u00b7  slot " + e.slot + "  \u00b7  " + grp[0] + "  \u00b7  score " +
+        var text = e.source + " \u2192 " + e.target + "  \u00b7  slot " + e.slot + positionsOf(e) + "  \u00b7  " + grp[0] + "  \u00b7  score " +
           names[0] + " " + fmt(sa, 4) + ", " + names[1] + " " + fmt(sb, 4);
         append(gEdges, s("path", { class: "edge " + grp[0], d: edgePath(pa, pb, e.slot), "stroke-width": grp[0] === "kept" ? 1.5 : 2.5,
           "data-name": name, "data-slot": e.slot, onmouseenter: function () { hover.textContent = text; } }, s("title", { text: text })));
