@@ -39,6 +39,8 @@ def register(subparsers) -> None:
     c = tsub.add_parser("create", help="create a token and print its secret (shown only once)")
     c.add_argument("--name", required=True)
     c.add_argument("--max-active-jobs", type=int, default=None)
+    c.add_argument("--admin", action="store_true",
+                   help="an admin token: sees and changes every owner's jobs, circuits and watches")
     r = tsub.add_parser("revoke", help="revoke a token by id")
     r.add_argument("id", type=int)
     tsub.add_parser("list", help="list tokens (ids, names, prefixes; never secrets)")
@@ -75,9 +77,12 @@ def cmd_tokens(args) -> int:
     if args.tokens_command == "create":
         if args.max_active_jobs is not None and args.max_active_jobs < 1:
             raise UserError("--max-active-jobs must be at least 1")
-        row, secret = create_token(db, args.name, args.max_active_jobs)
-        print(f"token {row.id} ({row.name}): {secret}")
-        print("keep it: the secret is not stored and cannot be shown again")
+        row, secret = create_token(db, args.name, args.max_active_jobs, admin=args.admin)
+        print(f"token {row.id} ({row.name}{', admin' if row.admin else ''}): {secret}")
+        print(f"callback signing secret: {row.callback_secret}")
+        print("keep them: the token is not stored and cannot be shown again (send it as 'Authorization: Bearer "
+              "<token>'); callbacks of this token's jobs carry X-Circuitry-Signature, an HMAC-SHA256 with the "
+              "signing secret (docs/service.md)")
     elif args.tokens_command == "revoke":
         row = revoke_token(db, args.id)
         print(f"token {row.id} ({row.name}) revoked")

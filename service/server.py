@@ -51,6 +51,13 @@ class _Together:
         for p in reversed(self.parts):
             p.stop()
 
+    def health(self) -> tuple[bool, str | None]:
+        for p in self.parts:
+            ok, why = p.health() if hasattr(p, "health") else (True, None)
+            if not ok:
+                return ok, why
+        return True, None
+
 
 def _config(app, **kw) -> uvicorn.Config:
     # no access log: one line per request costs more than the request itself at benchmark rates

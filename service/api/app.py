@@ -11,7 +11,7 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,7 +33,7 @@ from ..jobs.models_access import resolve_model
 from ..problems import ApiError, NotFound, Unauthorized, Unprocessable
 from ..jobs.queue import Queue
 from ..store.results import get_artifact
-from ..store.tables import TERMINAL, CircuitNode, CircuitRow
+from ..store.tables import TERMINAL, CircuitNode, CircuitRow, Job, owned_circuit
 from ..store.tokens import find_token
 from .views import circuit_view, event_view, job_view
 
@@ -45,6 +45,19 @@ _PROBLEM_RESPONSES = {code: {"model": schemas.Problem, "content": {PROBLEM: {}},
                       for code, text in ((400, "Bad request"), (401, "Missing or wrong token"), (404, "Not found"),
                                          (409, "Conflict"), (413, "Body too large"), (422, "Invalid request"),
                                          (429, "Too many active jobs"))}
+
+
+class Caller(NamedTuple):
+    """Who is calling: the owner key of its token (a token id, or "-" without auth), its active-job
+    limit, and whether it is an admin token (it sees and changes every owner's data)."""
+    owner: str
+    limit: int | None
+    admin: bool = False
+
+    @property
+    def scope(self) -> str | None:
+        """The owner whose data the caller may see (None: every owner's)."""
+        return None if self.admin else self.owner
 
 
 def problem(status: int, title: str, detail: str, *, errors=None, headers=None, instance=None) -> JSONResponse:
@@ -139,10 +152,10 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     # ------------------------------------------------------------------------------- auth
-    async def owner(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> tuple[str, int | None]:
-        """(owner key, its active-job limit) of the caller."""
+    async def owner(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Caller:
+        """The caller: its owner key, active-job limit and scope (without auth, one local admin)."""
         if not settings.auth:
-            return "-", settings.max_active_jobs
+            return Caller("-", settings.max_active_jobs, True)
         if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
             raise Unauthorized("missing API token: send 'Authorization: Bearer <token>' (create one with "
                                "'circuitry tokens create --name NAME')")
@@ -150,9 +163,9 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
         if token is None:
             raise Unauthorized("the API token is unknown or revoked; check it, or create a new one with "
                                "'circuitry tokens create --name NAME'")
-        return str(token.id), token.max_active_jobs or settings.max_active_jobs
+        return Caller(str(token.id), token.max_active_jobs or settings.max_active_jobs, bool(token.admin))
 
-    Owner = Annotated[tuple, Depends(owner)]
+    Owner = Annotated[Caller, Depends(owner)]
 
     # ------------------------------------------------------------------------------- jobs
     # Submissions are validated on the event loop and written by one thread of their own: SQLite takes
@@ -191,19 +204,20 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
                   cursor: Annotated[str | None, Query(max_length=64)] = None,
                   limit: Annotated[int, Query(ge=1, le=200)] = 50):
         """Jobs, newest first, one page at a time (follow next_cursor)."""
-        rows = queue.list(status=status, model=model, task=task, before_seq=_parse_cursor(cursor), limit=limit + 1)
+        rows = queue.list(owner=who.scope, status=status, model=model, task=task, before_seq=_parse_cursor(cursor),
+                          limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         return schemas.JobList(items=[job_view(j) for j in rows], next_cursor=_cursor(rows[-1].seq) if more else None)
 
     @app.get("/v1/jobs/{job_id}", response_model=schemas.Job, tags=["jobs"], responses=_PROBLEM_RESPONSES)
     def get_job(job_id: str, who: Owner):
-        return job_view(queue.get(job_id))
+        return job_view(queue.get(job_id, who.scope))
 
     @app.post("/v1/jobs/{job_id}/cancel", response_model=schemas.Job, tags=["jobs"], responses=_PROBLEM_RESPONSES)
     def cancel_job(job_id: str, who: Owner):
         """Cancel a queued or running job (a running job's result, if it still arrives, is discarded)."""
-        return job_view(queue.cancel(job_id))
+        return job_view(queue.cancel(job_id, who.scope))
 
     @app.get("/v1/jobs/{job_id}/events", tags=["jobs"],
              responses={200: {"model": schemas.JobEventList, "description": "the job's events; with "
@@ -213,7 +227,7 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
     async def job_events(job_id: str, who: Owner, request: Request,
                          after: Annotated[int, Query(ge=0, le=2**62)] = 0,
                          last_event_id: Annotated[str | None, Header(max_length=32)] = None):
-        await run_in_threadpool(queue.get, job_id)  # 404 for an unknown job
+        await run_in_threadpool(queue.get, job_id, who.scope)  # 404 for an unknown job, or another owner's
         if "text/event-stream" not in request.headers.get("accept", ""):
             events = await run_in_threadpool(queue.events, job_id, after)
             return schemas.JobEventList(items=[event_view(e) for e in events])
@@ -254,6 +268,8 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
                       cursor: Annotated[str | None, Query(max_length=64)] = None,
                       limit: Annotated[int, Query(ge=1, le=200)] = 50):
         q = select(CircuitRow).order_by(CircuitRow.seq.desc()).limit(limit + 1)
+        if who.scope is not None:
+            q = q.join(Job, Job.id == CircuitRow.job_id).where(Job.owner == who.scope)
         for column, value in ((CircuitRow.model, model), (CircuitRow.revision, revision), (CircuitRow.task, task),
                               (CircuitRow.method, method)):
             if value is not None:
@@ -281,7 +297,7 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
         if format not in FORMATS:
             raise Unprocessable(f"format '{format[:40]}' is not known; use one of {', '.join(FORMATS)}")
         with db.read() as s:
-            row = s.scalar(select(CircuitRow).where(CircuitRow.id == circuit_id))
+            row = s.scalar(owned_circuit(circuit_id, who.scope))
             if row is None:
                 raise NotFound(f"no circuit with id '{circuit_id}'")
             content = get_artifact(s, row.artifact_sha256)
@@ -295,9 +311,14 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
         return Response(body, media_type=media_type, headers=headers)
 
     @app.get("/healthz", tags=["service"])
-    def health() -> dict:
-        """Liveness and queue depth (no token needed)."""
-        return {"status": "ok", "jobs": queue.counts()}
+    def health():
+        """Liveness, without a token and without any owner's data: 503 with the reason when this
+        process's dispatcher has not reached the store for longer than a job lease."""
+        dispatcher = getattr(app.state, "dispatcher", None)
+        ok, why = dispatcher.health() if hasattr(dispatcher, "health") else (True, None)
+        if not ok:
+            return JSONResponse({"status": "unavailable", "reason": why}, status_code=503)
+        return {"status": "ok"}
 
     from .watches import watch_router
     app.include_router(watch_router(db, queue, settings, Owner, _PROBLEM_RESPONSES))

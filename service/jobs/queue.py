@@ -197,10 +197,16 @@ class Queue:
         return count
 
     # ------------------------------------------------------------------------------- clients
-    def cancel(self, job_id: str) -> Job:
+    # Reads and changes for clients take `owner`: another owner's job is "not found" (None: any owner,
+    # the admin scope and the service's own workers).
+    @staticmethod
+    def _mine(job_id: str, owner: str | None):
+        return and_(Job.id == job_id, Job.owner == owner) if owner is not None else Job.id == job_id
+
+    def cancel(self, job_id: str, owner: str | None = None) -> Job:
         now = time.time()
         with self.db.write() as s:
-            job = s.scalar(select(Job).where(Job.id == job_id).with_for_update())
+            job = s.scalar(select(Job).where(self._mine(job_id, owner)).with_for_update())
             if job is None:
                 raise NotFound(f"no job with id '{job_id}'")
             if job.status in TERMINAL:
@@ -212,17 +218,19 @@ class Queue:
                    at=now)
         return job
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, owner: str | None = None) -> Job:
         with self.db.read() as s:
-            job = s.scalar(select(Job).where(Job.id == job_id))
+            job = s.scalar(select(Job).where(self._mine(job_id, owner)))
         if job is None:
             raise NotFound(f"no job with id '{job_id}'")
         return job
 
-    def list(self, *, status: str | None = None, model: str | None = None, task: str | None = None,
-             before_seq: int | None = None, limit: int = 50) -> list[Job]:
+    def list(self, *, owner: str | None = None, status: str | None = None, model: str | None = None,
+             task: str | None = None, before_seq: int | None = None, limit: int = 50) -> list[Job]:
         """Newest first; `before_seq` is the cursor (the last seq of the previous page)."""
         q = select(Job).order_by(Job.seq.desc()).limit(limit)
+        if owner is not None:
+            q = q.where(Job.owner == owner)
         if status:
             q = q.where(Job.status == status)
         if model:

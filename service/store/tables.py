@@ -14,6 +14,14 @@ LEASED = ("running", "labeling")  # states a worker holds with a lease
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
+def owned_circuit(circuit_id: str, owner: str | None):
+    """SELECT the circuit with this id, if its job belongs to `owner` (None: any owner)."""
+    from sqlalchemy import select
+
+    q = select(CircuitRow).where(CircuitRow.id == circuit_id)
+    return q if owner is None else q.join(Job, Job.id == CircuitRow.job_id).where(Job.owner == owner)
+
+
 def iso(t: float | None) -> str | None:
     """A stored time as ISO 8601 text (UTC, milliseconds)."""
     return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
@@ -32,6 +40,9 @@ class ApiToken(Base):
     max_active_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)  # sees and changes every owner's data
+    # HMAC-SHA256 key of this token's job callbacks (shown once at creation, with the token)
+    callback_secret: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class Job(Base):

@@ -21,13 +21,16 @@ def hash_token(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_token(db: Database, name: str, max_active_jobs: int | None = None) -> tuple[ApiToken, str]:
-    """A new token and its secret (the only time the secret is available)."""
+def create_token(db: Database, name: str, max_active_jobs: int | None = None, *,
+                 admin: bool = False) -> tuple[ApiToken, str]:
+    """A new token and its secret (the only time the secret is available). An admin token sees and
+    changes every owner's jobs, circuits and watches; any other token only its own. The row's
+    callback_secret signs the callbacks of the token's jobs."""
     if not name.strip():
         raise UserError("a token needs a name (--name), e.g. the program or person using it")
     secret = PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(name=name, token_hash=hash_token(secret), prefix=secret[:10], max_active_jobs=max_active_jobs,
-                   created_at=time.time())
+                   created_at=time.time(), admin=bool(admin), callback_secret=secrets.token_hex(32))
     with db.write() as s:
         s.add(row)
     return row, secret
@@ -49,10 +52,10 @@ def list_tokens(db: Database) -> list[ApiToken]:
 
 
 def find_token(db: Database, secret: str):
-    """(id, max_active_jobs) of the live token with this secret, or None (unknown or revoked). Every
+    """(id, max_active_jobs, admin) of the live token with this secret, or None (unknown or revoked). Every
     request asks this, so it is one indexed Core query rather than an ORM load (measured: a fifth of a
     submission's CPU went to the ORM path)."""
     with db.engine.connect() as conn:
-        row = conn.execute(select(ApiToken.id, ApiToken.max_active_jobs).where(
+        row = conn.execute(select(ApiToken.id, ApiToken.max_active_jobs, ApiToken.admin).where(
             ApiToken.token_hash == hash_token(secret), ApiToken.revoked_at.is_(None))).first()
     return row

@@ -17,7 +17,7 @@ from ..store.db import Database
 from ..problems import NotFound
 from ..store.results import get_artifact
 from .scheduler import check_cron
-from ..store.tables import CircuitRow, Job, Watch, WatchCheckpoint, iso
+from ..store.tables import Job, Watch, WatchCheckpoint, iso, owned_circuit
 from .sources import check_pattern, resolve_source
 
 
@@ -47,23 +47,30 @@ def create_watch(db: Database, settings: Settings, body: ws.WatchRequest, owner:
     return row
 
 
-def get_watch(db: Database, watch_id: str) -> Watch:
+def _mine(watch_id: str, owner: str | None):
+    """The watch with this id, if `owner` owns it (None: any owner); another owner's is not found."""
+    q = select(Watch).where(Watch.id == watch_id)
+    return q if owner is None else q.where(Watch.owner == owner)
+
+
+def get_watch(db: Database, watch_id: str, owner: str | None = None) -> Watch:
     with db.read() as s:
-        row = s.scalar(select(Watch).where(Watch.id == watch_id))
+        row = s.scalar(_mine(watch_id, owner))
     if row is None:
         raise NotFound(f"no watch with id '{watch_id}'")
     return row
 
 
-def list_watches(db: Database) -> list[Watch]:
+def list_watches(db: Database, owner: str | None = None) -> list[Watch]:
+    q = select(Watch).order_by(Watch.seq)
     with db.read() as s:
-        return list(s.scalars(select(Watch).order_by(Watch.seq)))
+        return list(s.scalars(q if owner is None else q.where(Watch.owner == owner)))
 
 
-def remove_watch(db: Database, watch_id: str) -> Watch:
+def remove_watch(db: Database, watch_id: str, owner: str | None = None) -> Watch:
     """Stop scanning: the watch and its record go; its jobs and circuits stay."""
     with db.write() as s:
-        row = s.scalar(select(Watch).where(Watch.id == watch_id))
+        row = s.scalar(_mine(watch_id, owner))
         if row is None:
             raise NotFound(f"no watch with id '{watch_id}'")
         s.execute(delete(WatchCheckpoint).where(WatchCheckpoint.watch_id == watch_id))
@@ -101,14 +108,15 @@ def watch_view(db: Database, row: Watch, *, with_checkpoints: bool = False) -> w
         checkpoints=checkpoints(db, row.id) if with_checkpoints else None)
 
 
-def load_circuit(db: Database, circuit_id: str):
+def load_circuit(db: Database, circuit_id: str, owner: str | None = None):
     """A stored circuit as a LabeledCircuit (plain circuits read as one with no labels)."""
     try:
         from labeling.schema import LabeledCircuit as Model
     except ImportError:  # a server without the labeling package: plain circuits
         from discovery.circuit import Circuit as Model
     with db.read() as s:
-        digest = s.scalar(select(CircuitRow.artifact_sha256).where(CircuitRow.id == circuit_id))
+        row = s.scalar(owned_circuit(circuit_id, owner))
+        digest = row.artifact_sha256 if row is not None else None
         content = get_artifact(s, digest) if digest else None
     if content is None:
         raise NotFound(f"no circuit with id '{circuit_id}'")

@@ -1,0 +1,97 @@
+"""A dispatcher that heals: database errors injected into claim() (longer than a lease) and into
+storing a result; the queue keeps going with one slot, /healthz says 503 with the reason while the
+store is unreachable and ok again after, and the result is stored exactly once."""
+
+import threading
+import time
+
+import httpx
+import pytest
+from service_helpers import job_body, make_model_root, settings, wait_for
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+
+from service.jobs.queue import Queue
+from service.server import BackgroundServer, build_app
+from service.store.db import Database
+from service.store.tables import CircuitRow
+from service.store.tokens import create_token
+
+
+class Faults:
+    """Makes the wrapped Queue method raise a database error while `until` is in the future, or for
+    the next `count` calls."""
+
+    def __init__(self, monkeypatch, name: str):
+        self.until, self.count, self.raised = 0.0, 0, 0
+        self.lock = threading.Lock()
+        real = getattr(Queue, name)
+
+        def wrapper(queue, *args, **kw):
+            with self.lock:
+                fail = time.monotonic() < self.until or self.count > 0
+                if fail:
+                    self.count = max(0, self.count - 1)
+                    self.raised += 1
+            if fail:
+                raise OperationalError("injected", {}, Exception("database is locked"))
+            return real(queue, *args, **kw)
+
+        monkeypatch.setattr(Queue, name, wrapper)
+
+
+@pytest.fixture()
+def svc(tmp_path):
+    s = settings(tmp_path, make_model_root(tmp_path), lease_s=1.0, heartbeat_s=0.2, concurrency=1)
+    db = Database(s.resolved_database_url())
+    db.migrate()
+    _, secret = create_token(db, "t")
+    server = BackgroundServer(build_app(s, dispatcher=True, db=db)).start()
+    client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+    yield client, db
+    client.close()
+    server.stop()
+
+
+def test_claim_errors_longer_than_a_lease(svc, monkeypatch):
+    client, db = svc
+    faults = Faults(monkeypatch, "claim")
+    faults.until = time.monotonic() + 2.5  # the store "unreachable" for 2.5 leases
+    job = client.post("/v1/jobs", json=job_body()).json()  # the API still accepts jobs
+    seen_503 = None
+    while time.monotonic() < faults.until:
+        r = client.get("/healthz")
+        if r.status_code == 503:
+            seen_503 = r.json()
+        time.sleep(0.1)
+    assert faults.raised >= 3  # claim was retried (with backoff), not given up on
+    assert seen_503 is not None and seen_503["status"] == "unavailable", "healthz never said so"
+    assert "claim" in seen_503["reason"] and "database is locked" in seen_503["reason"]
+    done = wait_for(client, job["id"], timeout=60)  # the one slot was given back: the queue moves again
+    assert done["status"] == "succeeded", done
+    assert client.get("/healthz").json() == {"status": "ok"}
+    second = wait_for(client, client.post("/v1/jobs", json=job_body(seed=1)).json()["id"], timeout=60)
+    assert second["status"] == "succeeded"
+
+
+def test_errors_storing_the_result_are_retried_once_stored(svc, monkeypatch):
+    client, db = svc
+    faults = Faults(monkeypatch, "complete")
+    faults.count = 3
+    done = wait_for(client, client.post("/v1/jobs", json=job_body()).json()["id"], timeout=60)
+    assert done["status"] == "succeeded" and faults.raised == 3
+    with db.read() as s:
+        assert s.scalar(select(func.count()).select_from(CircuitRow).where(CircuitRow.job_id == done["id"])) == 1
+
+
+def test_errors_recording_a_failure_are_retried(svc, monkeypatch):
+    client, db = svc
+    faults = Faults(monkeypatch, "fail")
+    faults.count = 2
+    bad = job_body(task={"rows": [{"clean_ids": [1, 2, 3], "corrupted_ids": [1, 2, 4], "answer_id": 10**6,
+                                   "wrong_id": 2}]})  # an id outside the vocabulary: fails when it runs
+    r = client.post("/v1/jobs", json=bad)
+    if r.status_code == 422:  # refused at submission (the vocabulary is checked there): nothing to record
+        pytest.skip("out-of-vocabulary ids are refused at submission")
+    done = wait_for(client, r.json()["id"], timeout=60)
+    assert done["status"] == "failed" and faults.raised == 2
