@@ -31,7 +31,7 @@ def work(tmp_path_factory):
     EAP circuit of each, labeled by hand for the GPT-2 one."""
     d = tmp_path_factory.mktemp("export")
     (d / "task.jsonl").write_text("".join(json.dumps(r) + "\n" for r in token_rows(n=8)))
-    for fam in ("gpt2", "llama"):
+    for fam in ("gpt2", "llama", "neox"):  # neox: parallel attention and MLP
         tiny.build(fam, n_layers=2).save_pretrained(d / fam)
         assert main(["discover", "--model", str(d / fam), "--task", str(d / "task.jsonl"), "--method", "eap",
                      "--top-n", "30", "--no-curve", "--quiet", "--out", str(d / f"{fam}.json")]) == 0
@@ -118,14 +118,17 @@ def test_gqa_exports_per_query_head_names(work, capsys, name):
 
 
 @pytest.mark.parametrize("fmt", ["mib", "mib-pt"])
-@pytest.mark.parametrize("name", ["gpt2", "llama", "grouped", "node", "neuron"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "grouped", "neox", "node", "neuron"])
 def test_exported_mib_evaluates_to_the_same_metric(work, capsys, name, fmt):
     """A grouped circuit's MIB file (per query head) evaluates on the per-query-head graph to the
     grouped circuit's metric: a group's k/v edge is exactly all of its query heads' k/v edges."""
-    model = "llama" if name in ("llama", "grouped") else "gpt2"
+    model = {"llama": "llama", "grouped": "llama", "neox": "neox"}.get(name, "gpt2")
     code, original = _evaluate(capsys, work, model, work / f"{name}.json")
     assert code == 0
-    code, imported = _evaluate(capsys, work, model, _export(capsys, work, name, fmt))
+    path = _export(capsys, work, name, fmt)
+    ref = RefGraph.from_pt(path) if fmt == "mib-pt" else RefGraph.from_json(path)
+    assert ref.parallel == (name == "neox") and not (ref.in_graph & ~ref.real).any()
+    code, imported = _evaluate(capsys, work, model, path)
     assert code == 0, imported
     for key in ("clean", "corrupted", "circuit", "faithfulness"):
         assert imported[key] == pytest.approx(original[key], rel=1e-9), key
@@ -147,10 +150,14 @@ def test_mib_node_and_neuron_entries(work, capsys, level):
         if level == "node" and n.get("score") is not None:
             assert entry["score"] == pytest.approx(-n["score"])  # a loss change, as the edge scores
         if level == "neuron":
-            assert len(entry["neurons"]) == 32 and [i for i, k in enumerate(entry["neurons"]) if k] == (n["neurons"] or [])
+            mask, values = entry["neurons"], entry["neurons_scores"]
+            if n["kind"] == "attention":  # to_json writes a head's layer slice: row h is head h
+                assert len(mask) == 4
+                mask, values = mask[n["head"]], values[n["head"]]
+            assert len(mask) == 32 and [i for i, k in enumerate(mask) if k] == (n["neurons"] or [])
             for i, v in zip(n["neurons"] or [], n["neuron_scores"] or []):
                 if v is not None:
-                    assert entry["neurons_scores"][i] == pytest.approx(-v)
+                    assert values[i] == pytest.approx(-v)
     if level == "neuron":
         pt = torch.load(_export(capsys, work, level, "mib-pt"), weights_only=True)
         assert pt["neurons_in_graph"].shape == (len(ref.node_names) - 1, 32)
@@ -221,7 +228,8 @@ def test_mib_submission_importances_and_circuits(tmp_path, capsys):
     for p, path in zip(PERCENTAGES, paths):
         g = RefGraph.from_pt(path)
         n = int(g.in_graph.sum())
-        assert n <= int(p / 100 * 32491) and not g.scores.any()  # at most p% of edges; membership only
+        assert n <= int(p / 100 * 32491)  # at most p% of edges
+        np.testing.assert_allclose(g.scores, ref.scores, rtol=1e-6)  # scores too: EAP-IG's loaders want them
         counts.append(n)
     assert counts == sorted(counts) and counts[-1] > 0.4 * 32491  # random scores: pruning empties the smallest
 

@@ -18,7 +18,9 @@ The JSON document: `{"cfg": {n_layers, n_heads, parallel_attn_mlp, d_model}, "no
 {"in_graph": bool[, "score": float]}}, "edges": {name: {"score": float, "in_graph": bool}}}`, every node
 (`logits` too, always in the graph) and every edge of the graph; a node-level circuit adds node
 `score`s, a neuron-level one each node's `neurons` (bool per output dimension) and `neurons_scores`
-(NaN where unscored, which JSON writes as the `NaN` token Python's json reads). Scores are changes of the loss as MIB
+(NaN where unscored, which JSON writes as the `NaN` token Python's json reads); as `to_json` indexes
+a head's row with its layer's slice, a head's entries are its whole layer's, `[n_heads][d_model]`
+(`from_json` writes them back the same way). Scores are changes of the loss as MIB
 attributes them (`common.loss_sign`: circuitry's logit-difference scores negated); a null score is 0.
 """
 
@@ -156,7 +158,13 @@ def to_mib(data: dict, d_model: int | None = None, *, scores: bool = True) -> di
         if scores and name in nscore and name != "logits":
             nodes[name]["score"] = nscore[name]
         if per_neuron is not None and name != "logits":
-            mask, nscores = per_neuron.get(name, ([False] * config["d_model"], [float("nan")] * config["d_model"]))
+            empty = ([False] * config["d_model"], [float("nan")] * config["d_model"])
+            if name.startswith("a"):  # to_json indexes a head with its layer's slice: every head of the layer
+                layer = name[1:].split(".")[0]
+                rows = [per_neuron.get(f"a{layer}.h{h}", empty) for h in range(shape["n_heads"])]
+                mask, nscores = [r[0] for r in rows], [r[1] for r in rows]
+            else:
+                mask, nscores = per_neuron.get(name, empty)
             nodes[name]["neurons"] = mask
             if scores:
                 nodes[name]["neurons_scores"] = nscores

@@ -131,7 +131,11 @@ def _from_json(path: str, d) -> MibGraph:
         if isinstance(node.get("score"), (int, float)) and node["score"] == node["score"]:  # NaN: unscored
             node_scores[name] = float(node["score"])
         if node.get("neurons") is not None:
-            neurons[name] = (list(node["neurons"]), node.get("neurons_scores"))
+            kept, values = list(node["neurons"]), node.get("neurons_scores")
+            if kept and isinstance(kept[0], list):  # a head's entry holds its layer's rows (to_json's slice)
+                head = int(name.split(".h")[1]) if ".h" in name else 0
+                kept, values = kept[head], (values[head] if values is not None else None)
+            neurons[name] = (kept, values)
     return MibGraph(path, d["cfg"], edges, node_scores, neurons)
 
 

@@ -5,8 +5,9 @@ code): one folder per task and model, named `{task}_{model}` (e.g. `ioi_gpt2`,
   builds its own circuits at each edge percentage; or
 - nine thresholded circuits (`--circuits`), one per edge percentage p in 0.1, 0.2, 0.5, 1, 2, 5, 10,
   20, 50: at most floor(p/100 · total edges) edges, the top ones by |score| then pruned (edges with no
-  path from the input to the logits dropped, as MIB's `apply_topn` does), membership only, in
-  `circuit_{p}.json` (or `.pt`). MIB reads every .json / .pt of the folder, so nothing else is put
+  path from the input to the logits dropped, as MIB's `apply_topn` does), in `circuit_{p}.json` (or
+  `.pt`), scores included (MIB's loader reads only the membership; EAP-IG's `Graph.from_json` needs
+  the scores). MIB reads every .json / .pt of the folder, so nothing else is put
   there.
 MIB evaluates only its own models and tasks, so both names and the model's shape are checked: the
 circuit's EAP-IG graph must have exactly as many edges as MIB's graph of that model (gpt2: 32,491)."""
@@ -53,8 +54,7 @@ def _circuit_at(data: dict, score: dict[str, float], n: int) -> dict:
     keep = prune(graph, keep)
     inside = nodes_in_circuit(graph, keep)
     model = dict(data["model"], n_kv_heads=n_heads)
-    # membership only: these circuits are written without scores
-    return dict(data, model=model, edges=[{"name": name, "score": None, "in_circuit": bool(k)}
+    return dict(data, model=model, edges=[{"name": name, "score": -score.get(name, 0.0), "in_circuit": bool(k)}
                                           for name, k in zip(graph.edge_names, keep)],
                 nodes=[{"id": nid, "in_circuit": nid in inside} for nid in graph.node_ids()])
 
@@ -76,17 +76,18 @@ def write_submission(data: dict, out_dir: str, task: str, model: str, *, circuit
                         "so give an empty folder")
     ext = ".pt" if pt else ".json"
 
-    def write(doc: dict, name: str, scores: bool) -> Path:
+    def write(doc: dict, name: str) -> Path:
         path = folder / f"{name}{ext}"
         if pt:
             from .mib_pt import to_mib_pt
-            path.write_bytes(to_mib_pt(doc, d_model, scores=scores))
+            path.write_bytes(to_mib_pt(doc, d_model))
         else:
-            path.write_text(json.dumps(mib.to_mib(doc, d_model, scores=scores)))
+            path.write_text(json.dumps(mib.to_mib(doc, d_model)))
         return path
 
     if not circuits:
-        return [write(data, "importances", True)]
+        return [write(data, "importances")]
     score = mib.graph_values(data)[2]
-    return [write(_circuit_at(data, score, int(p / 100 * total)), f"circuit_{p:g}", False)
-            for p in PERCENTAGES]
+    # scores written too: MIB's loader ignores them, EAP-IG's Graph.from_json requires them
+    return [write(dict(_circuit_at(data, score, int(p / 100 * total)), metrics={"metric": "logit_diff"}),
+                  f"circuit_{p:g}") for p in PERCENTAGES]
