@@ -37,6 +37,8 @@ def work(tmp_path_factory):
                      "--top-n", "30", "--no-curve", "--quiet", "--out", str(d / f"{fam}.json")]) == 0
     assert main(["discover", "--model", str(d / "llama"), "--task", str(d / "task.jsonl"), "--method", "eap",
                  "--top-n", "30", "--no-curve", "--quiet", "--kv-edges", "grouped", "--out", str(d / "grouped.json")]) == 0
+    assert main(["discover", "--model", str(d / "gpt2"), "--task", str(d / "task.jsonl"), "--method", "eap",
+                 "--top-n", "40", "--no-curve", "--quiet", "--positions", "--out", str(d / "positional.json")]) == 0
     for level in ("node", "neuron"):
         assert main(["discover", "--model", str(d / "gpt2"), "--task", str(d / "task.jsonl"), "--method", "eap",
                      "--top-n", "40" if level == "neuron" else "6", "--no-curve", "--quiet", "--level", level,
@@ -318,6 +320,25 @@ def test_neuronpedia_needs_the_representative_row(work, capsys, tmp_path):
     (tmp_path / "old.json").write_text(json.dumps(data))
     assert main(["export", str(tmp_path / "old.json"), "--format", "neuronpedia", "--out", str(tmp_path / "o")]) == 2
     assert "representative row" in capsys.readouterr().err
+
+
+def test_position_aware_circuit_exports(work, capsys, tmp_path):
+    """--positions: a Neuronpedia node per component and position (ctx_idx = the position), node-link
+    edges keyed by slot and position pair; MIB has no positional form and says so."""
+    data = _doc(work, "positional")
+    kept = [e for e in data["edges"] if e["in_circuit"]]
+    g = json.loads(export(data, "neuronpedia"))
+    jsonschema.validate(g, SCHEMA)
+    nodes = {n["node_id"]: n for n in g["nodes"]}
+    for e in kept:
+        src, dst = nodes[f"{e['source']}@{e['src_pos']}"], nodes[f"{e['target']}@{e['dst_pos']}"]
+        assert (src["ctx_idx"], dst["ctx_idx"]) == (e["src_pos"], e["dst_pos"])
+    assert len({(n["layer"], n["feature"], n["ctx_idx"]) for n in g["nodes"]}) == len(g["nodes"])
+    assert all(link["source"] in nodes and link["target"] in nodes for link in g["links"])
+    multi = nx.node_link_graph(json.loads(export(data, "node-link")))
+    assert multi.number_of_edges() == len(kept)
+    assert main(["export", str(work / "positional.json"), "--format", "mib", "--out", str(tmp_path / "m")]) == 2
+    assert "position-aware" in capsys.readouterr().err
 
 
 # --- networkx node-link and GraphML --------------------------------------------------------------------

@@ -42,6 +42,13 @@ def model_shape(data: dict) -> tuple[int, int, int, bool]:
     return n_layers, n_heads, int(m.get("n_kv_heads") or n_heads), bool(m.get("parallel_residual"))
 
 
+def refuse_positional(data: dict, fmt: str) -> None:
+    if data.get("positions"):
+        raise UserError(f"a position-aware circuit (--positions) has no {fmt} form: its graphs have one edge per "
+                        "component pair, not per position pair; export a circuit discovered without --positions "
+                        "(or use neuronpedia, node-link or graphml)")
+
+
 def per_head_edges(data: dict) -> list[tuple[str, float | None, bool, float]]:
     """Every edge of the circuit under MIB's names: (name, score, in_circuit, share).
 

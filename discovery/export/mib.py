@@ -27,7 +27,7 @@ attributes them (`common.loss_sign`: circuitry's logit-difference scores negated
 from __future__ import annotations
 
 from ..errors import UserError
-from .common import loss_sign, model_shape, per_head_edges
+from .common import loss_sign, model_shape, per_head_edges, refuse_positional
 
 
 def sources(n_layers: int, n_heads: int) -> list[str]:
@@ -88,6 +88,7 @@ def graph_values(data: dict) -> tuple[dict, list[tuple[str, int, int]], dict[str
 
     Every edge name of the file must be an edge of the EAP-IG graph of its model; edges the file does
     not list are out of the circuit with score 0."""
+    refuse_positional(data, "MIB / EAP-IG")
     n_layers, n_heads, _, parallel = model_shape(data)
     layout = edges(n_layers, n_heads, parallel)
     known = {name for name, _, _ in layout}

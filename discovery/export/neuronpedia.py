@@ -13,6 +13,9 @@ frontends read it:
   within the node's layer (head index H; n_heads + G for key/value head G; n_heads + n_kv_heads for
   the MLP; the answer's token id for the logits; 0 for the input), so the frontends' `layer_feature_ctx` ids are distinct.
   `ctx_idx`: the last prompt position, where the answer is read (components are not per position).
+  A position-aware circuit (`--positions`) has a node per component and position instead,
+  `node_id` `a1.h3@5`, at `ctx_idx` 5 (an edge's source at its `src_pos`, its target at `dst_pos`):
+  the per-token layout these frontends are built for.
   `feature_type`: `embedding`, `attention head`, `mlp`, `logit`. `clerp`: the component's label in a
   labeled circuit, else its id; the logit node's is `Output "<answer>" (p=0.123)` with the answer's
   probability on the representative row (the form both frontends parse the token and `p` from), and its
@@ -70,27 +73,41 @@ def to_neuronpedia(data: dict, scan: str | None = None, slug: str | None = None)
                         "since exports were added); re-run discover on this model and task to export it to Neuronpedia")
     n_layers, n_heads, n_kv, _ = model_shape(data)
     tokens = [str(t) for t in example["tokens"]]
-    ctx = len(tokens) - 1
+    last = len(tokens) - 1
+    positional = bool(data.get("positions"))
+    if positional and int(data["positions"]["n"]) != len(tokens):
+        raise UserError(f"the circuit's positions ({data['positions']['n']}) and its representative row "
+                        f"({len(tokens)} tokens) differ; the file is inconsistent")
     recs = labels(data)
     flip = loss_sign(data)  # weight = contribution to the behaviour: -score for logit_diff, +score for kl
+    by_id = {n["id"]: n for n in data.get("nodes") or []}
+
+    def end(node_id: str, pos) -> tuple[str, str, int]:
+        """(graph node id, component id, position): a position-aware circuit has a node per position."""
+        return (f"{node_id}@{pos}", node_id, int(pos)) if positional else (node_id, node_id, last)
 
     links: dict[tuple[str, str], dict] = {}
+    ends: dict[str, tuple[str, int]] = {}
     for e in data.get("edges") or []:
         if not e.get("in_circuit"):
             continue
-        link = links.setdefault((e["source"], e["target"]), {"source": e["source"], "target": e["target"],
-                                                              "weight": 0.0, "scores": {}})
+        (src, src_comp, src_pos), (dst, dst_comp, dst_pos) = end(e["source"], e.get("src_pos")), \
+            end(e["target"], e.get("dst_pos"))
+        ends[src], ends[dst] = (src_comp, src_pos), (dst_comp, dst_pos)
+        link = links.setdefault((src, dst), {"source": src, "target": dst, "weight": 0.0, "scores": {}})
         if e.get("score") is not None:
             link["weight"] += flip * float(e["score"])
         link["scores"][e.get("slot") or e["name"]] = e.get("score")
-    ends = {x for pair in links for x in pair}
-    kept = [n for n in data.get("nodes") or [] if n.get("in_circuit") or n["id"] in ends]
-    ids = {n["id"] for n in kept}
-    missing = ends - ids
+    if not positional:  # in-circuit nodes without in-circuit edges (hand-made files) are shown too
+        for n in data.get("nodes") or []:
+            if n.get("in_circuit"):
+                ends.setdefault(n["id"], (n["id"], last))
+    missing = sorted({comp for comp, _ in ends.values()} - set(by_id))
     if missing:
-        raise UserError(f"in-circuit edges end at {sorted(missing)[:3]}, which the circuit file's nodes do not list")
+        raise UserError(f"in-circuit edges end at {missing[:3]}, which the circuit file's nodes do not list")
+    kept = [(nid, by_id[comp], pos) for nid, (comp, pos) in ends.items()]
 
-    strength = {n["id"]: 0.0 for n in kept}
+    strength = {nid: 0.0 for nid, _, _ in kept}
     for (s, t), link in links.items():
         strength[s] += abs(link["weight"])
         strength[t] += abs(link["weight"])
@@ -101,13 +118,14 @@ def to_neuronpedia(data: dict, scan: str | None = None, slug: str | None = None)
         influence[nid] = min(1.0, running / total) if total > 0 else 1.0
 
     nodes = []
-    for n in kept:
+    order = {n["id"]: i for i, n in enumerate(data.get("nodes") or [])}
+    for nid, n, pos in sorted(kept, key=lambda k: (order[k[1]["id"]], k[2])):
         rec = recs.get(n["id"])
-        node = {"node_id": n["id"], "jsNodeId": n["id"], "feature": _feature(n, n_heads, n_kv, example),
-                "layer": _layer(n, n_layers), "ctx_idx": ctx, "feature_type": FEATURE_TYPES[n["kind"]],
+        node = {"node_id": nid, "jsNodeId": nid, "feature": _feature(n, n_heads, n_kv, example),
+                "layer": _layer(n, n_layers), "ctx_idx": pos, "feature_type": FEATURE_TYPES[n["kind"]],
                 "is_target_logit": n["kind"] == "logits", "token_prob": 0.0, "run_idx": 0, "reverse_ctx_idx": 0,
                 "clerp": rec["label"] if rec and rec.get("label") else n["id"],
-                "influence": influence[n["id"]], "activation": None}
+                "influence": influence[nid], "activation": None}
         if n["kind"] == "logits":
             p = float(example.get("answer_prob") or 0.0)
             node["token_prob"] = p

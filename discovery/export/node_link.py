@@ -7,8 +7,9 @@ names the edge list `edges`), giving a MultiDiGraph with one edge per reader slo
   labeled component `label`, `description`, `role_tags` (comma-separated: attributes stay scalar, so the
   same graph also writes as GraphML), `label_status`, `label_confidence`.
 - `edges[]`: `source`, `target` (the reading node: a head, a key/value head, an MLP, the logits), `key`
-  (the slot: `q`, `k`, `v`, `mlp`, `logits`; a head's three slots are three parallel edges), `name`
-  (the MIB edge name), `score` (NaN-free: null scores are left out), `in_circuit`.
+  (the slot: `q`, `k`, `v`, `mlp`, `logits`; a head's three slots are three parallel edges; in a
+  position-aware circuit `slot[src_pos->dst_pos]`, with `src_pos` and `dst_pos` attributes), `name`
+  (the edge name), `score` (NaN-free: null scores are left out), `in_circuit`.
 By default the circuit's nodes and edges only; `all_edges=True` writes every edge of the graph, with
 `in_circuit` telling the circuit apart.
 """
@@ -49,6 +50,9 @@ def to_node_link(data: dict, all_edges: bool = False) -> dict:
     for e in edges:
         edge = {"source": e["source"], "target": e["target"], "key": e.get("slot"), "name": e["name"],
                 "in_circuit": bool(e.get("in_circuit"))}
+        if e.get("src_pos") is not None:  # position-aware: one edge per slot and position pair
+            edge["key"] = f"{e.get('slot')}[{e['src_pos']}->{e['dst_pos']}]"
+            edge.update(src_pos=int(e["src_pos"]), dst_pos=int(e["dst_pos"]))
         if e.get("score") is not None:
             edge["score"] = float(e["score"])
         out_edges.append(edge)
