@@ -295,7 +295,8 @@ def cmd_discover(args) -> int:
             from labeling.cli import summary_line
 
             labeling = options.labeling
-            labeled = label_circuit(circuit, model, task, labeling.backend, **labeling.options.model_dump())
+            labeled = label_circuit(circuit, model, task, labeling.backend, **labeling.options.model_dump(),
+                                    progress=not args.quiet)
             labeled.save(out)
             print(summary_line(labeled, out))
     return 0

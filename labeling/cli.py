@@ -84,6 +84,8 @@ def cmd_label(args) -> int:
     if wants_llm:  # checked before the (possibly slow) model load
         llm = LLMConfig.from_env(base_url=args.base_url, model=args.llm_model, concurrency=args.concurrency,
                                  timeout_s=args.timeout, use_cache=not args.no_cache)
+        from .llm import LLMClient
+        LLMClient(llm).check()  # an unreachable endpoint: one line now, not after the model load
     name = args.model or circuit.model.name
     if name.startswith("<"):
         raise UserError(f"the circuit file names no loadable model ({name}); give --model")
@@ -99,7 +101,8 @@ def cmd_label(args) -> int:
     components = [c.strip() for c in args.components.split(",") if c.strip()] if args.components else None
     from .evidence import EvidenceConfig
     labeled = label_circuit(circuit, model, task, args.backend, components=components, scorer=args.scorer, llm=llm,
-                            evidence=EvidenceConfig(seed=args.seed, batch_size=args.batch_size))
+                            evidence=EvidenceConfig(seed=args.seed, batch_size=args.batch_size),
+                            progress=not args.quiet)
     labeled.save(args.out)
     if args.neuronpedia:
         save_neuronpedia(labeled, args.neuronpedia)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .schema import HeadEvidence, LabelRecord, MLPEvidence, Provenance
 
-LABELER_VERSION = "heuristic-v1"
+LABELER_VERSION = "heuristic-v2"  # v2: induction only from repeated random tokens; statuses by labeling/verify.py
 
 THRESHOLDS = {
     "previous_token": 0.4,  # mean attention to the previous token (as discovery/toy/ground_truth.py)
@@ -47,12 +47,14 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-def _where(ev: HeadEvidence, name: str, min_queries: int = THRESHOLDS["min_queries"]) -> tuple[float, str]:
+def _where(ev: HeadEvidence, name: str, min_queries: int = THRESHOLDS["min_queries"],
+           repeated_only: bool = False) -> tuple[float, str]:
     """The best score of a pattern over the datasets that measured it on enough queries (a score over
-    a handful of chance repeats in short random prompts is noise), and a phrase naming the values."""
+    a handful of chance repeats in short random prompts is noise), and a phrase naming the values.
+    repeated_only: only the repeated random tokens count (induction's own test, labeling/verify.py)."""
     vals = [(getattr(p, name), p.n_queries.get(name, min_queries),
              "repeated random tokens" if p.data.source == "repeated_random_tokens" else "the task prompts")
-            for p in ev.patterns]
+            for p in ev.patterns if not repeated_only or p.data.source == "repeated_random_tokens"]
     vals = [(v, n, w) for v, n, w in vals if v is not None and n >= min_queries]
     best = max((v for v, _, _ in vals), default=0.0)
     text = ", ".join(f"{_fmt(v)} on {w}" for v, _, w in vals)
@@ -73,7 +75,7 @@ def label_head(node: str, ev: HeadEvidence, max_direct: float, thresholds: dict 
                            provenance=_provenance())
     fired = []  # (score, pattern)
     for name in PATTERN_ROLES:
-        best, _ = _where(ev, name, th["min_queries"])
+        best, _ = _where(ev, name, th["min_queries"], repeated_only=name == "induction")
         if best >= th[name]:
             fired.append((best, name))
     fired.sort(key=lambda x: -x[0])
@@ -99,7 +101,7 @@ def label_head(node: str, ev: HeadEvidence, max_direct: float, thresholds: dict 
     sentences = []
     if fired:
         score, name = fired[0]
-        _, where = _where(ev, name, th["min_queries"])
+        _, where = _where(ev, name, th["min_queries"], repeated_only=name == "induction")
         label = PATTERN_ROLES[name][1]
         sentences.append(f"It {PATTERN_ROLES[name][2]} ({PATTERN_NAMES[name]} score {where}).")
         confidence = min(1.0, max(0.0, score))

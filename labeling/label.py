@@ -6,21 +6,26 @@ object and never mutates the circuit it is given."""
 from __future__ import annotations
 
 import random
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from tqdm.auto import tqdm
+
 from discovery.circuit import Circuit
-from discovery.errors import UserError
+from discovery.errors import TaskError, UserError
 from discovery.graph import Graph
 from discovery.models import LoadedModel
 from discovery.tasks import Task
 
 from . import heuristic, prompts
-from .evidence import EvidenceConfig, TokenNames, collect_evidence
+from .detection import detection_score, heldout_positions, llm_detection_score, measured_effects
+from .evidence import EvidenceConfig, TokenNames, collect_evidence, split_rows
 from .llm import LLMClient, LLMConfig, llm_configured
 from .schema import (LABELED_SCHEMA_VERSION, EdgeLabel, LabeledCircuit, LabelingInfo, LabelRecord, Provenance,
-                     Usage)
+                     ScoreResult, Usage)
 from .scoring import agreement_head, agreement_mlp, llm_score
+from .verify import verify
 
 BACKENDS = ("heuristic", "openai")
 SCORERS = ("auto", "evidence_agreement", "llm")
@@ -53,14 +58,31 @@ def _check(circuit: Circuit, model: LoadedModel, components: list[str]) -> None:
         raise UserError(f"cannot label {bad[0]!r}: components are heads 'a{{L}}.h{{H}}' and MLPs 'm{{L}}' of this model")
 
 
+def _detection_metric(circuit: Circuit):
+    """(metric, intervention) the circuit was found with, or (None, why) when they cannot be rebuilt."""
+    from discovery.errors import UserError as _UE
+    from discovery.metrics import resolve_metric
+
+    params = circuit.method.params or {}
+    name = params.get("metric") or circuit.metrics.metric
+    try:
+        metric = resolve_metric(name)
+    except _UE:
+        return None, f"the circuit's metric '{name}' cannot be rebuilt from its name"
+    return metric, params.get("intervention") or "patching"
+
+
 def label_circuit(circuit: Circuit, model: LoadedModel, task: Task, backend: str = "heuristic", *,
                   components: list[str] | None = None, seed: int = 0, evidence: EvidenceConfig | None = None,
-                  scorer: str = "auto", llm: LLMConfig | None = None, thresholds: dict | None = None) -> LabeledCircuit:
+                  scorer: str = "auto", llm: LLMConfig | None = None, thresholds: dict | None = None,
+                  progress: bool = False) -> LabeledCircuit:
     """Labels for the circuit's heads and MLPs (or the given `components`), each scored on held-out data.
 
     backend: "heuristic" (offline) or "openai" (any OpenAI-compatible endpoint; `llm` or the environment).
     scorer: "auto" (the LLM when one is configured, else the evidence agreement check), "llm" or
-    "evidence_agreement". seed: the evidence seed (repeated tokens, token samples, decoys)."""
+    "evidence_agreement". Every label is also scored by detection (labeling/detection.py), and its
+    status set by labeling/verify.py. seed: the evidence seed (repeated tokens, token samples, decoys).
+    progress: a bar over components on stderr."""
     started = time.perf_counter()
     if backend not in BACKENDS:
         raise UserError(f"unknown labeling backend '{backend}'; choose one of {', '.join(BACKENDS)}")
@@ -73,8 +95,13 @@ def label_circuit(circuit: Circuit, model: LoadedModel, task: Task, backend: str
         llm = LLMConfig.from_env()
     use_llm_scorer = scorer == "llm" or (scorer == "auto" and llm is not None)
     client = LLMClient(llm) if llm is not None and (backend == "openai" or use_llm_scorer) else None
+    if client is not None:
+        client.check()  # once, before any work: an unreachable endpoint is one line, now
 
+    bars = tqdm(total=len(comps) * (2 + (backend == "openai") + use_llm_scorer), desc="labeling", unit="step",
+                file=sys.stderr, disable=not progress, leave=False)
     bundle = collect_evidence(model, task, circuit, comps, cfg)
+    bars.update(len(comps))
     records = heuristic.heuristic_labels(bundle.evidence, thresholds)
     names = TokenNames(model)
     workers = max(1, llm.concurrency) if llm is not None else 1
@@ -82,7 +109,10 @@ def label_circuit(circuit: Circuit, model: LoadedModel, task: Task, backend: str
     if backend == "openai":
         from .llm_labeler import llm_label
         with ThreadPoolExecutor(workers) as pool:
-            done = pool.map(lambda r: llm_label(client, r, model.name, task.name), records.values())
+            done = []
+            for r in pool.map(lambda r: llm_label(client, r, model.name, task.name), records.values()):
+                done.append(r)
+                bars.update(1)
             records = {r.component: r for r in done}
 
     # Scores: the evidence agreement check always (offline, cheap); the LLM scorer when configured.
@@ -92,6 +122,23 @@ def label_circuit(circuit: Circuit, model: LoadedModel, task: Task, backend: str
         else:
             rec.scores["evidence_agreement"] = agreement_mlp(rec, bundle.contexts.get(node, []), names,
                                                              bundle.heldout, cfg.seed)
+    # Detection: where the label predicts the component matters, against its measured effect.
+    metric, intervention = _detection_metric(circuit)
+    positions = {}
+    if metric is not None:
+        try:
+            effects = measured_effects(model, task, split_rows(task, cfg)[1], list(records), metric, intervention,
+                                       cfg.batch_size)
+            positions = {c: heldout_positions(effects[c], cfg.n_heldout, cfg.seed, c) for c in records}
+        except TaskError as exc:  # e.g. unequal clean/corrupted lengths under patching
+            intervention = f"not measured: {exc}"
+    for node, rec in records.items():
+        if node in positions:
+            rec.scores["detection"] = detection_score(rec, positions[node], names, bundle.heldout, cfg.seed)
+        else:  # intervention holds the reason
+            rec.scores["detection"] = ScoreResult(scorer="detection", metric="roc_auc", data=bundle.heldout,
+                                                  note=str(intervention))
+        bars.update(1)
     if use_llm_scorer:
         rng = random.Random(cfg.seed)
         others = {node: [(r.label, r.description) for n2, r in records.items() if n2 != node and r.kind == rec.kind]
@@ -100,12 +147,20 @@ def label_circuit(circuit: Circuit, model: LoadedModel, task: Task, backend: str
 
         def score(item):
             node, rec = item
-            return node, llm_score(client, rec, pick[node], bundle.pairs.get(node, []), bundle.contexts.get(node, []),
-                                   names, bundle.heldout, cfg.seed)
+            res = llm_score(client, rec, pick[node], bundle.pairs.get(node, []), bundle.contexts.get(node, []),
+                            names, bundle.heldout, cfg.seed)
+            det = llm_detection_score(client, rec, pick[node], positions.get(node, []), names, bundle.heldout,
+                                      cfg.seed)
+            return node, res, det
         with ThreadPoolExecutor(workers) as pool:
-            for node, (result, usage, _) in pool.map(score, list(records.items())):
+            for node, (result, usage, _), (det, det_usage) in pool.map(score, list(records.items())):
                 records[node].scores["llm"] = result
+                records[node].scores["llm_detection"] = det
                 records[node].provenance.usage.add(usage)
+                records[node].provenance.usage.add(det_usage)
+                bars.update(1)
+    bars.close()
+    records = {node: verify(rec, thresholds) for node, rec in records.items()}
 
     labels = list(records.values()) + _skipped_kv(circuit)
     total = Usage()

@@ -93,6 +93,9 @@ def cache_key(model: str, template_version: str, messages: list[dict], response_
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+_REACHABLE: set[tuple] = set()  # endpoints checked in this process
+
+
 class LLMClient:
     def __init__(self, config: LLMConfig):
         import openai
@@ -104,6 +107,27 @@ class LLMClient:
                                     max_retries=0, timeout=config.timeout_s)
         self.cache_dir = Path(config.cache_dir) if config.cache_dir is not None else default_cache_dir()
         self._slots = threading.BoundedSemaphore(max(1, config.concurrency))
+
+    # reachability ------------------------------------------------------------------------------
+    def check(self, timeout_s: float = 5.0) -> None:
+        """One request (GET /models, no retries, at most timeout_s) before any labelling: a UserError
+        in one line when the endpoint cannot be reached or refuses the key. Any other answer (a 404 from
+        a server without /models, say) means it is there. Checked once per endpoint and process."""
+        cfg, o = self.config, self._openai
+        if (cfg.base_url, cfg.api_key) in _REACHABLE:
+            return
+        try:
+            self.client.with_options(timeout=min(timeout_s, cfg.timeout_s), max_retries=0).models.list()
+        except (o.APITimeoutError, o.APIConnectionError) as exc:
+            what = "timed out" if isinstance(exc, o.APITimeoutError) else "refused or unreachable"
+            raise UserError(f"LLM endpoint {cfg.base_url} is not reachable ({what}); start the server, fix "
+                            f"{ENV_BASE_URL} / --base-url, or use --backend heuristic") from None
+        except (o.AuthenticationError, o.PermissionDeniedError) as exc:
+            raise UserError(f"LLM endpoint {cfg.base_url} refused the API key (HTTP {exc.status_code}); set "
+                            f"{ENV_KEYS[0]}") from None
+        except o.APIStatusError:
+            pass  # it answered
+        _REACHABLE.add((cfg.base_url, cfg.api_key))
 
     # cache -------------------------------------------------------------------------------------
     def _path(self, key: str) -> Path:

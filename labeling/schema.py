@@ -27,8 +27,11 @@ RoleTag = Literal["previous_token", "induction", "duplicate_token", "name_mover"
 TAG_ALIASES = {"copy": "name_mover", "copy/name_mover": "name_mover", "copying": "name_mover",
                "name mover": "name_mover", "prev_token": "previous_token", "previous token": "previous_token",
                "sink": "attention_sink", "duplicate": "duplicate_token", "self": "positional"}
-Status = Literal["ok", "heuristic_only", "llm_failed", "unparsed", "skipped"]
+# ok: every role test and every held-out score passed (labeling/verify.py); unverified: one did not
+# (status_reason says which); heuristic_only: written by files before labeler v2 (no role found).
+Status = Literal["ok", "unverified", "heuristic_only", "llm_failed", "unparsed", "skipped"]
 MAX_LABEL_WORDS = 8
+MAX_LABEL_CHARS = 60  # an LLM label longer than this is cut at a word boundary (labeling/llm_labeler.py)
 
 
 def normalise_tags(tags) -> list[str]:
@@ -163,9 +166,11 @@ class MLPEvidence(BaseModel):
 class ScoreResult(BaseModel):
     """An explanation scored on held-out data, with the same scorer given a random label beside it."""
 
-    scorer: str  # "evidence_agreement" or "llm:<model>"
+    scorer: str  # "evidence_agreement", "detection", "llm:<model>" or "llm-detection:<model>"
     metric: Literal["roc_auc", "balanced_accuracy"]
     value: float | None = None
+    ci_low: float | None = None  # 95% stratified bootstrap interval of value (labeling/stats.py)
+    ci_high: float | None = None
     random_baseline: float | None = None
     n_positive: int = 0
     n_negative: int = 0
@@ -207,6 +212,7 @@ class LabelRecord(BaseModel):
     role_tags: list[RoleTag]
     confidence: float = Field(ge=0.0, le=1.0)
     status: Status
+    status_reason: str | None = None  # why it is not ok: failed role tests, scores not above their baselines
     evidence: HeadEvidence | MLPEvidence | None = None
     scores: dict[str, ScoreResult] = Field(default_factory=dict)
     provenance: Provenance
@@ -262,9 +268,12 @@ class LLMLabelAnswer(BaseModel):
     @field_validator("label")
     @classmethod
     def _label(cls, v: str) -> str:
-        v = v.strip()
+        v = " ".join(v.split())
         if not v or len(v.split()) > MAX_LABEL_WORDS:
             raise ValueError(f"label must be 1 to {MAX_LABEL_WORDS} words")
+        if len(v) > MAX_LABEL_CHARS:  # long words: cut at the last word boundary that fits
+            cut = v[:MAX_LABEL_CHARS - 1]
+            v = (cut.rsplit(" ", 1)[0] if " " in cut else cut) + "\u2026"
         return v
 
     @field_validator("description")

@@ -29,6 +29,7 @@ from . import prompts
 from .evidence import HeldOutContext, HeldOutPair
 from .llm_labeler import ask_json
 from .schema import ROLE_TAGS, DataRef, LabelRecord, ScoreResult
+from .stats import auc_ci, bacc_ci
 
 NEUTRAL = ("A component of a transformer language model.", "It is part of the circuit for this task.")
 
@@ -75,10 +76,12 @@ def _bacc(y, pred) -> float | None:
 
 def agreement_head(tags: list[str], pairs: list[HeldOutPair], data: DataRef | None) -> ScoreResult:
     y = [p.positive for p in pairs]
-    value = _auc(y, [tags_pair_score(tags, p) for p in pairs])
+    s = [tags_pair_score(tags, p) for p in pairs]
+    value = _auc(y, s)
+    lo, hi = auc_ci(y, s) if value is not None else (None, None)
     base = [_auc(y, [tags_pair_score([t], p) for p in pairs]) for t in ROLE_TAGS]
     base = [b for b in base if b is not None]
-    return ScoreResult(scorer="evidence_agreement", metric="roc_auc", value=value,
+    return ScoreResult(scorer="evidence_agreement", metric="roc_auc", value=value, ci_low=lo, ci_high=hi,
                        random_baseline=float(np.mean(base)) if base else None,
                        n_positive=sum(y), n_negative=len(y) - sum(y), data=data,
                        note=None if value is not None else "held-out pairs need both positives and decoys")
@@ -94,7 +97,9 @@ def agreement_mlp(rec: LabelRecord, contexts: list[HeldOutContext], names, data:
     if rec.provenance.backend == "heuristic" and rec.evidence is not None:
         tokens |= set(rec.evidence.top_tokens)
     y = [c.positive for c in contexts]
-    value = _bacc(y, [names(c.ids[c.pos]) in tokens for c in contexts])
+    pred = [float(names(c.ids[c.pos]) in tokens) for c in contexts]
+    value = _bacc(y, pred)
+    lo, hi = bacc_ci(y, pred, seed) if value is not None else (None, None)
     # baseline: as many tokens drawn at random from the held-out contexts' own tokens
     pool = sorted({names(c.ids[c.pos]) for c in contexts})
     rng = random.Random(seed)
@@ -104,7 +109,7 @@ def agreement_mlp(rec: LabelRecord, contexts: list[HeldOutContext], names, data:
         b = _bacc(y, [names(c.ids[c.pos]) in pick for c in contexts])
         if b is not None:
             base.append(b)
-    return ScoreResult(scorer="evidence_agreement", metric="balanced_accuracy", value=value,
+    return ScoreResult(scorer="evidence_agreement", metric="balanced_accuracy", value=value, ci_low=lo, ci_high=hi,
                        random_baseline=float(np.mean(base)) if base else None,
                        n_positive=sum(y), n_negative=len(y) - sum(y), data=data,
                        note=None if value is not None else "no held-out contexts (silent MLP or too few positions)")
@@ -154,11 +159,14 @@ def llm_score(client, rec: LabelRecord, other: tuple[str, str] | None, pairs, co
             asked = ask_json(client, msgs, prompts.DETECT_FORMAT, prompts.DETECT_VERSION, _probabilities(len(shown)))
         usage.add(asked.usage)
         if asked.value is None:
-            return None, asked.error
-        return (_auc(y, asked.value) if is_head else _bacc(y, [p >= 0.5 for p in asked.value])), None
+            return None, asked.error, None
+        if is_head:
+            return _auc(y, asked.value), None, auc_ci(y, asked.value, seed)
+        return _bacc(y, [p >= 0.5 for p in asked.value]), None, bacc_ci(y, asked.value, seed)
 
-    value, err = run(rec.label, rec.description)
-    base, berr = run(*(other or NEUTRAL))
+    value, err, ci = run(rec.label, rec.description)
+    base, berr, _ = run(*(other or NEUTRAL))
+    lo, hi = ci if value is not None and ci is not None else (None, None)
     return ScoreResult(scorer=f"llm:{client.config.model}", metric="roc_auc" if is_head else "balanced_accuracy",
-                       value=value, random_baseline=base, n_positive=sum(y), n_negative=len(y) - sum(y), data=data,
+                       value=value, ci_low=lo, ci_high=hi, random_baseline=base, n_positive=sum(y), n_negative=len(y) - sum(y), data=data,
                        note=err or (f"baseline: {berr}" if berr else None)), usage, err

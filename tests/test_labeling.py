@@ -127,11 +127,12 @@ def test_honest_labels_when_no_role_fits(labeled):
     by = {r.component: r for r in labeled.labels}
     for node in ("a0.h0", "a0.h2"):  # attend mostly to <bos> (about 0.44): below every threshold
         rec = by[node]
-        assert rec.role_tags == ["other"] and rec.status == "heuristic_only" and rec.confidence == 0.0
+        assert rec.role_tags == ["other"] and rec.status == "unverified" and rec.confidence == 0.0
         assert rec.description.startswith("No tested attention pattern reaches its threshold")
     for node in ("m0", "m1"):  # the toy model's MLPs write exactly nothing
         rec = by[node]
-        assert rec.evidence.silent and rec.label == "Silent MLP: writes nothing" and rec.status == "heuristic_only"
+        assert rec.evidence.silent and rec.label == "Silent MLP: writes nothing" and rec.status == "unverified"
+        assert "no held-out score" in rec.status_reason
         assert rec.scores["evidence_agreement"].value is None
 
 
@@ -182,7 +183,7 @@ def test_planted_models(family):
         rec = by[node]
         silent = rec.evidence.ov.silent if rec.kind == "head" else rec.evidence.silent
         assert silent == (node not in p.circuit), node
-        assert rec.role_tags == ["other"] and rec.status == "heuristic_only", (node, rec.label)
+        assert rec.role_tags == ["other"] and rec.status == "unverified", (node, rec.label)
     assert by["m1"].scores["evidence_agreement"].value > by["m1"].scores["evidence_agreement"].random_baseline
 
 

@@ -54,16 +54,20 @@ def test_label_circuit_with_the_llm_and_the_cache(induction, server, tmp_path, m
     out = label_circuit(circuit, model, task, "openai", components=["a0.h3", "a1.h0"], evidence=SMALL)
     assert circuit.model_dump() == before
     by = {r.component: r for r in out.labels}
-    assert by["a0.h3"].label == "LLM label for a0.h3" and by["a0.h3"].status == "ok"
+    # the canned label says nothing the scorers can use: its held-out scores sit at chance, so it is not ok
+    assert by["a0.h3"].label == "LLM label for a0.h3" and by["a0.h3"].status == "unverified"
+    assert "vs random label" in by["a0.h3"].status_reason
     assert by["a0.h3"].provenance.heuristic_label == "Previous-token head"
     assert by["a0.h3"].provenance.template_version == TEMPLATE_VERSION
     # every request was the real client's: temperature 0, the seed, the JSON schema, the model
     assert all(r["temperature"] == 0 and r["seed"] == 0 and r["model"] == "test-model" for r in server.requests)
     assert {r["response_format"]["json_schema"]["name"] for r in server.requests} == \
-        {"component_label", "pair_scores"}
-    # 2 labels + 2 x (explanation + random-label baseline) scoring calls
-    assert len(server.requests) == 6 and out.labeling.usage.calls == 6
-    assert out.labeling.usage.prompt_tokens == 600 and out.labeling.scorer == "llm"
+        {"component_label", "pair_scores", "context_scores"}
+    # 2 labels + 2 x 2 scorers (pairs, detection) x (explanation + random-label baseline)
+    assert len(server.requests) == 10 and out.labeling.usage.calls == 10
+    assert out.labeling.usage.prompt_tokens == 1000 and out.labeling.scorer == "llm"
+    det = by["a0.h3"].scores["llm_detection"]
+    assert det.metric == "roc_auc" and det.value == 0.5 and det.n_positive > 0  # the canned scorer answers 0.5
     s = by["a0.h3"].scores["llm"]
     assert s.metric == "roc_auc" and s.value is not None and s.random_baseline is not None
     assert "evidence_agreement" in by["a0.h3"].scores
@@ -74,8 +78,8 @@ def test_label_circuit_with_the_llm_and_the_cache(induction, server, tmp_path, m
         circuit.model_dump(exclude={"schema_version"})
 
     again = label_circuit(circuit, model, task, "openai", components=["a0.h3", "a1.h0"], evidence=SMALL)
-    assert len(server.requests) == 6  # the cache answered everything
-    assert again.labeling.usage.calls == 0 and again.labeling.usage.cached == 6
+    assert len(server.requests) == 10  # the cache answered everything
+    assert again.labeling.usage.calls == 0 and again.labeling.usage.cached == 10
     assert [r.label for r in again.labels] == [r.label for r in out.labels]
 
 
@@ -176,6 +180,6 @@ def test_cli_openai_backend(induction, server, tmp_path, monkeypatch, capsys):
             "--components", "a0.h3", "--device", "cpu"]
     assert main(args) == 0
     line = capsys.readouterr().out
-    assert "with openai (1 ok)" in line and "LLM 3 calls, 0 cached" in line
+    assert "with openai (1 unverified)" in line and "LLM 5 calls, 0 cached" in line
     assert main(args) == 0
-    assert "LLM 0 calls, 3 cached" in capsys.readouterr().out
+    assert "LLM 0 calls, 5 cached" in capsys.readouterr().out
