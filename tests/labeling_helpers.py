@@ -4,6 +4,7 @@ import numpy as np
 
 from discovery.circuit import Circuit, MethodInfo, Metrics, SelectionInfo, TaskInfo, build_edges, build_nodes
 from discovery.discover import model_info
+from discovery.example_row import representative_row
 from discovery.graph import Graph
 
 # The toy induction model's expected circuit (its ground_truth.json) plus an edge through the silent MLP.
@@ -30,7 +31,8 @@ def hand_circuit(model, task, edges, seed=0) -> Circuit:
     scores = np.random.default_rng(seed).normal(size=g.n_edges)
     nodes = {n for e in edges for n in (e.split("->")[0], e.split("->")[1].split("<")[0])}
     return Circuit(model=model_info(model),
-                   task=TaskInfo(name=task.name, source=task.source, rows=len(task), content_hash=task.content_hash),
+                   task=TaskInfo(name=task.name, source=task.source, rows=len(task), content_hash=task.content_hash,
+                                 example=representative_row(model, task)),  # as discover() records it
                    method=MethodInfo(name="given"), selection=SelectionInfo(kind="given"),
                    nodes=build_nodes(g, nodes), edges=build_edges(g, scores, keep), metrics=Metrics(metric="logit_diff"),
                    code_version="test")
