@@ -43,3 +43,27 @@ def test_model_actors_are_reused_and_evicted(ray_service):
     bad["task"]["rows"][0]["wrong_id"] = 5000
     job = wait_for(client, client.post("/v1/jobs", json=bad).json()["id"], timeout=120)
     assert job["status"] == "failed" and "vocabulary" in job["error"] and job["attempt"] == 1
+
+
+def test_cancel_stops_a_running_job_on_its_actor(ray_service):
+    """The actor's batches are the job's progress, and a cancel stops the run within about a batch:
+    the same actor (not killed) takes the next job at once."""
+    import time
+
+    client, executor = ray_service
+    slow = {**job_body(n_rows=48), "method": {"name": "eap-ig", "steps": 256, "batch_size": 1, "curve": False}}
+    job = client.post("/v1/jobs", json=slow).json()
+    deadline = time.monotonic() + 120
+    while True:
+        seen = [e["progress"] for e in client.get(f"/v1/jobs/{job['id']}/events").json()["items"]
+                if e["kind"] == "progress" and e["progress"] is not None and 0.2 < e["progress"] < 0.8]
+        if len(seen) >= 2:
+            break
+        assert time.monotonic() < deadline, client.get(f"/v1/jobs/{job['id']}").json()
+        time.sleep(0.3)
+    assert seen == sorted(seen)
+    cancelled_at = time.monotonic()
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+    fast = wait_for(client, client.post("/v1/jobs", json=job_body(seed=9)).json()["id"], timeout=120)
+    assert fast["status"] == "succeeded" and time.monotonic() - cancelled_at < 20
+    assert executor.created == 1  # stopped on its actor, which ran the next job

@@ -11,24 +11,47 @@ from collections import OrderedDict
 
 import ray
 
-from discovery.errors import UserError
+from discovery.errors import Cancelled, UserError
 from discovery.distributed import connect_ray
 
 from ..config import Settings
-from .pipeline import JobResult, ModelCache, Report, RetryableError, build_task, discover_circuit, label, load_for, \
-    model_key
+from .pipeline import BatchProgress, JobResult, LeaseLost, ModelCache, Report, RetryableError, build_task, \
+    discover_circuit, label, load_for, model_key
 from .spec import JobRequest
 
 
-@ray.remote
+@ray.remote(concurrency_groups={"control": 1})
 class ModelActor:
+    """One loaded model. `discover` runs one job at a time; `progress` and `cancel_job` answer on a
+    thread of their own while it runs: the driver follows the job's batches and can stop it within
+    one batch (Setup.on_batch raises Cancelled)."""
+
     def __init__(self, job: JobRequest, roots: list[str], device: str | None):
         self.job, self.roots, self.device, self.model = job, roots, device, None
+        self._progress: dict[str, tuple] = {}
+        self._cancelled: set[str] = set()
 
-    def discover(self, job: JobRequest) -> str:
-        if self.model is None:  # loaded here, not in __init__: a load error is then the job's error, not a dead actor
-            self.model = load_for(self.job, self.roots, self.device)
-        return discover_circuit(job, self.model, build_task(job, self.model))
+    def discover(self, job: JobRequest, job_id: str = "") -> str:
+        def on_batch(done: int, total: int, desc: str | None) -> None:
+            if job_id in self._cancelled:
+                raise Cancelled(job_id)
+            self._progress[job_id] = (done, total, desc)
+
+        try:
+            if self.model is None:  # loaded here, not in __init__: a load error is the job's error, not a dead actor
+                self.model = load_for(self.job, self.roots, self.device)
+            return discover_circuit(job, self.model, build_task(job, self.model), on_batch=on_batch)
+        finally:
+            self._progress.pop(job_id, None)
+            self._cancelled.discard(job_id)
+
+    @ray.method(concurrency_group="control")
+    def progress(self, job_id: str):
+        return self._progress.get(job_id)
+
+    @ray.method(concurrency_group="control")
+    def cancel_job(self, job_id: str) -> None:
+        self._cancelled.add(job_id)
 
     def ping(self) -> bool:
         return True
@@ -59,6 +82,8 @@ class RayExecutor:
         self._actors: OrderedDict[tuple, object] = OrderedDict()
         self._busy: dict[tuple, int] = {}
         self._running: dict[str, object] = {}  # job id -> ObjectRef, for cancellation
+        self._actor_of: dict[str, object] = {}  # job id -> the model actor running its discovery
+        self.poll_s = 0.5  # how often a running job's progress is read from its actor
         self._lock = threading.Lock()
         self.created = 0
 
@@ -112,7 +137,7 @@ class RayExecutor:
         key, actor = self._acquire(job)
         try:
             report(0.2, f"discovering on a model actor ({job.method.name})")
-            circuit_json = self._get(job_id, actor.discover.remote(job))
+            circuit_json = self._follow(job_id, actor, actor.discover.remote(job, job_id), BatchProgress(report, 0.2, 0.8))
         except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError) as exc:
             self._drop(key)  # a dead actor (e.g. out of memory) is replaced on the next job
             raise RetryableError(f"the model actor died: {str(exc).splitlines()[0]}") from None
@@ -120,6 +145,8 @@ class RayExecutor:
             raise RetryableError("the job's task was cancelled") from None
         except ray.exceptions.RayTaskError as exc:
             cause = _unwrap(exc)
+            if isinstance(cause, Cancelled):
+                raise LeaseLost(job_id) from None
             if isinstance(cause, UserError):
                 if "could not load model" in str(cause):
                     self._drop(key)
@@ -138,7 +165,35 @@ class RayExecutor:
             cause = _unwrap(exc)
             raise (UserError(str(cause)) if isinstance(cause, UserError) else RuntimeError(str(cause))) from None
 
+    def _follow(self, job_id: str, actor, ref, progress: BatchProgress):
+        """The actor's answer; meanwhile its batches become the job's progress, and a lost lease (the
+        job was cancelled) stops the actor's run within one batch."""
+        self._running[job_id], self._actor_of[job_id] = ref, actor
+        try:
+            while True:
+                ready, _ = ray.wait([ref], timeout=self.poll_s)
+                if ready:
+                    return ray.get(ref)
+                try:
+                    state = ray.get(actor.progress.remote(job_id), timeout=10)
+                except Exception:  # a busy or dying actor: the answer (or its error) comes from ref
+                    state = None
+                if state is not None:
+                    try:
+                        progress(*state)
+                    except LeaseLost:
+                        actor.cancel_job.remote(job_id)
+                        raise
+        finally:
+            self._running.pop(job_id, None)
+            self._actor_of.pop(job_id, None)
+
     def cancel(self, job_id: str) -> None:
+        """The job was cancelled (or its lease lost): stop its discovery run, or its labeling task."""
+        actor = self._actor_of.get(job_id)
+        if actor is not None:
+            actor.cancel_job.remote(job_id)
+            return
         ref = self._running.get(job_id)
         if ref is not None:
             ray.cancel(ref)
