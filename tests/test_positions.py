@@ -259,3 +259,16 @@ def test_viewer_shows_an_edges_positions(models, task, tmp_path):
         assert f"positions {edge.src_pos} \u2192 {edge.dst_pos}" in page.locator("#hover").inner_text()
         assert page.errors == []
         browser.close()
+
+
+def test_positional_masks_split_over_forwards_give_the_same_metrics(models, task, monkeypatch):
+    from discovery import circuit_metrics
+    from discovery.methods import common
+
+    setup = _setup(models["llama"], task, positions=True)
+    rng = np.random.default_rng(0)
+    circuits = [rng.random(setup.graph.n_edges) < f for f in (0.1, 0.5, 0.9)]
+    whole = circuit_metrics(setup, circuits)
+    monkeypatch.setattr(common, "POSITIONAL_MASK_BYTES", 1)  # one mask per forward
+    np.testing.assert_allclose(circuit_metrics(setup, circuits), whole, rtol=0, atol=1e-6)
+    assert np.ptp(whole) > 1e-3

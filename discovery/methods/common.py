@@ -117,12 +117,22 @@ class Setup:
                    record_resid=record_resid)
 
 
+# a forward's positional masks (K masks, repeated per example) are kept under this many bytes by
+# splitting the K masks over several forwards
+POSITIONAL_MASK_BYTES = 256 * 2**20
+
+
 @torch.no_grad()
 def masked_metric_values(setup: Setup, batch: Batch, ref: Activations, off: torch.Tensor,
                          clean_logits=None) -> torch.Tensor:
     """The metric of each of the batch's examples under each of K edge masks off [K, n_sources, n_readers],
     all K evaluated in one forward pass (examples repeated per mask). Returns float64 [K, batch]."""
     b, k = len(batch.rows), off.shape[0]
+    per_row = off[0].numel() * off.element_size()
+    if k > 1 and k * b * per_row > POSITIONAL_MASK_BYTES and off.dim() == 5:  # positional masks: P^2 bigger
+        step = max(1, POSITIONAL_MASK_BYTES // (b * per_row))
+        return torch.cat([masked_metric_values(setup, batch, ref, off[i:i + step], clean_logits)
+                          for i in range(0, k, step)])
     rep = lambda t: t.repeat(k, *([1] * (t.dim() - 1))) if t.shape[0] == b else t  # broadcast refs stay
     result = run(setup.adapter, setup.graph, batch.clean.repeat(k, 1), last=batch.clean_last.repeat(k),
                  ref=ref.map(rep), off=off.to(setup.device).repeat_interleave(b, 0))
