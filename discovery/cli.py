@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--kv-edges", default=None, choices=["head", "grouped"],
                    help="grouped-query models: k/v edges per query head (default, MIB names a0.h2->a1.h3<k>) or "
                         "per key/value head (grouped: a0.h2->a1.kv1<k>)")
+    d.add_argument("--position-names", default=None, metavar="NAME,NAME,...",
+                   help="with --positions: a name for each token position of the template (e.g. BOS,S1,IO,...,END)")
     d.add_argument("--positions", action="store_true",
                    help="position-aware edges: each edge once per (source position -> destination position); "
                         "rows must have equal lengths")
@@ -233,6 +235,10 @@ def flag(key: str) -> str:
     return {"absolute": "--signed", "prune": "--no-prune", "curve": "--no-curve"}.get(key, "--" + key.replace("_", "-"))
 
 
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [x.strip() for x in text.split(",")]
+
+
 def discovery_options(args):
     """The options of `circuitry discover` as the one DiscoveryOptions model (its bounds, its defaults);
     a rejected value is one line naming the flag. A --metric FILE.py:NAME is loaded by _metric_args."""
@@ -244,7 +250,7 @@ def discovery_options(args):
                 threshold=args.threshold, greedy=args.greedy, absolute=False if args.signed else None,
                 prune=False if args.no_prune else None, curve=False if args.no_curve else None, tau=args.tau,
                 candidates=args.candidates, kv_edges=args.kv_edges, level=args.level,
-                positions=True if args.positions else None,
+                positions=True if args.positions else None, position_names=_names(args.position_names),
                 label_backend=args.label_backend if args.label else None)
     options = DiscoveryOptions.from_flat(spell=flag, **flat)
     validated(WorkerOptions, {"workers": args.workers, "worker_cpus": args.worker_cpus,

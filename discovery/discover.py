@@ -70,7 +70,8 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
              prune: bool | None = None, curve: bool | None = None, progress: bool = False, tau: float | None = None,
              taus: list[float] | None = None, candidates: int | None = None, workers=None,
              worker_cpus: float | None = None, worker_gpus: float | None = None, kv_edges: str | None = None,
-             on_batch=None, level: str | None = None, positions: bool | None = None):
+             on_batch=None, level: str | None = None, positions: bool | None = None,
+             position_names: list[str] | None = None):
     """Find a circuit: scores for every edge, the selected circuit, its faithfulness (and curve).
 
     The options are one DiscoveryOptions (discovery/options.py: its defaults and bounds), given as
@@ -94,7 +95,8 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
 
     positions: position-aware edges (discovery/positions.py): every edge once per (source position ->
     destination position) pair that causal attention allows; the task's rows must share one token
-    layout (equal lengths). Scoring methods with top_n / threshold selection, one process.
+    layout (equal lengths); position_names names the template's positions (one per token; recorded in
+    the circuit). Scoring methods with top_n / threshold selection, one process.
 
     on_batch(done, total, desc): called around each batch of discovery work (Setup.on_batch); it may
     raise (e.g. discovery.errors.Cancelled) to stop the run within one batch.
@@ -111,7 +113,8 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
                                       intervention=intervention, steps=steps, batch_size=batch_size, top_n=top_n,
                                       threshold=threshold, greedy=greedy, absolute=absolute, prune=prune,
                                       curve=curve, tau=taus if taus is not None else tau, candidates=candidates,
-                                      kv_edges=kv_edges, level=level, positions=positions)
+                                      kv_edges=kv_edges, level=level, positions=positions,
+                                      position_names=position_names)
     if workers is None or isinstance(workers, int):
         validated(WorkerOptions, {"workers": workers, "worker_cpus": worker_cpus, "worker_gpus": worker_gpus})
     m, sel = opts.method, opts.selection
@@ -122,7 +125,7 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
     if m.positions and workers is not None:
         raise UserError("--positions runs in one process; drop --workers")
     setup = Setup(model, task, metric, batch_size=m.batch_size, intervention=m.intervention, progress=progress,
-                  kv_edges=m.kv_edges, positions=m.positions)
+                  kv_edges=m.kv_edges, positions=m.positions, position_names=m.position_names)
     setup.on_batch = on_batch
     params = {"metric": metric.name, **_metric_params(metric), "intervention": m.intervention,
               "batch_size": m.batch_size}

@@ -80,6 +80,9 @@ class MethodOptions(_Strict):
                             "(default: the top 10%)")
     positions: bool = Field(False, description="position-aware edges: every edge once per (source position -> "
                                                "destination position) pair; rows must share one token layout")
+    position_names: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        None, min_length=1, max_length=4096, description="with positions: a name for each token position of the "
+                                                         "template (e.g. S1, IO, END), recorded in the circuit")
     # qk_fix ...: method options other parts of discovery add go here
 
     @model_validator(mode="after")
@@ -96,6 +99,8 @@ class MethodOptions(_Strict):
             raise ValueError(f"positions works with the scoring methods, not with {self.name}")
         if self.positions and self.level != "edge":
             raise ValueError(f"positions applies to edge circuits, not to level {self.level}")
+        if self.position_names is not None and not self.positions:
+            raise ValueError("position_names needs positions")
         return self
 
     @property

@@ -224,9 +224,11 @@ def test_rows_that_do_not_share_a_layout_are_one_line_errors(models, tmp_path, c
     with pytest.raises(UserError, match="row 3 has 5/5 clean/corrupted tokens and row 1 has 6"):
         _setup(lm, task_from_rows(rows, vocab_size=tiny.VOCAB), positions=True)
     for kw, msg in [({"method": "acdc"}, "positions works with the scoring methods"),
+                    ({"position_names": ["a"] * 6, "positions": None}, "position_names needs positions"),
+                    ({"position_names": ["a"] * 5}, "5 position names given for prompts of 6 tokens"),
                     ({"greedy": 5}, "greedy"), ({"workers": 2}, "drop --workers")]:
         with pytest.raises(UserError, match=msg):
-            discover(lm, task_from_rows(token_rows(n=2), vocab_size=tiny.VOCAB), positions=True, **kw)
+            discover(lm, task_from_rows(token_rows(n=2), vocab_size=tiny.VOCAB), **{"positions": True, **kw})
     lm.hf_model.save_pretrained(tmp_path / "m")
     (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     capsys.readouterr()  # the weights' saving bar
@@ -242,7 +244,9 @@ def test_viewer_shows_an_edges_positions(models, task, tmp_path):
 
     if chromium_path() is None:
         pytest.skip("no chromium binary")
-    c = discover(models["llama"], task, "eap", top_n=12, positions=True, curve=False)
+    names = ["BOS", "A", "X", "B", "C", "END"]
+    c = discover(models["llama"], task, "eap", top_n=12, positions=True, curve=False, position_names=names)
+    assert c.positions.names == names
     c.save(tmp_path / "p.json")
     assert main(["view", str(tmp_path / "p.json"), "--out", str(tmp_path / "v.html")]) == 0
     kept = [e for e in c.edges if e.in_circuit]
@@ -256,7 +260,8 @@ def test_viewer_shows_an_edges_positions(models, task, tmp_path):
         name = first.get_attribute("data-name")
         edge = next(e for e in kept if e.name == name)
         first.dispatch_event("mouseenter")
-        assert f"positions {edge.src_pos} \u2192 {edge.dst_pos}" in page.locator("#hover").inner_text()
+        assert (f"positions {edge.src_pos} ({names[edge.src_pos]}) \u2192 {edge.dst_pos} ({names[edge.dst_pos]})"
+                in page.locator("#hover").inner_text())
         assert page.errors == []
         browser.close()
 
@@ -272,3 +277,18 @@ def test_positional_masks_split_over_forwards_give_the_same_metrics(models, task
     monkeypatch.setattr(common, "POSITIONAL_MASK_BYTES", 1)  # one mask per forward
     np.testing.assert_allclose(circuit_metrics(setup, circuits), whole, rtol=0, atol=1e-6)
     assert np.ptp(whole) > 1e-3
+
+
+def test_cli_discover_and_evaluate_with_positions(models, tmp_path, capsys):
+    models["qwen2"].hf_model.save_pretrained(tmp_path / "m")
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(r) for r in token_rows(n=2)))
+    base = ["--model", str(tmp_path / "m"), "--task", str(tmp_path / "t.jsonl"), "--device", "cpu", "--quiet"]
+    assert main(["discover", *base, "--method", "eap", "--positions", "--position-names", "a,b,x,c,d,end",
+                 "--top-n", "20", "--no-curve", "--out", str(tmp_path / "c.json")]) == 0
+    c = Circuit.load(tmp_path / "c.json")
+    assert c.positions.names == ["a", "b", "x", "c", "d", "end"] and all(e.src_pos is not None for e in c.edges)
+    capsys.readouterr()
+    assert main(["evaluate", *base, "--circuit", str(tmp_path / "c.json"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["circuit"] == pytest.approx(c.metrics.circuit, abs=1e-6)
+    assert main(["discover", *base, "--position-names", "a,b", "--out", str(tmp_path / "x.json")]) == 2
+    assert "position_names needs positions" in capsys.readouterr().err

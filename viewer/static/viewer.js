@@ -154,8 +154,11 @@
     append(g, gEl);
     return gEl;
   }
+  var positionNames = null;  // position-aware circuits with named template positions
+  function posName(p) { return positionNames && positionNames[p] !== undefined ? p + " (" + positionNames[p] + ")" : "" + p; }
   function positionsOf(e) {  // position-aware circuits: the source position and the target position
-    return e.src_pos === undefined || e.src_pos === null ? "" : "  \u00b7  positions " + e.src_pos + " \u2192 " + e.dst_pos;
+    return e.src_pos === undefined || e.src_pos === null ? "" :
+      "  \u00b7  positions " + posName(e.src_pos) + " \u2192 " + posName(e.dst_pos);
   }
   function edgeTitle(e, extra) {
     return e.source + " \u2192 " + e.target + "  \u00b7  slot " + e.slot + positionsOf(e) + "  \u00b7  score " +
@@ -321,6 +324,7 @@
   }
 
   function renderCircuit(root, c) {
+    positionNames = c.positions && c.positions.names ? c.positions.names : null;
     circuitSummary(c, root);
     var order = edgeOrder(c), labels = labelsOf(c), nIn = c.edges.filter(function (e) { return e.in_circuit; }).length;
     var lay = layout(c.nodes), selected = null;
