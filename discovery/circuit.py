@@ -179,6 +179,11 @@ class Circuit(BaseModel):
         from .notebook import top_edges
         return top_edges(self, k, in_circuit=in_circuit, signed=signed)
 
+    def top_nodes(self, k: int = 10, *, in_circuit: bool | None = None, signed: bool = False) -> list[Node]:
+        """Node and neuron levels: the k nodes with the largest |score| (signed=True: by signed importance)."""
+        from .notebook import top_nodes
+        return top_nodes(self, k, in_circuit=in_circuit, signed=signed)
+
     def to_networkx(self, *, all_edges: bool = False):
         """One node per component, the circuit's edges (all_edges: every edge) with the reader slot
         as an attribute; a MultiDiGraph when several slots join the same pair."""

@@ -31,6 +31,19 @@ def top_edges(circuit, k: int = 10, *, in_circuit: bool | None = None, signed: b
     return sorted(edges, key=key)[:k]
 
 
+def top_nodes(circuit, k: int = 10, *, in_circuit: bool | None = None, signed: bool = False) -> list:
+    """Node and neuron levels: the k nodes with the largest |score| (signed as top_edges); nodes without
+    a score (edge-level circuits, the logits) are left out."""
+    if k < 0:
+        raise ValueError(f"k must be non-negative (got {k})")
+    nodes = [n for n in circuit.nodes if n.score is not None and (in_circuit is None or n.in_circuit == in_circuit)]
+    if signed:
+        key = (lambda n: n.score) if _higher_is_better(circuit) else (lambda n: -n.score)
+    else:
+        key = lambda n: -abs(n.score)  # noqa: E731
+    return sorted(nodes, key=key)[:k]
+
+
 def _higher_is_better(circuit) -> bool:
     params = circuit.method.params
     if "higher_is_better" in params:
@@ -109,9 +122,12 @@ def plot(circuit, ax=None, *, all_nodes: bool = True, max_width: float = 4.0):
                                      alpha=0.7, zorder=1, label="edges"))
     inside = [n for n in nodes if n.in_circuit]
     outside = [n for n in nodes if not n.in_circuit]
-    for group, style in ((outside, dict(color="#dddddd", s=25)), (inside, dict(color="#333333", s=60))):
-        if group:
-            ax.scatter([pos[n.id][0] for n in group], [pos[n.id][1] for n in group], zorder=2, **style)
+    top = max([abs(n.score) for n in nodes if n.score is not None] or [0.0]) or 1.0
+    size = lambda n, base: base if n.score is None else base * (0.4 + 2.6 * abs(n.score) / top)  # noqa: E731
+    for group, color, base in ((outside, "#dddddd", 25), (inside, "#333333", 60)):
+        if group:  # node and neuron levels: marker area ~ |node score|
+            ax.scatter([pos[n.id][0] for n in group], [pos[n.id][1] for n in group], zorder=2, color=color,
+                       s=[size(n, base) for n in group])
     for n in inside:
         ax.annotate(n.id, pos[n.id], xytext=(4, 4), textcoords="offset points", fontsize=7, zorder=3)
     slots = sorted({e.slot for e in edges}, key=list(SLOT_COLORS).index)

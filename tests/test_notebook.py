@@ -120,3 +120,20 @@ def test_repr_html_renders_in_a_browser(circuit, tmp_path):
         assert page.locator("#app").inner_text() == "the notebook's own #app"
         assert page.errors == []
         browser.close()
+
+
+def test_node_circuits_in_a_notebook():
+    lm = wrap_model(tiny.build("gpt2", seed=5))
+    task = task_from_rows(token_rows(n=4, seed=3), vocab_size=tiny.VOCAB)
+    c = discover(lm, task, "eap", level="node", top_n=4, curve=False)
+    scores = {n.id: n.score for n in c.nodes if n.score is not None}
+    top = c.top_nodes(4)
+    assert [n.id for n in top] == sorted(scores, key=lambda i: -abs(scores[i]))[:4]
+    assert {n.id for n in top} == {n.id for n in c.nodes if n.in_circuit} - {"logits"}
+    assert c.top_edges(5) == []  # edges carry no scores at the node level
+    g = c.to_networkx()
+    assert g.nodes[top[0].id]["score"] == top[0].score
+    assert all(g.nodes[u]["in_circuit"] and g.nodes[v]["in_circuit"] for u, v in g.edges())
+    ax = c.plot()
+    markers = [col for col in ax.collections if col.get_offsets().shape[0] == 5]  # 4 nodes + logits
+    assert markers and len(set(np.round(markers[0].get_sizes(), 6))) > 1  # sized by |score|

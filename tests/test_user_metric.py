@@ -156,3 +156,22 @@ def test_cli_lower_is_better_is_for_user_metrics(capsys, cli_files):
     code, out, err = _cli(capsys, "discover", "--model", d / "model", "--task", d / "task.jsonl",
                           "--metric", "kl", "--lower-is-better", "--out", d / "x.json")
     assert code == 2 and "applies to your own metric" in err
+
+
+def test_a_metric_from_a_file_runs_on_ray_workers(ray_local, lm, task, tmp_path):
+    """The function is shipped to the workers by value (its file's module is not importable there)."""
+    pytest.importorskip("ray")
+    from discovery.distributed import Workers
+    from discovery.metrics import parse_metric
+
+    (tmp_path / "remote_metric.py").write_text(
+        "import torch\n"
+        "def remote_ld(logits, batch, clean_logits=None):\n"
+        "    r = torch.arange(logits.shape[0])\n"
+        "    return logits[r, batch.answers[:, 0]] - logits[r, batch.wrongs[:, 0]]\n")
+    fn = parse_metric(f"{tmp_path / 'remote_metric.py'}:remote_ld")
+    setup = Setup(lm, task, fn, batch_size=2)
+    with Workers(2, cpus=0.5) as workers:
+        sharded = score_edges(setup, "eap", workers=workers)
+    single = score_edges(setup, "eap")
+    torch.testing.assert_close(sharded, single, rtol=1e-5, atol=1e-6 * float(single.abs().max()))
