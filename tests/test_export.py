@@ -373,3 +373,41 @@ def test_graphml_round_trip(work, capsys):
     assert g.nodes[rec["component"]]["label"] == "Induction head"
     names = {attrs["name"] for _, _, attrs in g.edges(data=True)}
     assert names == {e["name"] for e in data["edges"] if e["in_circuit"]}
+
+
+# --- older files, bad input, the API's renderer --------------------------------------------------------
+
+def test_older_file_without_d_model(work, capsys, tmp_path):
+    data = _doc(work, "gpt2")
+    del data["model"]["d_model"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert main(["export", str(tmp_path / "old.json"), "--format", "mib", "--out", str(tmp_path / "m.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--d-model" in err and err.count("\n") == 1
+    assert main(["export", str(tmp_path / "old.json"), "--format", "mib", "--out", str(tmp_path / "m.json"),
+                 "--d-model", "32"]) == 0
+    assert RefGraph.from_json(tmp_path / "m.json").d_model == 32
+
+
+def test_export_errors_answer_before_torch_loads(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from discovery.cli import main; rc = main(['export', 'missing.json', '--format', 'mib', "
+            "'--out', 'x']); print(rc, 'torch' in sys.modules, 'numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.stdout.split() == ["2", "False", "False"] and "not found" in out.stderr
+
+
+def test_service_renderer(work):
+    from discovery.errors import UserError
+    from service.api.formats import FORMATS, render
+
+    content = (work / "labeled.json").read_bytes()
+    for fmt, spec in FORMATS.items():
+        body, media_type = render(content, fmt)
+        assert isinstance(body, bytes) and media_type == spec.media_type
+    data = json.loads(content)
+    del data["task"]["example"]
+    with pytest.raises(UserError, match="representative row"):  # the API answers 422 problem+json
+        render(json.dumps(data).encode(), "neuronpedia")
