@@ -188,7 +188,8 @@ def _discover_units(setup: Setup, model, task, method, params, level, *, steps, 
                         neuron_scores=neuron)
     return Circuit(
         level=level, model=model_info(model),
-        task=TaskInfo(name=task.name, source=task.source, rows=len(task), content_hash=task.content_hash),
+        task=TaskInfo(name=task.name, source=task.source, rows=len(task), content_hash=task.content_hash,
+                      example=representative_row(model, task)),
         method=MethodInfo(name=method, params=dict(params, level=level)),
         selection=SelectionInfo(kind=kind, value=value, absolute=absolute, pruned=False),
         nodes=nodes, edges=build_edges(graph, None, edges), metrics=metrics,

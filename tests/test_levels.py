@@ -203,3 +203,15 @@ def test_cli_level(tmp_path, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no neuron-level" in err
     code = main([str(a) for a in base + ["--level", "nodes", "--out", d / "x.json"]])
     assert code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("level", ["node", "neuron"])
+def test_node_and_neuron_circuits_export_to_every_format(level):
+    from discovery.export import FORMATS, export
+
+    lm = wrap_model(tiny.build("gpt2", seed=5))
+    c = discover(lm, _task(token_rows(n=4, seed=3)), "eap", level=level, top_n=4 if level == "node" else 40,
+                 curve=False)
+    data = json.loads(c.model_dump_json())
+    for fmt in FORMATS:
+        assert export(data, fmt), fmt
