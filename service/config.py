@@ -46,6 +46,9 @@ class Settings:
     actor_gpus: float = 0.0
     max_actors: int = 2  # model actors kept alive; least recently used is evicted
     device: str | None = None  # None: the executor's default (CUDA when present)
+    # callbacks: addresses (IPs, CIDRs or host names) a callback may reach although not public
+    callback_allow: list[str] = field(default_factory=list)
+    callback_secret: str | None = None  # signs the callbacks of jobs without a token (--no-auth)
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -62,6 +65,8 @@ class Settings:
             max_body_bytes=_env_int("CIRCUITRY_MAX_BODY_BYTES", cls.max_body_bytes),
             max_rows=_env_int("CIRCUITRY_MAX_ROWS", cls.max_rows),
             ray_address=os.environ.get("RAY_ADDRESS") or None,
+            callback_allow=[x.strip() for x in os.environ.get("CIRCUITRY_CALLBACK_ALLOW", "").split(",") if x.strip()],
+            callback_secret=os.environ.get("CIRCUITRY_CALLBACK_SECRET") or None,
         )
         for k, v in overrides.items():
             if v is not None:

@@ -27,7 +27,7 @@ def build_app(settings: Settings, *, dispatcher: bool = True, db: Database | Non
             from .jobs.executor import make_executor
             from .api.callbacks import Callbacks
             parts.append(Dispatcher(queue, make_executor(settings), concurrency=settings.concurrency,
-                                    on_finished=Callbacks(queue)))
+                                    on_finished=Callbacks(queue, settings)))
         if scheduler:
             from .watches.scheduler import Scheduler
             parts.append(Scheduler(queue.db, settings, queue))

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from discovery.errors import UserError
 
 from . import schemas
+from .callbacks import check_url
 from ..jobs.checks import validate_task
 from ..config import Settings
 from ..store.db import Database
@@ -185,6 +186,11 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
         except UserError as exc:
             raise Unprocessable(f"model.name: {exc}") from None
         validate_task(body.task, settings)
+        if body.callback_url is not None:
+            try:
+                check_url(str(body.callback_url), settings.callback_allow)
+            except UserError as exc:
+                raise Unprocessable(f"callback_url: {exc}") from None
         spec = body.model_dump(mode="json")
         request_hash = hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
         enqueue = functools.partial(

@@ -218,6 +218,13 @@ class Queue:
                    at=now)
         return job
 
+    def note(self, job_id: str, kind: str, message: str) -> None:
+        """Record an event of the job outside any lease (e.g. its callback's delivery)."""
+        with self.db.write() as s:
+            job = s.scalar(select(Job).where(Job.id == job_id))
+            if job is not None:
+                _event(s, job, kind=kind, status=job.status, attempt=job.attempt, message=message)
+
     def get(self, job_id: str, owner: str | None = None) -> Job:
         with self.db.read() as s:
             job = s.scalar(select(Job).where(self._mine(job_id, owner)))

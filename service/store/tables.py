@@ -86,7 +86,7 @@ class JobEvent(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.id"), index=True)
     at: Mapped[float] = mapped_column(Float)
-    kind: Mapped[str] = mapped_column(String(16))  # status | progress | retry | error
+    kind: Mapped[str] = mapped_column(String(16))  # status | progress | retry | error | callback
     status: Mapped[str] = mapped_column(String(16))
     attempt: Mapped[int] = mapped_column(Integer)
     progress: Mapped[float | None] = mapped_column(Float, nullable=True)
