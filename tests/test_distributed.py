@@ -173,7 +173,7 @@ def test_discover_with_workers(workers, lms, task7):
     single = discover(lms["gpt2"], task7, **kw)
     assert sharded.method.params["workers"] == 2 and "workers" not in single.method.params
     assert [e.in_circuit for e in sharded.edges] == [e.in_circuit for e in single.edges]
-    with pytest.raises(UserError, match="need --workers"):
+    with pytest.raises(UserError, match="need workers N"):
         discover(lms["gpt2"], task7, "eap", worker_cpus=1)
     with pytest.raises(UserError, match="--workers"):
         discover(lms["gpt2"], task7, "eap", workers=0)
