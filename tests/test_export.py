@@ -258,8 +258,57 @@ def test_mib_submission_refuses_another_model_shape(work, capsys, tmp_path):
 
 # --- Neuronpedia / circuit-tracer ----------------------------------------------------------------------
 
+def _circuit_tracer_model():
+    """The field types of circuit-tracer's frontend graph model (circuit_tracer/frontend/graph_models.py:
+    Metadata, QParams, Node, Model), as a pydantic check of the graph it would load."""
+    from pydantic import BaseModel, ConfigDict
+
+    class Strict(BaseModel):
+        model_config = ConfigDict(strict=True)
+
+    class Metadata(Strict):
+        slug: str
+        scan: str
+        transcoder_list: list[str]
+        prompt_tokens: list[str]
+        prompt: str
+        node_threshold: float | None = None
+        schema_version: int | None = 1
+
+    class QParams(Strict):
+        pinnedIds: list[str]
+        supernodes: list[list[str]]
+        linkType: str
+        clickedId: str
+        sg_pos: str
+
+    class Node(Strict):
+        node_id: str
+        feature: int
+        layer: str
+        ctx_idx: int
+        feature_type: str
+        token_prob: float = 0.0
+        is_target_logit: bool = False
+        run_idx: int = 0
+        reverse_ctx_idx: int = 0
+        jsNodeId: str
+        clerp: str = ""
+        influence: float | None = None
+        activation: float | None = None
+
+    class Graph(Strict):
+        metadata: Metadata
+        qParams: QParams
+        nodes: list[Node]
+        links: list[dict]
+
+    return Graph
+
+
 def _check_graph(g, data):
     jsonschema.validate(g, SCHEMA)
+    _circuit_tracer_model().model_validate(g)
     meta = g["metadata"]
     assert meta["prompt_tokens"] == data["task"]["example"]["tokens"] and meta["prompt"]
     assert isinstance(meta["node_threshold"], float) and meta["transcoder_list"] == []
