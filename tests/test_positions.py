@@ -292,3 +292,22 @@ def test_cli_discover_and_evaluate_with_positions(models, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["circuit"] == pytest.approx(c.metrics.circuit, abs=1e-6)
     assert main(["discover", *base, "--position-names", "a,b", "--out", str(tmp_path / "x.json")]) == 2
     assert "position_names needs positions" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kv_edges,intervention", [("grouped", "patching"), ("head", "mean"), ("head", "zero")])
+def test_positions_with_grouped_kv_edges_and_other_interventions(models, task, kv_edges, intervention):
+    lm = models["llama"]
+    setup = _setup(lm, task, positions=True, kv_edges=kv_edges, intervention=intervention)
+    plain_setup = _setup(lm, task, kv_edges=kv_edges, intervention=intervention)
+    g = setup.graph
+    assert g.base.n_edges == plain_setup.graph.n_edges
+    assert any(".kv0<k>" in n for n in g.edge_names) == (kv_edges == "grouped")
+    positional = score_edges(setup, "eap").numpy()
+    plain = score_edges(plain_setup, "eap").numpy()
+    np.testing.assert_allclose(g.base_scores(positional), plain, rtol=1e-4, atol=1e-6)
+    full, empty = np.ones(g.n_edges, bool), np.zeros(g.n_edges, bool)
+    from discovery import circuit_metrics
+    pos_values = circuit_metrics(setup, [full, empty])
+    plain_values = circuit_metrics(plain_setup, [np.ones(plain_setup.graph.n_edges, bool),
+                                                 np.zeros(plain_setup.graph.n_edges, bool)])
+    np.testing.assert_allclose(pos_values, plain_values, rtol=0, atol=1e-5)  # same clean and ablated model
