@@ -175,7 +175,7 @@ def test_discover_with_workers(workers, lms, task7):
     assert [e.in_circuit for e in sharded.edges] == [e.in_circuit for e in single.edges]
     with pytest.raises(UserError, match="need workers N"):
         discover(lms["gpt2"], task7, "eap", worker_cpus=1)
-    with pytest.raises(UserError, match="--workers"):
+    with pytest.raises(UserError, match="workers: must be at least 1"):
         discover(lms["gpt2"], task7, "eap", workers=0)
 
 
