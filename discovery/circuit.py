@@ -63,8 +63,9 @@ class MethodInfo(BaseModel):
 
 
 class SelectionInfo(BaseModel):
-    kind: Literal["top-n", "threshold", "greedy", "given", "acdc"]
-    value: int | float | None = None  # n for top-n / greedy, the threshold for threshold, tau for acdc
+    kind: Literal["top-n", "threshold", "greedy", "given", "acdc", "faithfulness"]
+    # n for top-n / greedy, the threshold for threshold, tau for acdc, the target for faithfulness
+    value: int | float | None = None
     absolute: bool = True
     pruned: bool = True
 
@@ -143,6 +144,7 @@ class Circuit(BaseModel):
     peak_memory_bytes: int | None = None
     device: str | None = None
     code_version: str
+    warnings: list[str] = Field(default_factory=list)  # results that mean little (discovery/sanity.py)
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     @property

@@ -42,7 +42,7 @@ def _add_model_args(p):
 def build_parser() -> argparse.ArgumentParser:
     # light names only (discovery/names.py): --help and argument errors answer before torch loads
     from .export import FORMATS as EXPORT_FORMATS
-    from .names import ACDC_METHODS, INTERVENTIONS, LEVELS, METHOD_NAMES as METHODS, METRIC_NAMES as METRICS
+    from .names import ACDC_METHODS, AUTO_METHOD, INTERVENTIONS, LEVELS, METHOD_NAMES as METHODS, METRIC_NAMES as METRICS
     from .options import DEFAULT_METHOD
 
     parser = _Parser(prog="circuitry", description="Circuit discovery on Hugging Face causal LMs.")
@@ -50,9 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("discover", help="score every edge, select a circuit, evaluate it, write circuit JSON")
     _add_model_args(d)
-    d.add_argument("--method", default=None, choices=list(METHODS) + list(ACDC_METHODS),
-                   help=f"edge scoring (then --top-n/--threshold/--greedy), or acdc / eap-ig+acdc (then --tau); "
-                        f"default {DEFAULT_METHOD}")
+    d.add_argument("--method", default=None, choices=[AUTO_METHOD] + list(METHODS) + list(ACDC_METHODS),
+                   help="auto (EAP-IG with the QK fix, the smallest circuit meeting --target, exact verification "
+                        "when that is over 40%% of the edges), an edge scoring (then --target/--top-n/--threshold/"
+                        f"--greedy), or acdc / eap-ig+acdc (then --tau); default {DEFAULT_METHOD}")
+    d.add_argument("--qk-fix", action=argparse.BooleanOptionalAction, default=None,
+                   help="score q/k edges through the exact attention pattern (AtP*'s QK fix; on by default for eap, "
+                        "eap-ig, clean-corrupted, eap-ig+acdc and auto); --no-qk-fix: the plain gradient")
     d.add_argument("--steps", type=int, default=None, help="interpolation steps (eap-ig and eap-ig-activations only; default 5)")
     d.add_argument("--level", default=None, choices=list(LEVELS),
                    help="what is scored and selected: edges (default), nodes (each head and MLP as one unit: eap, "
@@ -71,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--intervention", default=None, choices=list(INTERVENTIONS),
                    help="what an edge out of the circuit carries (default: the corrupted activation)")
     sel = d.add_mutually_exclusive_group()
-    sel.add_argument("--top-n", type=int, default=None, help="keep the N most important edges (default 100)")
+    sel.add_argument("--target", type=float, default=None,
+                     help="keep the smallest top-k circuit whose faithfulness is within 1-T of 1 (the default "
+                          "selection of edges, T = 0.9)")
+    sel.add_argument("--top-n", type=int, default=None, help="keep the N most important edges")
     sel.add_argument("--threshold", type=float, default=None, help="keep edges with importance >= T")
     sel.add_argument("--greedy", type=int, default=None, help="grow N edges from the logits")
     d.add_argument("--signed", action="store_true", help="rank by signed importance instead of |score|")
@@ -251,7 +258,7 @@ def discovery_options(args):
                 prune=False if args.no_prune else None, curve=False if args.no_curve else None, tau=args.tau,
                 candidates=args.candidates, kv_edges=args.kv_edges, level=args.level,
                 positions=True if args.positions else None, position_names=_names(args.position_names),
-                label_backend=args.label_backend if args.label else None)
+                qk_fix=args.qk_fix, target=args.target, label_backend=args.label_backend if args.label else None)
     options = DiscoveryOptions.from_flat(spell=flag, **flat)
     validated(WorkerOptions, {"workers": args.workers, "worker_cpus": args.worker_cpus,
                               "worker_gpus": args.worker_gpus}, flag)
@@ -463,8 +470,27 @@ def cmd_tasks(args) -> int:
     return 0
 
 
+def _show_result_warnings() -> None:
+    """discovery.sanity.ResultWarning as one line on stderr: `circuitry: warning: ...`."""
+    import warnings
+
+    default = warnings.showwarning
+    if getattr(default, "circuitry", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__name__ == "ResultWarning":
+            print(f"circuitry: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    show.circuitry = True
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
+        _show_result_warnings()
         args = build_parser().parse_args(argv)
         if getattr(args, "quiet", False):
             from transformers.utils import logging as hf_logging

@@ -20,7 +20,9 @@ from .methods import Setup, score_edges
 from .metrics import METRICS, resolve_metric
 from .models import LoadedModel
 from .options import ACDC_DEFAULT_METRIC, ACDC_METHODS  # noqa: F401 (re-exported)
-from .options import DEFAULT_CANDIDATES, DEFAULT_TAU, DEFAULT_TOP_N, DiscoveryOptions, WorkerOptions, validated
+from .names import AUTO_METHOD
+from .options import (DEFAULT_CANDIDATES, DEFAULT_TARGET, DEFAULT_TAU, DEFAULT_TOP_N, DiscoveryOptions, WorkerOptions,
+                      validated)
 from .selection import greedy, nodes_in_circuit, threshold, top_n
 from .selection import prune as prune_edges  # `prune` is discover()'s flag
 from .tasks import Task
@@ -46,11 +48,19 @@ def model_info(model: LoadedModel) -> ModelInfo:
 
 
 def select(setup: Setup, scores, *, top: int | None = None, thresh: float | None = None,
-           grow: int | None = None, absolute: bool = True, do_prune: bool = True):
-    chosen = [x is not None for x in (top, thresh, grow)]
+           grow: int | None = None, absolute: bool = True, do_prune: bool = True, target: float | None = None):
+    """The circuit by top-n / threshold / greedy, or (by default, or given `target`) the smallest top-k
+    meeting a faithfulness target (discovery/auto.py; position-aware graphs default to top-n).
+    Returns (in_circuit, SelectionInfo, the target search's info or None)."""
+    chosen = [x is not None for x in (top, thresh, grow, target)]
     if sum(chosen) > 1:
-        raise UserError("give only one of --top-n, --threshold, --greedy")
+        raise UserError("give only one of --top-n, --threshold, --greedy, --target")
     graph, hib = setup.graph, setup.metric.higher_is_better
+    if target is not None or (not any(chosen) and graph.n_positions is None):
+        from .auto import smallest_faithful
+        t = DEFAULT_TARGET if target is None else target
+        keep, search = smallest_faithful(setup, scores, t, absolute=absolute, prune=do_prune)
+        return keep, SelectionInfo(kind="faithfulness", value=t, absolute=absolute, pruned=do_prune), search
     if thresh is not None:
         keep, info = threshold(graph, scores, thresh, higher_is_better=hib, absolute=absolute), ("threshold", thresh)
     elif grow is not None:
@@ -60,7 +70,7 @@ def select(setup: Setup, scores, *, top: int | None = None, thresh: float | None
         keep, info = top_n(graph, scores, n, higher_is_better=hib, absolute=absolute), ("top-n", n)
     if do_prune:
         keep = prune_edges(graph, keep)
-    return keep, SelectionInfo(kind=info[0], value=info[1], absolute=absolute, pruned=do_prune)
+    return keep, SelectionInfo(kind=info[0], value=info[1], absolute=absolute, pruned=do_prune), None
 
 
 def discover(model: LoadedModel, task: Task, method: str | None = None, *, options: DiscoveryOptions | None = None,
@@ -71,8 +81,17 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
              taus: list[float] | None = None, candidates: int | None = None, workers=None,
              worker_cpus: float | None = None, worker_gpus: float | None = None, kv_edges: str | None = None,
              on_batch=None, level: str | None = None, positions: bool | None = None,
-             position_names: list[str] | None = None):
+             position_names: list[str] | None = None, qk_fix: bool | None = None, target: float | None = None):
     """Find a circuit: scores for every edge, the selected circuit, its faithfulness (and curve).
+
+    method "auto" (the default; discovery/auto.py): EAP-IG with the QK fix, the smallest top-k that
+    meets the faithfulness target (default 0.9), and exact verification of the top candidates when
+    that takes more than 40% of the edges; the circuit's method.params record what it did.
+    qk_fix: score q/k edges through the exact attention pattern (methods/qk.py); on by default for
+    eap, eap-ig, clean-corrupted, eap-ig+acdc's ranking and auto (edge level, no positions).
+    target: the faithfulness target of the default edge selection, which every scoring method uses
+    unless top_n / threshold / greedy is given. The circuit's `warnings` say when the result means
+    little (discovery/sanity.py); each is also issued as a sanity.ResultWarning.
 
     The options are one DiscoveryOptions (discovery/options.py: its defaults and bounds), given as
     `options`, as keywords (None: the default), or both (keywords win).
@@ -114,7 +133,7 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
                                       threshold=threshold, greedy=greedy, absolute=absolute, prune=prune,
                                       curve=curve, tau=taus if taus is not None else tau, candidates=candidates,
                                       kv_edges=kv_edges, level=level, positions=positions,
-                                      position_names=position_names)
+                                      position_names=position_names, qk_fix=qk_fix, target=target)
     if workers is None or isinstance(workers, int):
         validated(WorkerOptions, {"workers": workers, "worker_cpus": worker_cpus, "worker_gpus": worker_gpus})
     m, sel = opts.method, opts.selection
@@ -135,6 +154,8 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
         params["positions"] = True
     if m.name in ("eap-ig", "eap-ig-activations", "eap-ig+acdc"):
         params["steps"] = m.steps
+    if m.qk_fixable:
+        params["qk_fix"] = m.use_qk_fix
     if m.level != "edge":
         if workers is not None:
             raise UserError(f"workers shard edge-level scoring; drop them for level {m.level}")
@@ -147,13 +168,23 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
         if m.acdc:
             circuits = _discover_acdc(setup, model, task, m.name, params, taus=m.tau or [DEFAULT_TAU],
                                       candidates=m.candidates, steps=m.steps, prune=sel.prune, curve=m.curve,
-                                      started=started, workers=pool)
+                                      started=started, workers=pool, qk_fix=m.use_qk_fix)
             return circuits if taus is not None or len(circuits) > 1 else circuits[0]
-        scores = score_edges(setup, m.name, steps=m.steps, workers=pool).numpy()
-    keep, selection = select(setup, scores, top=sel.top_n, thresh=sel.threshold, grow=sel.greedy,
-                             absolute=sel.absolute, do_prune=sel.prune)
+        if m.name == AUTO_METHOD:
+            from .auto import auto
+            t = DEFAULT_TARGET if sel.target is None else sel.target
+            scores, keep, auto_params = auto(setup, target=t, qk_fix=m.use_qk_fix, prune=sel.prune, workers=pool)
+            params.update(auto_params)
+            selection = SelectionInfo(kind="faithfulness", value=t, absolute=True, pruned=sel.prune)
+            return _package(setup, model, task, m.name, params, scores, keep, selection, curve=m.curve,
+                            prune=sel.prune, started=started, search=params["search"])
+        scores = score_edges(setup, m.name, steps=m.steps, workers=pool, qk_fix=m.use_qk_fix).numpy()
+    keep, selection, search = select(setup, scores, top=sel.top_n, thresh=sel.threshold, grow=sel.greedy,
+                                     absolute=sel.absolute, do_prune=sel.prune, target=sel.target)
+    if search is not None:
+        params["search"] = search
     return _package(setup, model, task, m.name, params, scores, keep, selection, curve=m.curve, prune=sel.prune,
-                    started=started)
+                    started=started, search=search)
 
 
 def _discover_units(setup: Setup, model, task, method, params, level, *, steps, top, thresh, grow, absolute, curve,
@@ -163,6 +194,7 @@ def _discover_units(setup: Setup, model, task, method, params, level, *, steps, 
     from .methods.node import neuron_scores, node_scores
 
     graph = setup.graph
+    notes = _result_warnings(setup)
     if level == "node":
         scores = node_scores(setup, method, steps=steps).numpy()
         neuron = None
@@ -194,7 +226,7 @@ def _discover_units(setup: Setup, model, task, method, params, level, *, steps, 
         selection=SelectionInfo(kind=kind, value=value, absolute=absolute, pruned=False),
         nodes=nodes, edges=build_edges(graph, None, edges), metrics=metrics,
         wall_time_s=round(time.perf_counter() - started, 3), peak_memory_bytes=peak_memory_bytes(model.adapter.device),
-        device=str(model.adapter.device), code_version=code_version())
+        device=str(model.adapter.device), code_version=code_version(), warnings=notes)
 
 
 def _metric_params(metric) -> dict:
@@ -222,13 +254,13 @@ def _worker_pool(n: int | None, cpus: float | None, gpus: float | None):
 
 
 def _discover_acdc(setup: Setup, model, task, method, params, *, taus, candidates, steps, prune, curve,
-                   started, workers=None) -> list[Circuit]:
+                   started, workers=None, qk_fix: bool = False) -> list[Circuit]:
     from .methods.acdc import acdc
 
     cand_mask = None
     if method == "eap-ig+acdc":
         k = DEFAULT_CANDIDATES if candidates is None else candidates
-        ranking = score_edges(setup, "eap-ig", steps=steps, workers=workers).numpy()
+        ranking = score_edges(setup, "eap-ig", steps=steps, workers=workers, qk_fix=qk_fix).numpy()
         cand_mask = top_n(setup.graph, ranking, min(k, setup.graph.n_edges), absolute=True)
         params["candidates"] = int(cand_mask.sum())
     results = acdc(setup, taus=list(taus), candidates=cand_mask, workers=workers)
@@ -244,8 +276,9 @@ def _discover_acdc(setup: Setup, model, task, method, params, *, taus, candidate
 
 
 def _package(setup: Setup, model, task, method, params, scores, keep, selection, *, curve, prune,
-             started) -> Circuit:
+             started, search: dict | None = None) -> Circuit:
     """Evaluate the chosen edges (and the faithfulness curve of the scores) into a Circuit."""
+    notes = _result_warnings(setup, search)
     result = evaluate_circuit(setup, keep)
     nodes = nodes_in_circuit(setup.graph, keep)
     metric = setup.metric.name
@@ -266,7 +299,16 @@ def _package(setup: Setup, model, task, method, params, scores, keep, selection,
         nodes=build_nodes(setup.graph, nodes), edges=edges, metrics=metrics,
         positions=positions_info(setup.graph, len(edges)),
         wall_time_s=round(time.perf_counter() - started, 3), peak_memory_bytes=peak_memory_bytes(model.adapter.device),
-        device=str(model.adapter.device), code_version=code_version())
+        device=str(model.adapter.device), code_version=code_version(), warnings=notes)
+
+
+def _result_warnings(setup: Setup, search: dict | None = None) -> list[str]:
+    """discovery/sanity.py's warnings for this setup (and the target search), each also issued."""
+    from .sanity import behaviour_warnings, emit, target_warning
+
+    notes = behaviour_warnings(setup) + (target_warning(search) if search is not None else [])
+    emit(notes)
+    return notes
 
 
 def evaluate(model: LoadedModel, task: Task, circuit: Circuit, *, metric=None, higher_is_better: bool | None = None,
@@ -296,6 +338,7 @@ def evaluate(model: LoadedModel, task: Task, circuit: Circuit, *, metric=None, h
                    n_neurons=int(keep.sum()))
     else:
         out = evaluate_circuit(setup, circuit.in_circuit(setup.graph))
+    out["warnings"] = _result_warnings(setup)
     out["metric"] = setup.metric.name
     out["intervention"] = setup.intervention
     out["same_task"] = task.content_hash == circuit.task.content_hash  # held-out tasks are legitimate

@@ -180,7 +180,8 @@ class _Worker:
         from .methods import score_edges
 
         self._fault(fault)
-        scores = score_edges(self._setup(self._job(holder), rows), method, steps=steps)
+        job = self._job(holder)
+        scores = score_edges(self._setup(job, rows), method, steps=steps, qk_fix=job.get("qk_fix", False))
         return scores.numpy().astype(np.float32), len(rows)
 
     def _evaluator(self, holder: list, shard: int, rows: list[int]):
@@ -499,12 +500,12 @@ class Workers:
 # ------------------------------------------------------------------------------------ the methods
 
 
-def score_edges_sharded(setup: Setup, method: str, steps: int, workers: Workers) -> torch.Tensor:
+def score_edges_sharded(setup: Setup, method: str, steps: int, workers: Workers, qk_fix: bool = False) -> torch.Tensor:
     """score_edges over the workers: each scores a shard of the rows; the shards' per-edge means are
     combined weighted by their row counts (float64). Returns float32 [n_edges], as score_edges."""
     workers.start()
     shards = workers.shards(len(setup.task), setup.batch_size)
-    holder = workers.job(setup)
+    holder = workers.job(setup, qk_fix=qk_fix)
     bar = tqdm(total=len(setup.task), desc=f"{method} x{workers.n}", file=sys.stderr, disable=not setup.progress,
                leave=False)
     try:

@@ -20,16 +20,19 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import UserError
-from .names import ACDC_METHODS, INTERVENTIONS, LEVELS, METHOD_NAMES, METRIC_NAMES  # light: no torch before parsing
+from .names import (ACDC_METHODS, AUTO_METHOD, INTERVENTIONS, LEVELS, METHOD_NAMES,  # light: no torch before parsing
+                    METRIC_NAMES)
 
-ALL_METHODS = tuple(METHOD_NAMES) + ACDC_METHODS
+ALL_METHODS = (AUTO_METHOD,) + tuple(METHOD_NAMES) + ACDC_METHODS
 NODE_METHODS = ("eap", "eap-ig", "clean-corrupted", "exact")  # level "node" (discovery/methods/node.py)
 NEURON_METHODS = ("eap", "eap-ig", "clean-corrupted")  # level "neuron"
-DEFAULT_METHOD = "eap-ig"  # discover()'s default: discover() takes it from here
+DEFAULT_METHOD = AUTO_METHOD  # discover()'s default: discover() takes it from here (discovery/auto.py)
+QK_FIXABLE = ("eap", "eap-ig", "clean-corrupted", "eap-ig+acdc", AUTO_METHOD)  # methods/qk.py applies (edges)
+DEFAULT_TARGET = 0.9  # the faithfulness target of the default selection (discovery/auto.py)
 DEFAULT_TAU = 0.01  # discovery.methods.acdc's (tests/test_options.py checks they agree)
 ACDC_DEFAULT_METRIC = "kl"  # Conmy et al.: distance from the clean model's output distribution
 DEFAULT_CANDIDATES = 1000
-DEFAULT_TOP_N = 100
+DEFAULT_TOP_N = 100  # no longer a default of edge selection (the faithfulness target is); kept for callers
 MAX_TAUS = 64
 MAX_EDGES = 10_000_000
 MAX_BUILTIN_ROWS = 100_000  # rows of a built-in task (a server may allow fewer: CIRCUITRY_MAX_ROWS)
@@ -58,8 +61,10 @@ class _Strict(BaseModel):
 
 
 class MethodOptions(_Strict):
-    name: MethodName = Field(DEFAULT_METHOD, description="edge scoring (then selection), or acdc / eap-ig+acdc "
-                                                         "(the circuit by tau)")
+    name: MethodName = Field(DEFAULT_METHOD, description="auto (EAP-IG with the QK fix, the smallest circuit meeting "
+                                                         "the faithfulness target, exact verification when that is "
+                                                         "over 40% of the edges), an edge scoring (then selection), "
+                                                         "or acdc / eap-ig+acdc (the circuit by tau)")
     metric: MetricName | None = Field(None, description="default: kl for ACDC; else the built-in task's own "
                                                         "metric, else logit_diff")
     intervention: InterventionName = Field("patching", description="what an edge out of the circuit carries")
@@ -83,7 +88,10 @@ class MethodOptions(_Strict):
     position_names: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
         None, min_length=1, max_length=4096, description="with positions: a name for each token position of the "
                                                          "template (e.g. S1, IO, END), recorded in the circuit")
-    # qk_fix ...: method options other parts of discovery add go here
+    qk_fix: bool | None = Field(None, description="score q/k edges through the exact attention pattern (AtP*'s QK "
+                                                  "fix); default: on for eap, eap-ig, clean-corrupted, eap-ig+acdc "
+                                                  "and auto at edge level without positions")
+    # method options other parts of discovery add go here
 
     @model_validator(mode="after")
     def _acdc_only(self):
@@ -101,16 +109,31 @@ class MethodOptions(_Strict):
             raise ValueError(f"positions applies to edge circuits, not to level {self.level}")
         if self.position_names is not None and not self.positions:
             raise ValueError("position_names needs positions")
+        if self.qk_fix and not self.qk_fixable:
+            raise ValueError(f"the QK fix applies to {', '.join(QK_FIXABLE)} at edge level without positions, "
+                             f"not to '{self.name}'" + (f" at level {self.level}" if self.level != "edge" else "")
+                             + (" with positions" if self.positions else ""))
         return self
 
     @property
     def acdc(self) -> bool:
         return self.name in ACDC_METHODS
 
+    @property
+    def qk_fixable(self) -> bool:
+        return self.name in QK_FIXABLE and self.level == "edge" and not self.positions
+
+    @property
+    def use_qk_fix(self) -> bool:
+        """The QK fix as it runs: on by default wherever it applies."""
+        return self.qk_fixable and self.qk_fix is not False
+
 
 class SelectionOptions(_Strict):
-    top_n: int | None = Field(None, ge=1, le=MAX_EDGES, description=f"keep the N most important edges (default "
-                                                                    f"{DEFAULT_TOP_N})")
+    target: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False,
+                                 description=f"keep the smallest top-k circuit whose faithfulness is within 1 - T of 1 "
+                                             f"(the default selection of edges, T = {DEFAULT_TARGET})")
+    top_n: int | None = Field(None, ge=1, le=MAX_EDGES, description="keep the N most important edges")
     threshold: Finite | None = Field(None, description="keep edges with importance >= T")
     greedy: int | None = Field(None, ge=1, le=MAX_EDGES, description="grow N edges from the logits")
     absolute: bool = Field(True, description="rank by |score| (false: by signed importance)")
@@ -118,13 +141,14 @@ class SelectionOptions(_Strict):
 
     @model_validator(mode="after")
     def _at_most_one(self):
-        if sum(x is not None for x in (self.top_n, self.threshold, self.greedy)) > 1:
-            raise ValueError(f"give at most one of top_n, threshold, greedy (default: top_n {DEFAULT_TOP_N})")
+        if sum(x is not None for x in (self.top_n, self.threshold, self.greedy, self.target)) > 1:
+            raise ValueError(f"give at most one of top_n, threshold, greedy, target (default: faithfulness target "
+                             f"{DEFAULT_TARGET})")
         return self
 
     @property
     def chosen(self) -> bool:
-        return any(x is not None for x in (self.top_n, self.threshold, self.greedy))
+        return any(x is not None for x in (self.top_n, self.threshold, self.greedy, self.target))
 
 
 class LabelOptions(_Strict):
@@ -153,7 +177,13 @@ class DiscoveryOptions(_Strict):
     @model_validator(mode="after")
     def _acdc_selects_itself(self):
         if self.method.acdc and self.selection.chosen:
-            raise ValueError(f"{self.method.name} decides the circuit itself by tau; drop top_n/threshold/greedy")
+            raise ValueError(f"{self.method.name} decides the circuit itself by tau; drop top_n/threshold/greedy/target")
+        s = self.selection
+        if self.method.name == AUTO_METHOD and any(x is not None for x in (s.top_n, s.threshold, s.greedy)):
+            raise ValueError("auto selects by a faithfulness target (target); for top_n/threshold/greedy choose a "
+                             "scoring method, e.g. eap-ig")
+        if s.target is not None and self.method.level != "edge":
+            raise ValueError("target selects edge circuits; at node or neuron level use top_n or threshold")
         if self.method.level != "edge" and self.selection.greedy is not None:
             raise ValueError(f"greedy grows edges from the logits; at level {self.method.level} use top_n or threshold")
         if self.method.positions and self.selection.greedy is not None:

@@ -104,8 +104,12 @@ def per_query_head(t: torch.Tensor, n_heads: int) -> torch.Tensor:
     return t.unsqueeze(3).expand(n, p, kv, n_heads // kv, dh).reshape(n, p, n_heads, dh)
 
 
-def attend(adapter: Adapter, layer: int, q, k, v, rotary) -> torch.Tensor:
-    """Head outputs z [N, P, H, d_head] (before the output projection)."""
+PatternHook = Callable[[int, torch.Tensor], None]
+
+
+def attend(adapter: Adapter, layer: int, q, k, v, rotary, pattern_hook: PatternHook | None = None) -> torch.Tensor:
+    """Head outputs z [N, P, H, d_head] (before the output projection). pattern_hook(layer, pattern)
+    sees the fp32 attention pattern [N, kv_heads, group, P (query), P (key)] (query head h = g * group + j)."""
     if rotary is not None:
         q, k = _rotate(q, *rotary), _rotate(k, *rotary)
     n, p, h, dh = q.shape
@@ -116,7 +120,10 @@ def attend(adapter: Adapter, layer: int, q, k, v, rotary) -> torch.Tensor:
     vg = v.permute(0, 2, 1, 3).unsqueeze(2)  # [N, kv, 1, P, dh]
     scores = (qg @ kg) * adapter.attn_scale(layer)
     scores = scores + _causal_mask(p, adapter.sliding_window(layer), scores.dtype, scores.device)
-    pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+    pattern = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    if pattern_hook is not None:
+        pattern_hook(layer, pattern)
+    pattern = pattern.to(v.dtype)
     return (pattern @ vg).permute(0, 3, 1, 2, 4).reshape(n, p, h, dh)
 
 
@@ -205,6 +212,7 @@ def run(
     start_resid: torch.Tensor | None = None,
     reader_override: dict[int, torch.Tensor] | None = None,
     off_dims: torch.Tensor | None = None,
+    pattern_hook: PatternHook | None = None,
 ) -> RunResult:
     """One forward pass of the model through its own modules, with edges patched as `off` says.
 
@@ -221,6 +229,8 @@ def run(
     off_dims: [N | 1, n_sources, d_model] weights of each source's (live - reference) difference per
       output dimension (neuron circuits: 1 where that neuron carries the reference, 0 where it is
       live), applied on the edges that `off` switches; None: every dimension (1).
+    pattern_hook(layer, pattern): sees every layer's attention pattern (see `attend`); the QK fix
+      registers gradient hooks on it.
     """
     n, p = ids.shape
     positions = torch.arange(p, device=ids.device)[None].expand(n, p)
@@ -307,7 +317,7 @@ def run(
                         rg = cross_grad if (cross_grad is not None and first) else reader_grad
                         t.register_hook(lambda g, wt=weight, f=first, st=stage, rg=rg: grad_hook(st, f, rg(g, wt)))
             if z is None:
-                z = attend(adapter, layer, q, k, v, rotary)
+                z = attend(adapter, layer, q, k, v, rotary, pattern_hook)
             if record:
                 rec.z[layer] = z.detach()
             if patching:

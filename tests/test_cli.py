@@ -81,7 +81,7 @@ def test_discover_then_evaluate(capsys, tmp_path, model_dir):
     assert 0 < kept <= 20 and data["metrics"]["n_edges"] == kept
     assert data["model"]["n_layers"] == 2 and data["task"]["rows"] == 6 and len(data["task"]["content_hash"]) == 64
     assert data["method"] == {"name": "eap-ig", "params": {"metric": "logit_diff", "intervention": "patching",
-                                                          "batch_size": 4, "steps": 5}}
+                                                          "batch_size": 4, "steps": 5, "qk_fix": True}}
     assert len(data["metrics"]["curve_signed"]) == 10 and data["wall_time_s"] > 0 and data["peak_memory_bytes"] > 0
 
     code, out, _ = _run(capsys, "evaluate", "--model", model_dir, "--task", task, "--circuit", out_file,

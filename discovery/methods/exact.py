@@ -1,11 +1,13 @@
 """Exact patching: switch each edge alone to its reference value and measure the metric change.
 
-Slow by nature (one evaluation per edge), so many single-edge masks share one forward pass."""
+Slow by nature (one evaluation per edge), so many single-edge masks share one forward pass.
+`edges` restricts the measurement to those edge indices (the others' scores are NaN)."""
 
 from __future__ import annotations
 
 import sys
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -13,10 +15,11 @@ from .common import Setup, masked_metric_sums
 
 
 @torch.no_grad()
-def exact(setup: Setup, max_rows: int = 512):
+def exact(setup: Setup, max_rows: int = 512, edges=None):
     graph = setup.graph
-    n_edges = graph.n_edges
-    coords = tuple(torch.as_tensor(c) for c in graph.edge_coords())  # (src, dst[, src_pos, dst_pos])
+    which = np.arange(graph.n_edges) if edges is None else np.asarray(edges, dtype=np.int64)
+    n_edges = len(which)
+    coords = tuple(torch.as_tensor(c[which]) for c in graph.edge_coords())  # (src, dst[, src_pos, dst_pos])
     totals = torch.zeros(n_edges, dtype=torch.float64)
     n_examples = 0
     bar = tqdm(total=n_edges * (-(-len(setup.task) // setup.batch_size)), desc="exact", file=sys.stderr,
@@ -35,4 +38,9 @@ def exact(setup: Setup, max_rows: int = 512):
             bar.update(k)
         n_examples += b
     bar.close()
-    return (totals / n_examples).float()
+    scores = (totals / n_examples).float()
+    if edges is None:
+        return scores
+    out = torch.full((graph.n_edges,), float("nan"))
+    out[torch.as_tensor(which)] = scores
+    return out

@@ -116,9 +116,27 @@ def expected_edges(prev_heads: list[str], current_heads: list[str], induction_he
     return edges
 
 
+def graph_edge_name(graph, name: str) -> str:
+    """An expected edge's name in `graph`: edges into a query head's k/v slot are named per query head
+    (`a0.h3->a1.h2<k>`); a graph whose grouped k/v readers are per key/value head (`a1.kv1<k>`) gets
+    that reader's name instead."""
+    if name in graph.edge_index or not graph.grouped:
+        return name
+    src, dst = name.split("->")
+    owner, slot = dst[:-3], dst[-2]
+    if slot in "kv" and dst.endswith(">"):
+        layer, head = owner[1:].split(".h")
+        alt = f"{src}->a{layer}.kv{int(head) // (graph.n_heads // graph.n_kv_heads)}<{slot}>"
+        if alt in graph.edge_index:
+            return alt
+    return name
+
+
 def ground_truth(model, n: int = 200, seed: int = 12345, prev_threshold: float = PREV_THRESHOLD,
-                 current_threshold: float = CURRENT_THRESHOLD, induction_threshold: float = INDUCTION_THRESHOLD) -> dict:
-    """Heads, their scores, the thresholds and the expected edges of the induction model."""
+                 current_threshold: float = CURRENT_THRESHOLD, induction_threshold: float = INDUCTION_THRESHOLD,
+                 mlps_write: bool = False) -> dict:
+    """Heads, their scores, the thresholds and the expected edges of the induction model. mlps_write:
+    the model's MLPs write to the residual (their edges are then neither expected nor ruled out)."""
     scores = head_scores(model, n, seed)
     pick = lambda key, layer, th: [f"a{layer}.h{h}" for h, s in enumerate(scores[key][layer]) if s >= th]  # noqa: E731
     prev = pick("prev_token", 0, prev_threshold)
@@ -134,8 +152,10 @@ def ground_truth(model, n: int = 200, seed: int = 12345, prev_threshold: float =
         "heads": {"prev_token": prev, "current_token": cur, "induction": ind},
         "edges": expected_edges(prev, cur, ind),
         "not_expected": "query edges (the query token is the same in clean and corrupted prompts), the "
-                        "previous-token heads' q/k edges (their pattern is positional), MLP edges (the MLPs write "
-                        "nothing in this model)",
+                        "previous-token heads' q/k edges (their pattern is positional)" + (
+                            "; MLP edges are not part of this ground truth (the MLPs write, and what they do is "
+                            "not read from attention patterns)" if mlps_write else
+                            ", MLP edges (the MLPs write nothing in this model)"),
     }
 
 

@@ -48,6 +48,9 @@ class Recipe:
     seq_len: int = 40  # induction training sequences: <bos> + seq_len - 1 tokens
     max_segment: int = 10  # longest repeated segment in induction training
     pair_frac: float = 0.8  # fraction of repeated segments that are pairs (a b ... a b)
+    family: str = "gpt2"  # "gpt2" | "llama"
+    n_kv_head: int | None = None  # llama: key/value heads (grouped-query attention when < n_head)
+    data: str = ""  # "induction" | "ioi" (default: the kind's name)
 
 
 RECIPES = {
@@ -57,6 +60,11 @@ RECIPES = {
                         max_segment=10, pair_frac=0.8),
     "ioi": Recipe(n_layer=4, n_head=4, d_model=64, n_positions=64, mlp_width=256, steps=2000, batch=64, lr=2e-3,
                   warmup=100, weight_decay=0.01, checkpoints=0, attention_only=False),
+    # Llama (RoPE, RMSNorm, SwiGLU MLPs) with grouped-query attention, trained on the induction data.
+    "llama-induction": Recipe(n_layer=2, n_head=4, d_model=128, n_positions=64, mlp_width=256, steps=3000, batch=64,
+                              lr=3e-3, warmup=100, weight_decay=0.01, checkpoints=0, attention_only=False,
+                              seq_len=40, max_segment=10, pair_frac=0.8, family="llama", n_kv_head=2,
+                              data="induction"),
 }
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out data seed = training seed + this (never used for training)
 
@@ -67,7 +75,16 @@ def vocabulary_words() -> list[str]:
 
 
 def make_model(recipe: Recipe, tokenizer):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    if recipe.family == "llama":
+        cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=recipe.d_model, intermediate_size=recipe.mlp_width,
+                          num_hidden_layers=recipe.n_layer, num_attention_heads=recipe.n_head,
+                          num_key_value_heads=recipe.n_kv_head or recipe.n_head,
+                          max_position_embeddings=recipe.n_positions, tie_word_embeddings=True,
+                          attention_dropout=0.0, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        return LlamaForCausalLM(cfg)
 
     cfg = GPT2Config(
         vocab_size=len(tokenizer), n_positions=recipe.n_positions, n_embd=recipe.d_model, n_layer=recipe.n_layer,
@@ -216,7 +233,9 @@ def crosscheck(model_dir: Path, gt: dict, n: int = 64, seed: int = HELDOUT_SEED_
     task = build_task("induction", tokenizer=lm.tokenizer, vocab_size=lm.vocab_size, n=n, seed=seed)
     setup = Setup(lm, task, get_metric("logit_diff"), batch_size=n)
     keep = np.zeros(len(setup.graph.edge_names), dtype=bool)
-    keep[[setup.graph.edge_index[e] for e in gt["edges"]]] = True
+    from .ground_truth import graph_edge_name
+
+    keep[[setup.graph.edge_index[graph_edge_name(setup.graph, e)] for e in gt["edges"]]] = True
     full, empty, circuit = (float(x) for x in circuit_metrics(setup, [np.ones_like(keep), np.zeros_like(keep), keep]))
     scores = np.abs(score_edges(setup, "exact").numpy())
     top = np.argsort(-scores, kind="stable")[:len(gt["edges"])]
@@ -283,7 +302,8 @@ def _train(kind: str, recipe: Recipe, out: Path, seed: int, evaluate: bool, argv
     every = recipe.steps // recipe.checkpoints if recipe.checkpoints else 0
     log = {"kind": kind, "seed": seed, "recipe": asdict(recipe), "loss": [], "checkpoints": []}
 
-    if kind == "ioi":
+    data = recipe.data or kind
+    if data == "ioi":
         pool = recipe.steps * recipe.batch
         prompts, ios, _ = ioi_texts(pool, seed, tokenizer)
         all_ids, all_real, all_last = ioi_encode(prompts, ios, tokenizer)
@@ -293,7 +313,7 @@ def _train(kind: str, recipe: Recipe, out: Path, seed: int, evaluate: bool, argv
     for step in range(recipe.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, recipe)
-        if kind == "induction":
+        if data == "induction":
             ids, target = induction_batch(g, recipe.batch, len(tokenizer), recipe.seq_len, recipe.max_segment,
                                           recipe.pair_frac)
             logits = model(ids).logits
@@ -323,7 +343,7 @@ def _train(kind: str, recipe: Recipe, out: Path, seed: int, evaluate: bool, argv
     log["train_wall_s"] = round(train_time, 1)
     if evaluate:
         heldout = seed + HELDOUT_SEED_OFFSET
-        if kind == "induction":
+        if data == "induction":
             from .ground_truth import head_scores, write_ground_truth
             shape = dict(seq_len=recipe.seq_len, max_segment=recipe.max_segment)
             log["heldout"] = {
@@ -332,12 +352,12 @@ def _train(kind: str, recipe: Recipe, out: Path, seed: int, evaluate: bool, argv
                                                   **shape),
                 "repeat_top1_no_pairs": induction_accuracy(model, len(tokenizer), seed=heldout, pair_frac=0.0, **shape),
                 "induction_task": induction_task_accuracy(model, tokenizer, seed=heldout)}
-            for ck in sorted((out / "checkpoints").iterdir()):
+            for ck in sorted((out / "checkpoints").iterdir()) if (out / "checkpoints").is_dir() else []:
                 sc = head_scores(ck)
                 log["checkpoints"].append({"revision": ck.name, "step": int(ck.name.split("-")[1]),
                                            "prev_token": sc["prev_token"][0], "current_token": sc["current_token"][0],
                                            "induction": sc["induction"][1]})
-            log["ground_truth"] = write_ground_truth(out)
+            log["ground_truth"] = write_ground_truth(out, mlps_write=not recipe.attention_only)
             log["crosscheck"] = crosscheck(out, log["ground_truth"], seed=heldout)
         else:
             log["heldout"] = {"seed": heldout, **ioi_accuracy(model, tokenizer, seed=heldout)}
@@ -363,7 +383,13 @@ def _n_params(model) -> int:
 def model_card(kind: str, r: Recipe, log: dict, model) -> str:
     import transformers
 
-    arch = (f"GPT-2 (`GPT2LMHeadModel`), {r.n_layer} layers, {r.n_head} heads, d_model {r.d_model}, d_head "
+    data = r.data or kind
+    arch = (f"Llama (`LlamaForCausalLM`), {r.n_layer} layers, {r.n_head} query heads sharing {r.n_kv_head} key/value "
+            f"heads (grouped-query attention), d_model {r.d_model}, d_head {r.d_model // r.n_head}, SwiGLU MLPs of "
+            f"width {r.mlp_width}, RMSNorm, rotary positions (theta {model.config.rope_parameters['rope_theta']:g}), "
+            f"dropout 0, tied input/output embeddings, {_n_params(model):,} parameters, vocabulary "
+            f"{model.config.vocab_size}.") if r.family == "llama" else \
+           (f"GPT-2 (`GPT2LMHeadModel`), {r.n_layer} layers, {r.n_head} heads, d_model {r.d_model}, d_head "
             f"{r.d_model // r.n_head}, MLP width {r.mlp_width}, learned positions ({r.n_positions}), dropout 0, "
             f"tied input/output embeddings, {_n_params(model):,} parameters, vocabulary {model.config.vocab_size}.")
     lines = [f"# circuitry toy model: {kind}", "",
@@ -379,7 +405,7 @@ def model_card(kind: str, r: Recipe, log: dict, model) -> str:
               "`<pad>` 0, `<unk>` 1, `<bos>` 2 (also end of text), then every word piece of the built-in tasks. "
               "Text is split into runs of word characters or punctuation, with each pair of digits on its own; "
               "`<bos>` is put before every encoded text.", "", "## Data", ""]
-    if kind == "induction":
+    if data == "induction":
         lines += [f"Fresh batches every step of {r.batch} sequences of {r.seq_len} tokens: `<bos>`, then uniformly random "
                   "ordinary tokens (every vocabulary entry except the three special tokens) in which 1-6 segments of "
                   "distinct tokens appear twice, at random places with random-length gaps "
@@ -405,7 +431,7 @@ def model_card(kind: str, r: Recipe, log: dict, model) -> str:
               f"(CPU, torch {torch.__version__}, transformers {transformers.__version__})",
               "", "## Held-out accuracy", ""]
     h = log.get("heldout")
-    if h and kind == "induction":
+    if h and data == "induction":
         lines += [f"- fresh sequences drawn like the training data (data seed {h['seed']}): top-1 accuracy on the "
                   f"second copies, their first tokens excluded: **{h['repeat_top1']:.3f}**; with segments of 3-"
                   f"{r.max_segment} tokens only (no pairs): **{h['repeat_top1_no_pairs']:.3f}**",

@@ -1,0 +1,171 @@
+"""The default pipeline (discovery/auto.py) and the faithfulness-target selection, on the trained toy
+models whose mechanisms are known; the result warnings (discovery/sanity.py)."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import tiny
+from discovery import Setup, discover, evaluate, get_metric, load_model, score_edges, task_from_rows, wrap_model
+from discovery import auto as auto_module
+from discovery.evaluation import evaluate_circuit
+from discovery.methods.exact import exact
+from discovery.models import toy_model_dir
+from discovery.sanity import ResultWarning, behaviour
+from discovery.selection import prune, top_n
+from discovery.task_library import build_task
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TRAINED = [("toy:induction", "induction"), ("toy:ioi", "ioi")]
+try:  # the Llama-GQA induction model with MLPs (python -m discovery.toy.train llama-induction)
+    toy_model_dir("toy:llama-induction")
+    TRAINED.append(("toy:llama-induction", "induction"))
+except Exception:  # noqa: BLE001 - not shipped in this checkout
+    pass
+
+
+@pytest.fixture(scope="module")
+def trained():
+    out = {}
+    for name, task_name in TRAINED:
+        lm = load_model(name, device="cpu")
+        out[name] = (lm, build_task(task_name, lm.tokenizer, lm.vocab_size, n=16, seed=1000),
+                     build_task(task_name, lm.tokenizer, lm.vocab_size, n=16, seed=2000))
+    return out
+
+
+@pytest.mark.parametrize("name", [n for n, _ in TRAINED])
+def test_the_default_returns_a_small_faithful_circuit_on_trained_models(trained, name):
+    lm, task, heldout = trained[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResultWarning)  # these models do their tasks: no warning
+        c = discover(lm, task, curve=False)
+    n_edges = len(c.edges)
+    assert c.method.name == "auto" and c.selection.kind == "faithfulness" and c.selection.value == 0.9
+    assert c.method.params["scorer"] == "eap-ig" and c.method.params["qk_fix"] is True
+    assert c.metrics.n_edges <= 0.4 * n_edges
+    assert c.metrics.faithfulness >= 0.9
+    assert c.warnings == []
+    # the reported faithfulness is the circuit's own, and it holds on rows the search never saw
+    setup = Setup(lm, task, get_metric(task.metric))
+    assert evaluate_circuit(setup, c.in_circuit(setup.graph))["faithfulness"] == pytest.approx(c.metrics.faithfulness)
+    assert evaluate(lm, heldout, c)["faithfulness"] >= 0.85
+
+
+@pytest.mark.parametrize("name", [n for n, _ in TRAINED])
+def test_eap_ig_with_the_fix_top_40_percent_is_faithful(trained, name):
+    lm, task, _ = trained[name]
+    setup = Setup(lm, task, get_metric(task.metric))
+    scores = score_edges(setup, "eap-ig", steps=5, qk_fix=True).numpy()
+    keep = prune(setup.graph, top_n(setup.graph, scores, int(0.4 * setup.graph.n_edges)))
+    assert evaluate_circuit(setup, keep)["faithfulness"] >= 0.9
+
+
+def test_the_target_selection_keeps_the_smallest_evaluated_size_that_meets_it(trained):
+    lm, task, _ = trained["toy:induction"]
+    setup = Setup(lm, task, get_metric("logit_diff"))
+    scores = score_edges(setup, "eap-ig", steps=5, qk_fix=True).numpy()
+    keep, info = auto_module.smallest_faithful(setup, scores, 0.95)
+    assert info["met"] and abs(1 - info["faithfulness"]) <= 0.05
+    smaller = [p for p in info["evaluated"] if p["k"] < info["k"]]
+    assert smaller and all(abs(1 - p["faithfulness"]) > 0.05 for p in smaller)
+    assert evaluate_circuit(setup, keep)["faithfulness"] == pytest.approx(info["faithfulness"])
+    # sizes are fractions of the graph: never more than the graph, and not the whole graph here
+    assert all(p["k"] <= setup.graph.n_edges for p in info["evaluated"]) and keep.sum() < setup.graph.n_edges
+
+
+def test_scoring_methods_select_by_the_target_by_default_not_an_absolute_count(trained):
+    lm, task, _ = trained["toy:induction"]
+    c = discover(lm, task, "eap", curve=False)
+    assert c.selection.kind == "faithfulness" and c.method.params["qk_fix"] is True
+    assert 0.9 <= c.metrics.faithfulness <= 1.1 and c.metrics.n_edges < len(c.edges)
+    top = discover(lm, task, "eap", top_n=20, curve=False, qk_fix=False)
+    assert top.selection.kind == "top-n" and top.method.params["qk_fix"] is False
+
+
+def test_verification_ranks_measured_effects_first(trained, monkeypatch):
+    """When the gradient ranking needs too many edges, the top candidates are measured exactly."""
+    lm, task, _ = trained["toy:induction"]
+    setup = Setup(lm, task, get_metric("logit_diff"))
+    monkeypatch.setattr(auto_module, "MAX_FRACTION", 0.05)
+    scores, keep, params = auto_module.auto(setup)
+    n = params["verified"]
+    assert n >= int(np.ceil(0.05 * setup.graph.n_edges)) and "verified_search" in params
+    ig = score_edges(setup, "eap-ig", steps=5, qk_fix=True).numpy()
+    top = np.argsort(-np.abs(ig), kind="stable")[:n]
+    if params["used_verified"]:
+        np.testing.assert_allclose(scores[top], exact(setup, edges=top).numpy()[top], rtol=1e-5, atol=1e-6)
+        rest = np.setdiff1d(np.arange(len(scores)), top)
+        assert np.abs(scores[rest]).max() < np.abs(scores[top]).min()
+
+
+def _swap(rows):
+    return [dict(r, answer_id=r["wrong_id"], wrong_id=r["answer_id"]) for r in rows]
+
+
+def _rows(n=6, seed=0):
+    from conftest import token_rows
+    return token_rows(n=n, seed=seed)
+
+
+def test_a_model_that_does_not_do_the_task_gets_a_warning(models):
+    lm = models["gpt2"]
+    rows = _rows()
+    setup = Setup(lm, task_from_rows(rows, vocab_size=tiny.VOCAB), get_metric("logit_diff"))
+    b = behaviour(setup)
+    rows = [r if bi < 0 else _swap([r])[0] for r, bi in zip(rows, b)]  # every row: clean worse than corrupted
+    task = task_from_rows(rows, vocab_size=tiny.VOCAB)
+    with pytest.warns(ResultWarning, match="no behaviour"):
+        c = discover(lm, task, "eap", top_n=5, curve=False)
+    assert len(c.warnings) == 1 and c.warnings[0].startswith("no behaviour")
+    assert json.loads(c.model_dump_json())["warnings"] == c.warnings  # in the circuit JSON
+    with pytest.warns(ResultWarning, match="no behaviour"):
+        assert evaluate(lm, task, c)["warnings"] == c.warnings
+
+
+def test_a_behaviour_within_noise_gets_a_warning(models):
+    lm = models["gpt2"]
+    rows = _rows(8)
+    setup = Setup(lm, task_from_rows(rows, vocab_size=tiny.VOCAB), get_metric("logit_diff"))
+    b = behaviour(setup)
+    i = int(np.argmin(np.where(b > 0, b, np.inf)))  # the smallest positive behaviour
+    both = rows + _swap(rows) + [rows[i]]  # each row and its mirror cancel; one small one is left
+    with pytest.warns(ResultWarning, match="within noise"):
+        c = discover(lm, task_from_rows(both, vocab_size=tiny.VOCAB), "eap", top_n=5, curve=False)
+    assert c.warnings[0].startswith("behaviour within noise")
+
+
+def test_discover_default_from_the_cli(tmp_path, capsys):
+    from discovery.cli import main
+    out = tmp_path / "c.json"
+    assert main(["discover", "--model", "toy:induction", "--task", "induction", "--n", "8", "--out", str(out),
+                 "--quiet", "--no-curve", "--no-qk-fix"]) == 0
+    c = json.loads(out.read_text())
+    assert c["method"]["name"] == "auto" and c["method"]["params"]["qk_fix"] is False and c["warnings"] == []
+    assert main(["discover", "--model", "toy:induction", "--task", "induction", "--out", str(out), "--target", "1.5"]) == 2
+    assert "--target: must be less than 1" in capsys.readouterr().err
+    assert main(["discover", "--model", "toy:induction", "--task", "induction", "--out", str(out), "--top-n", "3"]) == 2
+    assert "auto selects by a faithfulness target" in capsys.readouterr().err
+
+
+def test_the_cli_prints_result_warnings_on_stderr(tmp_path, capsys):
+    """toy:induction on its task with answer and wrong swapped: the model does the opposite."""
+    from discovery.cli import main
+    lm = load_model("toy:induction", device="cpu")
+    t = build_task("induction", lm.tokenizer, lm.vocab_size, n=6, seed=0)
+    path = tmp_path / "swapped.jsonl"
+    path.write_text("".join(json.dumps({"clean_ids": c, "corrupted_ids": k, "answer_id": w[0], "wrong_id": a[0]}) + "\n"
+                            for c, k, a, w in zip(t.clean_ids, t.corrupted_ids, t.answer_ids, t.wrong_ids)))
+    out = tmp_path / "c.json"
+    capsys.readouterr()
+    assert main(["discover", "--model", "toy:induction", "--task", str(path), "--out", str(out), "--quiet",
+                 "--no-curve", "--method", "eap", "--top-n", "10"]) == 0
+    err = capsys.readouterr().err
+    assert "circuitry: warning: no behaviour" in err
+    assert json.loads(out.read_text())["warnings"][0].startswith("no behaviour")
+    assert main(["evaluate", "--model", "toy:induction", "--task", str(path), "--circuit", str(out), "--quiet"]) == 0
+    assert "circuitry: warning: no behaviour" in capsys.readouterr().err
