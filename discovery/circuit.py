@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import subprocess
@@ -216,8 +218,22 @@ class Circuit(BaseModel):
         return keep
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(self.model_dump_json(indent=1))
+        """Written atomically: a temporary file in the same directory, then renamed over `path` (a
+        reader never sees half a file; a failed write leaves the old file)."""
+        import tempfile
+
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.model_dump_json(indent=1))
+            os.chmod(tmp, (target.stat().st_mode & 0o777) if target.exists() else 0o644)  # mkstemp makes it 0600
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Circuit":

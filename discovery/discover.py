@@ -127,6 +127,7 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
     started = time.perf_counter()
     if tau is not None and taus is not None:
         raise UserError("give tau or taus, not both")
+    check_context(model, task)
     own_metric = metric if metric is not None and not isinstance(metric, str) else None  # a Metric or a function
     opts = DiscoveryOptions.from_flat(options, method=method, metric=None if own_metric is not None else metric,
                                       intervention=intervention, steps=steps, batch_size=batch_size, top_n=top_n,
@@ -227,6 +228,20 @@ def _discover_units(setup: Setup, model, task, method, params, level, *, steps, 
         nodes=nodes, edges=build_edges(graph, None, edges), metrics=metrics,
         wall_time_s=round(time.perf_counter() - started, 3), peak_memory_bytes=peak_memory_bytes(model.adapter.device),
         device=str(model.adapter.device), code_version=code_version(), warnings=notes)
+
+
+def check_context(model: LoadedModel, task: Task) -> None:
+    """A UserError (not an IndexError inside the forward) for prompts longer than the model's context."""
+    config = model.config
+    context = next((v for v in (getattr(config, k, None) for k in ("n_positions", "max_position_embeddings", "n_ctx"))
+                    if isinstance(v, int) and v > 0), None)
+    if context is None or not len(task):
+        return
+    longest = max(max(map(len, task.clean_ids)), max(map(len, task.corrupted_ids)))
+    if longest > context:
+        row = next(i for i, (c, k) in enumerate(zip(task.clean_ids, task.corrupted_ids)) if max(len(c), len(k)) == longest)
+        raise UserError(f"task row {row + 1} has {longest} tokens, longer than the model's context of {context} "
+                        "tokens; shorten the prompts")
 
 
 def _metric_params(metric) -> dict:

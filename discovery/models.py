@@ -316,11 +316,30 @@ def _parse_dtype(dtype) -> torch.dtype | None:
     return table[dtype]
 
 
+def check_device(device) -> None:
+    """A UserError for a device this machine does not have (--device cuda without CUDA) or cannot name."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"--device '{device}' is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu (or leave "
+                            "--device out: CUDA when present, else the CPU)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type not in ("cpu", "mps"):
+        raise UserError(f"--device '{device}' is not supported; use cpu or cuda")
+
+
 def load_model(name_or_path: str, revision: str | None = None, dtype=None, device=None) -> LoadedModel:
     """Load a causal LM from a local directory, a hub id or a shipped toy model `toy:NAME` (whose
     `revision` names one of its training checkpoints); trust_remote_code stays off."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    check_device(device)  # before the (possibly slow) load
     if name_or_path.startswith("toy:"):
         loaded = load_model(toy_model_dir(name_or_path, revision), dtype=dtype, device=device)
         loaded.name, loaded.revision = name_or_path, revision

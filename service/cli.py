@@ -57,6 +57,8 @@ def cmd_serve(args) -> int:
 
     if args.concurrency is not None and args.concurrency < 1:
         raise UserError("--concurrency must be at least 1")
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port must be between 1 and 65535 (got {args.port})")
     settings = settings_from_args(args, executor=args.executor, concurrency=args.concurrency, auth=not args.no_auth,
                          device=args.device, lease_s=args.lease_s, heartbeat_s=args.heartbeat_s,
                          max_attempts=args.max_attempts, backoff_s=args.backoff_s, actor_cpus=args.actor_cpus,
@@ -64,7 +66,9 @@ def cmd_serve(args) -> int:
     if settings.heartbeat_s >= settings.lease_s:
         raise UserError(f"--heartbeat-s ({settings.heartbeat_s}) must be shorter than --lease-s ({settings.lease_s})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    serve(settings, args.host, args.port, dispatcher=not args.no_dispatcher, scheduler=not args.no_scheduler)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations say nothing unless something is wrong
+    serve(settings, args.host, args.port, dispatcher=not args.no_dispatcher, scheduler=not args.no_scheduler,
+          announce=lambda line: print(line, flush=True))
     return 0
 
 

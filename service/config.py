@@ -6,15 +6,35 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from discovery.errors import UserError
 
-def _env_float(name: str, default: float) -> float:
+
+def _env_float(name: str, default: float, minimum: float = 0.0) -> float:
     raw = os.environ.get(name)
-    return default if raw in (None, "") else float(raw)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value >= minimum or value == float("inf"):
+        raise UserError(f"{name}={raw!r} is not a number >= {minimum:g}; set it to one (e.g. {name}={default:g}) or "
+                        "unset it")
+    return value
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
     raw = os.environ.get(name)
-    return default if raw in (None, "") else int(raw)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise UserError(f"{name}={raw!r} is not a whole number >= {minimum}; set it to one (e.g. {name}={default}) "
+                        "or unset it")
+    return value
 
 
 def home() -> Path:
@@ -77,7 +97,11 @@ class Settings:
         if self.database_url:
             return self.database_url
         h = home()
-        h.mkdir(parents=True, exist_ok=True)
+        try:
+            h.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the service's home directory '{h}' ({exc.strerror}); set CIRCUITRY_HOME "
+                            "to a writable directory, or DATABASE_URL") from None
         return f"sqlite:///{h / 'circuitry.db'}"
 
     def backoff(self, attempt: int) -> float:

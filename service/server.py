@@ -64,10 +64,33 @@ def _config(app, **kw) -> uvicorn.Config:
     return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", **kw)
 
 
-def serve(settings: Settings, host: str, port: int, *, dispatcher: bool = True, scheduler: bool = True) -> None:
-    server = uvicorn.Server(_config(build_app(settings, dispatcher=dispatcher, scheduler=scheduler), host=host,
-                                    port=port))
-    server.run()
+def serve(settings: Settings, host: str, port: int, *, dispatcher: bool = True, scheduler: bool = True,
+          announce=print) -> None:
+    """`circuitry serve`: the store migrated and the port bound first (a problem with either is one
+    UserError line), then the URL and how to get a token, then uvicorn until interrupted."""
+    from discovery.errors import UserError
+
+    db = Database(settings.resolved_database_url())
+    db.migrate()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port or --host") \
+            from None
+    server = uvicorn.Server(_config(build_app(settings, dispatcher=dispatcher, scheduler=scheduler, db=db)))
+    shown = f"[{host}]" if ":" in host else host
+    announce(f"circuitry service on http://{shown}:{port}  (API docs: http://{shown}:{port}/docs, "
+             f"browser UI: http://{shown}:{port}/ui)")
+    if settings.auth:
+        announce("requests need a token: create one with 'circuitry tokens create --name NAME' (same "
+                 "--database-url), then send 'Authorization: Bearer <token>'")
+    else:
+        announce("--no-auth: no token needed; anyone who can reach this port can use the service")
+    server.run(sockets=[sock])
 
 
 class BackgroundServer:

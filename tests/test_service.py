@@ -109,11 +109,12 @@ def test_second_job_reuses_loaded_model(svc):
 def test_job_error_is_reported_not_500(svc):
     client, _, _ = svc
     body = job_body()
-    body["task"]["rows"][0]["answer_id"] = 10_000  # outside the tiny model's vocabulary: known only at run time
+    # text rows on a model without a tokenizer: known only once the model has loaded
+    body["task"]["rows"] = [{"clean": "a b", "corrupted": "a c", "answer": "x", "wrong": "y"}]
     r = client.post("/v1/jobs", json=body)
     assert r.status_code == 202
     job = wait_for(client, r.json()["id"])
-    assert job["status"] == "failed" and "vocabulary" in job["error"] and job["attempt"] == 1
+    assert job["status"] == "failed" and "need a tokenizer" in job["error"] and job["attempt"] == 1
 
 
 def test_idempotency(api_only):

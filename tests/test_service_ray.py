@@ -40,9 +40,9 @@ def test_model_actors_are_reused_and_evicted(ray_service):
     assert circuit["model"]["name"] == "tiny-gpt2-b"
 
     bad = job_body()
-    bad["task"]["rows"][0]["wrong_id"] = 5000
+    bad["task"]["rows"] = [{"clean": "a b", "corrupted": "a c", "answer": "x", "wrong": "y"}]  # text rows, a model without a tokenizer: fails on the actor
     job = wait_for(client, client.post("/v1/jobs", json=bad).json()["id"], timeout=120)
-    assert job["status"] == "failed" and "vocabulary" in job["error"] and job["attempt"] == 1
+    assert job["status"] == "failed" and "need a tokenizer" in job["error"] and job["attempt"] == 1
 
 
 def test_cancel_stops_a_running_job_on_its_actor(ray_service):

@@ -25,12 +25,11 @@ from discovery.errors import UserError
 
 from . import schemas
 from .callbacks import check_url
-from ..jobs.checks import validate_task
+from ..jobs.checks import validate_model, validate_task
 from ..config import Settings
 from ..store.db import Database
 from .formats import FORMATS, render
 from .limits import BodyLimit
-from ..jobs.models_access import resolve_model
 from ..problems import ApiError, NotFound, Unauthorized, Unprocessable
 from ..jobs.queue import Queue
 from ..store.results import get_artifact
@@ -84,7 +83,7 @@ def _parse_cursor(cursor: str | None) -> int | None:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, seq = raw.split(":", 1)
-        if kind != "s":
+        if kind != "s" or not (seq.isascii() and seq.isdigit()) or len(seq) > 18:  # a seq fits in 63 bits
             raise ValueError
         return int(seq)
     except (ValueError, UnicodeDecodeError):
@@ -181,11 +180,8 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
                    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255,
                                                                  pattern=r"^[\x21-\x7e]+$")] = None):
         """Queue a circuit-discovery job. The job is stored before the 202 is sent."""
-        try:
-            resolve_model(body.model.name, settings.model_roots)
-        except UserError as exc:
-            raise Unprocessable(f"model.name: {exc}") from None
         validate_task(body.task, settings)
+        validate_model(body, settings)
         if body.callback_url is not None:
             try:
                 check_url(str(body.callback_url), settings.callback_allow)
@@ -237,7 +233,11 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
         if "text/event-stream" not in request.headers.get("accept", ""):
             events = await run_in_threadpool(queue.events, job_id, after)
             return schemas.JobEventList(items=[event_view(e) for e in events])
-        if last_event_id and last_event_id.isdigit():
+        if last_event_id:
+            if not (last_event_id.isascii() and last_event_id.isdigit()) or len(last_event_id) > 18:
+                raise ApiError(f"Last-Event-ID '{last_event_id[:32]}' is not an event id; send the id of the last "
+                               "event received (digits), or no header to start from the beginning",
+                               status=400, title="Invalid Last-Event-ID")
             after = int(last_event_id)
         return StreamingResponse(_sse(job_id, after, request), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

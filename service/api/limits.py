@@ -29,10 +29,34 @@ class BodyLimit:
                     too_big = False
                 if too_big:
                     return await self._reject(send)
+        if not any(name == b"content-length" for name, _ in scope.get("headers", [])):
+            # a chunked body (no length given): read it here, up to the limit, so that a body too large
+            # is a 413 from us rather than a parse error from the framework
+            chunks, seen = [], 0
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client went away
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    return await self._reject(send)
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            body, replayed = b"".join(chunks), False
+
+            async def replay():
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()  # http.disconnect, when it comes
+
+            return await self.app(scope, replay, send)
         seen = 0
         started = False
 
-        async def counted_receive():
+        async def counted_receive():  # a body longer than its Content-Length is cut by the server itself
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":

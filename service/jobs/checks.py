@@ -1,5 +1,6 @@
 """Checks of a job request made at submission, before it is queued (the API and watches): the model
-is one this server may load, the task's rows have the right shape and size."""
+is one this server may load (and its revision exists), the task's rows have the right shape and
+size and fit the model's vocabulary and context."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from discovery.errors import UserError
 
 from ..config import Settings
 from ..problems import Unprocessable
-from .spec import TaskSpec
+from .spec import JobRequest, TaskSpec
 
 
 class _StubTokenizer:
@@ -41,3 +42,69 @@ def validate_task(task: TaskSpec, settings: Settings) -> None:
             check_equal_lengths(built)
     except UserError as exc:
         raise Unprocessable(f"task.rows: {exc}") from None
+
+
+def _model_config(path: str) -> dict:
+    """The model directory's config.json (an empty dict if it cannot be read: the job then says why)."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(path, "config.json")) as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def context_length(config: dict) -> int | None:
+    for key in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        if isinstance(config.get(key), int) and config[key] > 0:
+            return config[key]
+    return None
+
+
+def validate_model(job: JobRequest, settings: Settings) -> None:
+    """The model is one this server may load, its revision exists (toy models), and token rows fit
+    its vocabulary and context (read from a local model's config.json; a hub model is checked when
+    it loads). A refusal names the field."""
+    import os
+
+    from discovery.names import toy_model_dir
+
+    from .models_access import resolve_model
+
+    m = job.model
+    try:
+        path = resolve_model(m.name, settings.model_roots)
+    except UserError as exc:
+        raise Unprocessable(f"model.name: {exc}") from None
+    if m.name.startswith("toy:"):
+        try:
+            path = toy_model_dir(m.name, m.revision)
+        except UserError as exc:
+            raise Unprocessable(f"model.revision: {exc}" if m.revision else f"model.name: {exc}") from None
+    elif os.path.isdir(path):
+        if m.revision is not None:
+            raise Unprocessable(f"model.revision: '{m.name}' is a model directory, which has no revisions; drop "
+                                "revision (a directory of checkpoints is watched with POST /v1/watches)")
+    else:
+        return  # a hub model: its revision, vocabulary and context are known once it loads
+    config = _model_config(path)
+    vocab, context = config.get("vocab_size"), context_length(config)
+    rows = job.task.rows or []
+    for i, row in enumerate(rows):
+        if "clean_ids" not in row:
+            break  # text rows: their token counts are known once the job has the tokenizer
+        for field in ("clean_ids", "corrupted_ids"):
+            ids = row.get(field) or []
+            if context and len(ids) > context:
+                raise Unprocessable(f"task.rows[{i}].{field}: {len(ids)} tokens, longer than the model's context "
+                                    f"of {context} tokens")
+        if isinstance(vocab, int):
+            for field in ("clean_ids", "corrupted_ids", "answer_id", "wrong_id"):
+                values = row.get(field)
+                for v in values if isinstance(values, list) else [values]:
+                    if isinstance(v, int) and not 0 <= v < vocab:
+                        raise Unprocessable(f"task.rows[{i}].{field}: token id {v} is outside the model's "
+                                            f"vocabulary (0..{vocab - 1})")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
 from discovery.errors import UserError
@@ -21,6 +22,7 @@ class Database:
         self.url = url
         self.sqlite = url.startswith("sqlite")
         if self.sqlite:
+            _check_sqlite_path(url)
             self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                         pool_size=20, max_overflow=20)
             _sqlite_setup(self.engine)
@@ -50,7 +52,19 @@ class Database:
             yield s
 
     def migrate(self) -> None:
-        """Bring the schema to the newest migration (idempotent; safe with several processes starting)."""
+        """Bring the schema to the newest migration (idempotent; safe with several processes starting).
+        A file that is no database, or a server that cannot be reached, is a UserError."""
+        try:
+            self._migrate()
+        except DatabaseError as exc:
+            where = self.url.split("///", 1)[-1] if self.sqlite else self.url.split("@")[-1]
+            first = str(exc.orig if getattr(exc, "orig", None) is not None else exc).splitlines()[0]
+            hint = ("it is not a SQLite database (corrupt, or another kind of file): move it away or point "
+                    "DATABASE_URL elsewhere") if "not a database" in first or "malformed" in first else \
+                "check DATABASE_URL and that the database is reachable"
+            raise UserError(f"database '{where}' cannot be used: {first}; {hint}") from None
+
+    def _migrate(self) -> None:
         from alembic import command
         from alembic.config import Config
 
@@ -64,6 +78,15 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _check_sqlite_path(url: str) -> None:
+    path = url.split(":///", 1)[-1].split("?", 1)[0]
+    if url.startswith("sqlite:///") and path and path != ":memory:":
+        parent = Path(path).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise UserError(f"the SQLite database's directory '{parent}' does not exist; create it, or give another "
+                            "path (DATABASE_URL=sqlite:///PATH, --database-url)")
 
 
 def _sqlite_setup(engine: Engine) -> None:
