@@ -392,3 +392,55 @@ def test_cli(tmp_path, capsys):
     assert "cron expression" in capsys.readouterr().err
     assert main(base + ["remove", wid]) == 0
     assert main(base + ["remove", wid]) == 2 and "no watch" in capsys.readouterr().err
+
+
+def test_absolute_source_inside_a_root_is_scanned(store):
+    """The documented absolute-path form: its checkpoints are queued, not refused as 'not allowed'."""
+    s, db, root = store
+    _checkpoint(root, "abs", "step-1")
+    watch = create_watch(db, s, WatchRequest.model_validate(_watch_body(os.path.join(root, "abs"))), "-")
+    report = tick(db, Queue(db, s), s, watch)
+    assert report.skipped == [] and [x.checkpoint for x in report.submitted] == ["step-1"], report
+    assert get_watch(db, watch.id).last_error is None
+
+
+def test_every_checkpoint_refused_sets_last_error(store, monkeypatch):
+    import service.watches.scheduler as scheduler
+    from discovery.errors import UserError
+
+    s, db, root = store
+    _checkpoint(root, "refused", "step-1")
+    _checkpoint(root, "refused", "step-2")
+    watch = create_watch(db, s, WatchRequest.model_validate(_watch_body("refused")), "-")
+
+    def refuse(name, roots):
+        raise UserError(f"model '{name}' is not allowed here")
+
+    monkeypatch.setattr(scheduler, "resolve_model", refuse)
+    report = tick(db, Queue(db, s), s, watch)
+    assert report.submitted == [] and len(report.skipped) == 2
+    error = get_watch(db, watch.id).last_error
+    assert error and "2 of 2 checkpoints refused" in error and "not allowed here" in error
+
+
+def test_cli_task_file_rows_are_stored_with_the_watch(tmp_path, capsys):
+    from discovery.cli import main
+
+    root = make_model_root(tmp_path)
+    _checkpoint(root, "run", "step-7")
+    rows = tmp_path / "my-task.jsonl"
+    rows.write_text("".join(__import__("json").dumps(r) + "\n" for r in token_rows(n=4)))
+    url = f"sqlite:///{tmp_path}/cli.db"
+    base = ["scan", "--database-url", url, "--model-root", root]
+    assert main(base + ["add", "--source", os.path.join(root, "run"), "--task", str(rows), "--method", "eap",
+                        "--every", "10m", "--settle", "30s"]) == 0
+    wid = capsys.readouterr().out.split()[1]
+    rows.unlink()  # the watch keeps the rows it was given
+    db = Database(url)
+    watch = get_watch(db, wid)
+    assert watch.quiet_s == 30 and watch.tasks[0]["name"] == "my-task" and len(watch.tasks[0]["rows"]) == 4
+    assert main(base + ["run-now", wid]) == 0
+    assert "queued 1 jobs" in capsys.readouterr().out
+    assert main(base + ["add", "--source", "run", "--task", str(tmp_path / "nope.jsonl"), "--every", "1h"]) == 2
+    assert "neither a task file nor a built-in task" in capsys.readouterr().err
+    assert main(base + ["add", "--source", "run", "--task", "ioi", "--every", "1h", "--quiet", "1m"]) == 2

@@ -19,6 +19,8 @@ def resolve_model(name: str, roots: list[str]) -> str:
         toy_model_dir(name)  # an unknown toy name is refused now, with the list of known ones
         return name
     parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name):
+        parts = parts[1:]  # /root/run/step-1: an absolute path, allowed when it is inside a model root
     if any(p in ("", ".", "..") for p in parts) or name.startswith("~"):
         raise UserError(f"model '{name}' is not allowed: give a hub id, a toy model (toy:NAME) or a directory "
                         "name under a model root, without '..', '.' or empty path components")

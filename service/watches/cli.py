@@ -36,10 +36,11 @@ def register(subparsers) -> None:
     a.add_argument("--name", default=None)
     a.add_argument("--pattern", default=None, help="checkpoint names to take (glob, e.g. 'step*')")
     a.add_argument("--regex", action="store_true", help="--pattern is a regular expression (full match)")
-    a.add_argument("--task", action="append", required=True, help="built-in task (repeatable)")
-    a.add_argument("--n", type=int, default=32, help="rows per task")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--method", default="eap-ig", help="eap-ig, eap, ..., acdc or eap-ig+acdc")
+    a.add_argument("--task", action="append", required=True,
+                   help="a built-in task, or a JSONL task file whose rows are stored with the watch (repeatable)")
+    a.add_argument("--n", type=int, default=None, help="rows per built-in task (default 200)")
+    a.add_argument("--seed", type=int, default=None)
+    a.add_argument("--method", default=None, help="eap-ig (default), eap, ..., acdc or eap-ig+acdc")
     a.add_argument("--metric", default=None)
     a.add_argument("--tau", type=float, default=None, help="ACDC threshold")
     a.add_argument("--candidates", type=int, default=None, help="eap-ig+acdc: edges EAP-IG hands to ACDC")
@@ -52,7 +53,7 @@ def register(subparsers) -> None:
     when = a.add_mutually_exclusive_group(required=True)
     when.add_argument("--every", type=duration, default=None, help="scan interval: 30s, 10m, 6h, 1d")
     when.add_argument("--cron", default=None, help="cron expression, UTC (e.g. '*/30 * * * *')")
-    a.add_argument("--quiet", type=duration, default=60.0,
+    a.add_argument("--settle", type=duration, default=60.0,
                    help="a directory checkpoint is complete once unchanged this long (default 60s)")
     a.add_argument("--marker", default=None, help="... or at once when this file exists in it (e.g. COMPLETE)")
     a.add_argument("--disabled", action="store_true", help="add it paused (run-now still scans it)")
@@ -99,15 +100,42 @@ def _request(args):
     selection = {k: v for k, v in dict(top_n=args.top_n, threshold=args.threshold).items() if v is not None}
     body = dict(source=args.source, kind=args.kind, name=args.name, pattern=args.pattern,
                 pattern_kind="regex" if args.regex else "glob",
-                tasks=[{"builtin": t, "n": args.n, "seed": args.seed} for t in args.task], method=method,
+                tasks=[_task(t, args) for t in args.task], method=method,
                 selection=selection, labeling={"backend": args.label}, dtype=args.dtype, interval_s=args.every,
-                cron=args.cron, quiet_s=args.quiet, marker=args.marker, enabled=not args.disabled)
+                cron=args.cron, quiet_s=args.settle, marker=args.marker, enabled=not args.disabled)
     try:
         return WatchRequest.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"]) or "watch"
         raise UserError(f"{where}: {first['msg']}") from None
+
+
+def _task(text: str, args) -> dict:
+    """--task: a built-in task name, or a JSONL file whose rows the watch stores (the file may change
+    or go later; the watch keeps scanning with the rows it was given)."""
+    import json
+    import os
+
+    from discovery.names import TASK_NAMES
+
+    if not os.path.isfile(text) and text in TASK_NAMES:
+        size = {k: v for k, v in (("n", args.n), ("seed", args.seed)) if v is not None}
+        return {"builtin": text, **size}
+    if not os.path.isfile(text):
+        raise UserError(f"--task '{text}' is neither a task file nor a built-in task ({', '.join(TASK_NAMES)})")
+    rows = []
+    with open(text) as fh:
+        for i, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as exc:
+                    raise UserError(f"task file '{text}' line {i} is not JSON: {exc.msg}") from None
+    if not rows:
+        raise UserError(f"task file '{text}' has no rows")
+    name = re.sub(r"[^A-Za-z0-9_.:-]", "_", os.path.splitext(os.path.basename(text))[0])[:128] or "file"
+    return {"rows": rows, "name": name}
 
 
 def _add(args, db, settings) -> int:

@@ -123,7 +123,12 @@ def tick(db: Database, queue: Queue, settings: Settings, watch: Watch, *, now: f
     except TooManyActiveJobs as exc:
         report.deferred = True
         log.info("watch %s: %s; the rest waits for the next tick", watch.id, exc.detail)
-    _finish(db, watch.id, now, None, retry_by=now + DEFERRED_RETRY_S if report.deferred else None)
+    error = None
+    if report.skipped and not report.submitted:  # nothing of it can run: the watch says why, not "no jobs yet"
+        error = (f"{len(report.skipped)} of {report.ready} checkpoints refused, none queued; e.g. "
+                 f"{report.skipped[0]['checkpoint']}: {report.skipped[0]['reason']}")[:2000]
+        report.error = error
+    _finish(db, watch.id, now, error, retry_by=now + DEFERRED_RETRY_S if report.deferred else None)
     return report
 
 
