@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import UserError
 from .graph import Graph
 
-SCHEMA_VERSION = "1.2"  # 1.2: level, node scores and neurons; position-aware circuits (1.1 is the labeled file); 1.0 files still read
+# 1.2: level, node scores and neurons; position-aware circuits (1.1 is the labeled file); 1.0 files still read
+SCHEMA_VERSION = "1.2"
 
 
 class ModelInfo(BaseModel):
@@ -157,6 +158,16 @@ class Circuit(BaseModel):
         if recorded is not None:
             return recorded
         return "grouped" if any(".kv" in e.target for e in self.edges) else "head"
+
+    def graph_for(self, adapter) -> Graph:
+        """The graph this file's edges are named in, for a model (adapter) of the circuit's shape: its
+        kv_edges, and for a position-aware circuit the positional graph at its `positions.n` tokens."""
+        graph = Graph.from_adapter(adapter, kv_edges=self.kv_edges)
+        if self.positions is None:
+            return graph
+        from .positions import PositionalGraph
+        return PositionalGraph(graph, self.positions.n, [adapter.sliding_window(i) for i in range(graph.n_layers)],
+                               self.positions.names)
 
     def in_circuit(self, graph: Graph) -> np.ndarray:
         """Bool per edge of `graph` (in its edge order); the file must be for a model of this shape."""

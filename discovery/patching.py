@@ -11,6 +11,12 @@ ablation). An edge in the circuit therefore carries its source's live value and 
 reference value; with every edge kept this is the model's own forward, with none kept it is the
 corrupted forward.
 
+A grouped-query model's k/v readers are per query head by default (discovery/graph.py): where they
+see different inputs, each query head's key and value are projected from its own input through its
+group's shared weights and attention runs per head; where they all see the residual, the model's
+grouped projections run as they are. Position-aware graphs (discovery/positions.py) take masks
+[N | 1, n_sources, n_readers, P, P] and give each query position its own keys and values where needed.
+
 Head outputs are kept before the output projection (`d_head` wide per head) and contracted through it
 one source layer at a time, so no [batch, pos, n_sources, d_model] tensor is ever built.
 
@@ -218,11 +224,13 @@ def run(
 
     ids: [N, P] right-padded token ids; last: [N] position read for the logits (None: all positions).
     off: [N | 1, n_sources, n_readers], 1 where the edge is out of the circuit (carries `ref`), 0 where
-      it is in; fractional values interpolate. None: every edge kept (the model's own forward).
+      it is in; fractional values interpolate. None: every edge kept (the model's own forward). With a
+      positional graph: [N | 1, n_sources, n_readers, P (src_pos), P (dst_pos)].
     embeds: replaces the embedding output (EAP-IG interpolates it).
     grad_hook(stage, first, grad [N, P, readers, d]): called in backward with the gradient at the
       inputs of the stage's readers first, first + 1, ... for the stages in grad_stages (all when
-      None); the caller runs backward. Unpatched stages keep the model's fused projections.
+      None); the caller runs backward. Unpatched stages keep the model's fused projections. With a
+      positional graph the k/v readers' gradient is [N, Pq, Pk, readers, d] (per query position).
     start_stage/start_resid: begin at a stage from a given residual (upstream sources not run).
     reader_override: {stage index: [N, P, d]} input seen by every reader of that stage instead of
       the residual; the residual itself flows on unchanged to later stages.

@@ -130,8 +130,8 @@ class PositionalGraph:
 
 
 def positional_graph(adapter, base: Graph, task, names: list[str] | None = None) -> PositionalGraph:
-    return PositionalGraph(base, aligned_length(task), [adapter.sliding_window(layer) for layer in range(base.n_layers)],
-                           names)
+    windows = [adapter.sliding_window(layer) for layer in range(base.n_layers)]
+    return PositionalGraph(base, aligned_length(task), windows, names)
 
 
 # --- selection ------------------------------------------------------------------------------------
@@ -218,9 +218,11 @@ def attend_per_query(adapter, layer: int, q, k, v, rotary, causal_mask) -> torch
 
         cos, sin = rotary
         q = _rotate(q, cos, sin)
-        flat = lambda t: t.expand(n, p, p, kv, dh).reshape(n * p, p, kv, dh)  # noqa: E731 - (N Pq) as batch
-        rep = lambda c: c.expand(n, *c.shape[1:]).unsqueeze(1).expand(n, p, *c.shape[1:]).reshape(n * p, *c.shape[1:])  # noqa: E731
-        k = _rotate(flat(k), rep(cos), rep(sin)).view(n, p, p, kv, dh)
+        def per_query(c):  # cos/sin [N | 1, Pk, rd] -> [N * Pq, Pk, rd]: (N, Pq) as the batch
+            return c.expand(n, *c.shape[1:]).unsqueeze(1).expand(n, p, *c.shape[1:]).reshape(n * p, *c.shape[1:])
+
+        k = _rotate(k.expand(n, p, p, kv, dh).reshape(n * p, p, kv, dh), per_query(cos), per_query(sin))
+        k = k.view(n, p, p, kv, dh)
     qg = q.view(n, p, kv, h // kv, dh)
     scores = torch.einsum("njgmd,njigd->ngmji", qg, k) * adapter.attn_scale(layer)
     scores = scores + causal_mask(p, adapter.sliding_window(layer), scores.dtype, scores.device)

@@ -14,7 +14,6 @@ from tqdm.auto import tqdm
 
 from discovery.circuit import Circuit
 from discovery.errors import TaskError, UserError
-from discovery.graph import Graph
 from discovery.models import LoadedModel
 from discovery.tasks import Task
 
@@ -49,7 +48,7 @@ def _skipped_kv(circuit: Circuit) -> list[LabelRecord]:
 
 
 def _check(circuit: Circuit, model: LoadedModel, components: list[str]) -> None:
-    circuit.in_circuit(Graph.from_adapter(model.adapter, kv_edges=circuit.kv_edges))  # same shape, every edge known (UserError otherwise)
+    circuit.in_circuit(circuit.graph_for(model.adapter))  # same shape, every edge known (UserError otherwise)
     a = model.adapter
     valid = {f"a{layer}.h{h}" for layer in range(a.n_layers) for h in range(a.n_heads)}
     valid |= {f"m{layer}" for layer in range(a.n_layers)}

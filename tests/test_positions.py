@@ -311,3 +311,17 @@ def test_positions_with_grouped_kv_edges_and_other_interventions(models, task, k
     plain_values = circuit_metrics(plain_setup, [np.ones(plain_setup.graph.n_edges, bool),
                                                  np.zeros(plain_setup.graph.n_edges, bool)])
     np.testing.assert_allclose(pos_values, plain_values, rtol=0, atol=1e-5)  # same clean and ablated model
+
+
+def test_a_positional_circuit_can_be_labeled_and_diffed(models, task, tmp_path):
+    from labeling import label_circuit
+    from discovery.diff import diff_circuits
+
+    lm = models["llama"]
+    c = discover(lm, task, "eap", top_n=20, positions=True, curve=False)
+    assert c.graph_for(lm.adapter).n_edges == c.positions.n_edges
+    labeled = label_circuit(c, lm, task)
+    assert labeled.positions == c.positions and {r.component for r in labeled.labels}
+    other = discover(lm, task, "eap", top_n=10, positions=True, curve=False)
+    d = diff_circuits(c, other)
+    assert d.edges_lost and all("[" in e.name for e in d.edges_lost)
