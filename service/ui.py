@@ -8,9 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
-from discovery.methods import METHODS
-from discovery.metrics import METRICS
-from discovery.task_library import TASKS
+from discovery.names import ACDC_METHODS, METHOD_NAMES as METHODS, METRIC_NAMES as METRICS, TASK_NAMES as TASKS
 
 from .problems import NotFound
 from viewer.render import ASSETS, asset, page
@@ -23,6 +21,13 @@ _HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; s
             "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
+
+# The submit form's starting values per shipped model, the settings the demo uses (viewer/demo.py): a
+# model with the task it was trained on, so the first job a user submits finds a meaningful circuit.
+FORM_PRESETS = {
+    "toy:induction": {"task": "induction", "n": 32, "seed": 1, "metric": "kl", "top_n": 14},
+    "toy:ioi": {"task": "ioi", "n": 64, "seed": 1, "metric": "", "top_n": 30},
+}
 
 
 def _page(config: dict, title: str) -> HTMLResponse:
@@ -65,8 +70,8 @@ def jobs():
 
 @router.get("/jobs/new")
 def submit():
-    return _page({"mode": "submit", "tasks": list(TASKS), "methods": list(METHODS), "metrics": list(METRICS)},
-                 "submit a job")
+    return _page({"mode": "submit", "tasks": list(TASKS), "methods": list(METHODS) + list(ACDC_METHODS),
+                  "acdc": list(ACDC_METHODS), "metrics": list(METRICS), "presets": FORM_PRESETS}, "submit a job")
 
 
 @router.get("/jobs/{job_id}")

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -18,7 +16,6 @@ import pytest
 from discovery.cli import main
 from viewer_browser import Page, chromium_path, launch
 
-DOCS_PNG = Path(__file__).resolve().parent.parent / "docs" / "viewer.png"
 HOSTILE = '</script><script>alert("x")</script><b>bold</b>'
 
 
@@ -115,8 +112,6 @@ def test_circuit_page(browser, circuits, tmp_path):
     assert label["evidence"]["logits"]["promoted"][0]["token"] in page.locator("#promoted").inner_text()
     assert "random label" in page.locator("#panel").inner_text()
     page.screenshot(path=str(tmp_path / "viewer.png"), full_page=True)
-    if os.environ.get("CIRCUITRY_UPDATE_DOCS"):  # refresh the docs' picture on request only
-        shutil.copy(tmp_path / "viewer.png", DOCS_PNG)
 
     # the slider changes the drawn edges and moves the mark on the stored curve
     marker_before = page.locator("#curve-marker line").get_attribute("x1")
@@ -244,6 +239,40 @@ def test_ui_submit_follow_and_view(browser, service, tmp_path):
     page.wait_for_selector("#edges path")
     assert page.locator("#edges path.kept").count() == n_edges and page.locator("#n-gained").inner_text() == "0"
     assert page.errors == []
+
+
+def test_ui_form_defaults_and_methods(browser, service):
+    """The form starts on a model with its own task (toy:induction with induction, as the demo), offers
+    every method, and for ACDC asks for tau instead of top-n (the body it posts says so)."""
+    from discovery.names import ACDC_METHODS, METHOD_NAMES
+
+    url, secret = service
+    page = Page(browser)
+    posted = []
+
+    def answer(route):
+        posted.append(json.loads(route.request.post_data))
+        route.fulfill(status=201, content_type="application/json", body=json.dumps({"id": "0" * 36}))
+
+    page.route("**/v1/jobs", answer)
+    page.goto(url + "/ui/jobs/new")
+    page.wait_for_selector("#job-form")
+    assert page.input_value("input[name=model]") == "toy:induction"
+    assert page.input_value("select[name=task]") == "induction" and page.input_value("select[name=metric]") == "kl"
+    methods = page.eval_on_selector_all("select[name=method] option", "os => os.map(o => o.value)")
+    assert methods == list(METHOD_NAMES) + list(ACDC_METHODS)
+    assert page.is_visible("#row-top_n") and not page.is_visible("#row-tau")
+    page.fill("input[name=model]", "toy:ioi")
+    page.dispatch_event("input[name=model]", "change")
+    assert page.input_value("select[name=task]") == "ioi" and page.input_value("input[name=top_n]") == "30"
+    page.select_option("select[name=method]", "acdc")
+    assert page.is_visible("#row-tau") and not page.is_visible("#row-top_n")
+    page.fill("input[name=tau]", "0.02")
+    page.click("#job-form button[type=submit]")
+    page.wait_for_url(re.compile(r".*/ui/jobs/0{36}$"))
+    body = posted[0]
+    assert body["method"]["name"] == "acdc" and body["method"]["tau"] == 0.02 and body["selection"] == {}
+    assert body["model"]["name"] == "toy:ioi" and body["task"]["builtin"] == "ioi"
 
 
 def test_ui_watch_timeline(browser, service, circuits):

@@ -82,7 +82,7 @@ def summary(name: str, c: dict) -> str:
              f"faithfulness {'n/a' if f is None else f'{f:.3f}'} ({m['metric']})"]
     for comp in comps:
         r = labels.get(comp)
-        text = f"{r['label']} [{', '.join(r['role_tags'])}]" if r else "(no label)"
+        text = f"{r['label']} [{', '.join(r['role_tags'])}] {r['status']}" if r else "(no label)"
         lines.append(f"  {comp:<7} {text}")
     return "\n".join(lines)
 

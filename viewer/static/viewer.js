@@ -101,61 +101,172 @@
   }
 
   // ------------------------------------------------------------------ graph layout
-  // Rows from the input (bottom) to the logits (top): per layer its key/value heads (GQA only), its
-  // attention heads, then its MLP, which reads the residual after the heads.
+  // Layers from the input (bottom) to the logits (top). A layer's heads sit in one row, one column per
+  // head index (its key/value heads, GQA only, in a row just below); its MLP sits in a column of its own
+  // to the right, half a row above the heads (it reads the residual after them). Edges that would pass
+  // over a node are routed up a lane between the columns (see routePath).
+  var ROW_H = 96, NODE_R = 11;
   function layout(nodes) {
-    var rows = [], byKey = {};
-    function row(key, order, title) {
-      if (!byKey[key]) { byKey[key] = { key: key, order: order, title: title, items: [] }; rows.push(byKey[key]); }
+    var nHeads = 1, nKv = 0, nLayers = 0;
+    nodes.forEach(function (n) {
+      if (n.kind === "attention") nHeads = Math.max(nHeads, n.head + 1);
+      if (n.kind === "kv_head") nKv = Math.max(nKv, n.head + 1);
+      if (n.layer !== null && n.layer !== undefined && n.kind !== "logits") nLayers = Math.max(nLayers, n.layer + 1);
+    });
+    var colW = Math.max(50, Math.min(96, 860 / (nHeads + 2))), left = 64;
+    var mlpX = left + nHeads * colW + colW * 0.9, width = mlpX + 150;
+    var top = 44, height = top + (nLayers + 1) * ROW_H + 40, bottom = height - 34;
+    var headX = function (h) { return left + (h + 0.5) * colW; };
+    var lanes = [];
+    for (var k = 0; k <= nHeads; k++) lanes.push(left + k * colW);
+    lanes.push(mlpX + colW * 0.55);
+    var rows = [], byKey = {}, pos = {};
+    function row(key, y, title) {
+      if (!byKey[key]) { byKey[key] = { key: key, y: y, title: title, items: [] }; rows.push(byKey[key]); }
       return byKey[key];
     }
+    function layerY(L) { return bottom - (L + 1) * ROW_H + ROW_H * 0.25; }
+    var group = nKv ? nHeads / nKv : 1;
     nodes.forEach(function (n) {
-      var L = n.layer;
-      if (n.kind === "input") row("input", -1, "input").items.push(n);
-      else if (n.kind === "logits") row("logits", 1e9, "logits").items.push(n);
-      else if (n.kind === "kv_head") row("kv" + L, L * 3, "L" + L + " kv").items.push(n);
-      else if (n.kind === "attention") row("a" + L, L * 3 + 1, "L" + L + " attn").items.push(n);
-      else row("m" + L, L * 3 + 2, "L" + L + " mlp").items.push(n);
+      var L = n.layer, x, r;
+      if (n.kind === "input") { r = row("input", bottom, "input"); x = left + nHeads * colW / 2; }
+      else if (n.kind === "logits") { r = row("logits", top, "logits"); x = left + nHeads * colW / 2; }
+      else if (n.kind === "attention") { r = row("a" + L, layerY(L), "L" + L + " attn"); x = headX(n.head); }
+      else if (n.kind === "kv_head") { r = row("kv" + L, layerY(L) + 30, "L" + L + " kv"); x = headX((n.head + 0.5) * group - 0.5); }
+      else { r = row("m" + L, layerY(L) - ROW_H / 2, "L" + L + " mlp"); x = mlpX; }
+      r.items.push(n);
+      pos[n.id] = { x: x, y: r.y, node: n, wide: n.kind === "input" || n.kind === "logits" };
     });
-    rows.sort(function (a, b) { return a.order - b.order; });
-    var widest = Math.max.apply(null, rows.map(function (r) { return r.items.length; }));
-    var gap = Math.max(30, Math.min(70, 900 / Math.max(widest, 1)));
-    var left = 70, width = left + Math.max(widest, 4) * gap + 30, rowH = 72;
-    var height = rows.length * rowH + 30, pos = {};
-    rows.forEach(function (r, i) {
-      var y = height - 30 - i * rowH;
-      var span = (r.items.length - 1) * gap, x0 = left + (width - left - 30 - span) / 2;
-      r.y = y;
-      r.items.forEach(function (n, j) { pos[n.id] = { x: r.items.length === 1 ? left + (width - left - 30) / 2 : x0 + j * gap, y: y, node: n }; });
-    });
-    return { pos: pos, rows: rows, width: width, height: height + 10, gap: gap };
+    rows.sort(function (a, b) { return b.y - a.y; });
+    return { pos: pos, rows: rows, width: width, height: height, colW: colW, lanes: lanes, mlpX: mlpX };
   }
 
   var SLOT_DX = { q: -6, k: 0, v: 6 };
-  function edgePath(a, b, slot) {
-    var x1 = a.x, y1 = a.y - 11, x2 = b.x + (SLOT_DX[slot] || 0), y2 = b.y + 11;
-    var dy = Math.max(24, (y1 - y2) * 0.45);
-    return "M" + x1 + "," + y1 + " C" + x1 + "," + (y1 - dy) + " " + x2 + "," + (y2 + dy) + " " + x2 + "," + y2;
+  function halfWidth(p) { return p.wide ? 34 : NODE_R + 1; }
+  // Which rows strictly between a (lower) and b (higher) have a node within the x-range the edge sweeps.
+  function blocked(lay, a, b) {
+    var x0 = Math.min(a.x, b.x) - NODE_R - 6, x1 = Math.max(a.x, b.x) + NODE_R + 6;
+    return lay.rows.some(function (r) {
+      if (!(r.y < a.y - 1 && r.y > b.y + 1)) return false;
+      return r.items.some(function (n) {
+        var p = lay.pos[n.id], w = halfWidth(p);
+        return p.x + w >= x0 && p.x - w <= x1;
+      });
+    });
   }
+  function hashOf(text) { var v = 0; for (var i = 0; i < text.length; i++) v = (v * 31 + text.charCodeAt(i)) | 0; return Math.abs(v); }
+  function routePath(lay, a, b, slot, name) {
+    var x1 = a.x, y1 = a.y - (a.wide ? 11 : NODE_R), x2 = b.x + (SLOT_DX[slot] || 0), y2 = b.y + (b.wide ? 11 : NODE_R);
+    if (!lay.lanes || !blocked(lay, a, b)) {
+      var dy = Math.max(18, (y1 - y2) * 0.45);
+      return "M" + x1 + "," + y1 + " C" + x1 + "," + (y1 - dy) + " " + x2 + "," + (y2 + dy) + " " + x2 + "," + y2;
+    }
+    var mid = (a.x + b.x) / 2, lane = lay.lanes[0];
+    lay.lanes.forEach(function (l) { if (Math.abs(l - mid) < Math.abs(lane - mid)) lane = l; });
+    lane += ((hashOf(name || "") % 7) - 3) * 2.5;  // edges sharing a lane stay apart
+    var up = 20;  // rise into the corridor between rows, run up the lane, come down into the target
+    return "M" + x1 + "," + y1 + " C" + x1 + "," + (y1 - up) + " " + lane + "," + (y1 - 2) + " " + lane + "," + (y1 - up) +
+      " L" + lane + "," + (y2 + up) + " C" + lane + "," + (y2 + 2) + " " + x2 + "," + (y2 + up) + " " + x2 + "," + y2;
+  }
+
   function shortName(n) {
     if (n.kind === "attention") return "h" + n.head;
     if (n.kind === "kv_head") return "kv" + n.head;
     if (n.kind === "mlp") return "m" + n.layer;
     return n.id;
   }
-  function drawNode(g, p, cls, onclick) {
-    var n = p.node, wide = n.kind === "input" || n.kind === "logits", gEl;
-    gEl = s("g", { class: cls, "data-id": n.id, transform: "translate(" + p.x + "," + p.y + ")", onclick: onclick });
-    if (wide) append(gEl, s("rect", { x: -32, y: -11, width: 64, height: 22, rx: 6 }));
-    else if (n.kind === "mlp") append(gEl, s("rect", { x: -13, y: -11, width: 26, height: 22, rx: 3 }));
-    else append(gEl, s("circle", { r: 11 }));
+  // Role colours (light fill, dark stroke and text) and short names for the labels drawn on the graph.
+  var ROLES = {
+    previous_token: ["#deebf7", "#2166ac", "prev-token"], induction: ["#d9f0d3", "#1b7837", "induction"],
+    duplicate_token: ["#e0f3f8", "#2c7fb8", "dup-token"], name_mover: ["#fde0c5", "#b35806", "name mover"],
+    copy_suppression: ["#f2e0f0", "#8e3b8a", "copy-supp."], s_inhibition: ["#f6e8c3", "#8c510a", "S-inhib."],
+    attention_sink: ["#eeeeee", "#555555", "sink"], positional: ["#f0f0d0", "#6b6b00", "self-attn"],
+    other: ["#f4f1fb", "#5b3fa8", null]
+  };
+  function roleOf(label) {
+    var tags = (label && label.role_tags) || [];
+    var t = tags.filter(function (x) { return x !== "other"; })[0] || "other";
+    return ROLES[t] ? t : "other";
+  }
+  function shortLabel(label, max) {
+    var role = roleOf(label);
+    if (ROLES[role][2]) return ROLES[role][2];
+    var text = String(label.label || "");
+    if (/^unclassified/i.test(text)) return "no role";
+    if (/^silent/i.test(text)) return "silent";
+    text = text.replace(/^MLP most active on /, "on ");
+    return text.length > max ? text.slice(0, max - 1) + "\u2026" : text;
+  }
+  function drawNode(g, p, cls, onclick, label, handlers) {
+    var n = p.node, gEl, role = label ? roleOf(label) : null;
+    var col = role ? ROLES[role] : null;
+    gEl = s("g", { class: cls + (label && label.status !== "ok" ? " unverified" : ""), "data-id": n.id,
+      transform: "translate(" + p.x + "," + p.y + ")", onclick: onclick });
+    var style = col && cls.indexOf("ghost") < 0 ? "fill:" + col[0] + ";stroke:" + col[1] : null;
+    if (p.wide) append(gEl, s("rect", { x: -32, y: -11, width: 64, height: 22, rx: 6 }));
+    else if (n.kind === "mlp") append(gEl, s("rect", { x: -13, y: -11, width: 26, height: 22, rx: 3, style: style }));
+    else append(gEl, s("circle", { r: NODE_R, style: style }));
     append(gEl, s("text", { "text-anchor": "middle", dy: "3.5", text: shortName(n) }));
-    append(gEl, s("title", { text: n.id }));
+    if (label) {
+      var beside = n.kind === "mlp";  // the MLP column has room to its right; heads get the label below
+      append(gEl, s("text", { class: "node-label", "text-anchor": beside ? "start" : "middle",
+        x: beside ? 17 : 0, y: beside ? 4 : NODE_R + 12, style: col ? "fill:" + col[1] : null,
+        text: shortLabel(label, beside ? 22 : 11) + (label.status !== "ok" ? "?" : "") }));
+    }
+    append(gEl, s("title", { text: n.id + (label ? ": " + label.label + " (" + label.status + ")" : "") }));
+    if (handlers) {
+      gEl.addEventListener("mouseenter", handlers.enter);
+      gEl.addEventListener("mouseleave", handlers.leave);
+    }
     append(g, gEl);
     return gEl;
   }
   var positionNames = null;  // position-aware circuits with named template positions
   function posName(p) { return positionNames && positionNames[p] !== undefined ? p + " (" + positionNames[p] + ")" : "" + p; }
+
+  // Zoom (wheel, around the pointer; the + and - buttons) and pan (drag the background) of an SVG
+  // whose drawing is inside `view`; `fit` goes back to the whole graph.
+  function zoomable(svg, view) {
+    var st = { k: 1, x: 0, y: 0 };
+    function apply() { view.setAttribute("transform", "translate(" + st.x.toFixed(2) + "," + st.y.toFixed(2) + ") scale(" + st.k.toFixed(4) + ")"); }
+    function point(ev) {
+      var m = svg.getScreenCTM(), pt = svg.createSVGPoint();
+      pt.x = ev.clientX; pt.y = ev.clientY;
+      return m ? pt.matrixTransform(m.inverse()) : { x: 0, y: 0 };
+    }
+    function zoomAt(f, px, py) {
+      var k = Math.max(0.3, Math.min(12, st.k * f));
+      st.x = px - (px - st.x) * (k / st.k); st.y = py - (py - st.y) * (k / st.k); st.k = k; apply();
+    }
+    svg.addEventListener("wheel", function (ev) {
+      ev.preventDefault();
+      var p = point(ev);
+      zoomAt(Math.exp(-ev.deltaY * 0.0015), p.x, p.y);
+    }, { passive: false });
+    var drag = null;
+    svg.addEventListener("mousedown", function (ev) {
+      if (ev.button !== 0 || (ev.target.closest && ev.target.closest(".node, .ghost"))) return;
+      var p = point(ev); drag = { x: p.x - st.x, y: p.y - st.y, moved: false };
+    });
+    window.addEventListener("mousemove", function (ev) {
+      if (!drag) return;
+      var p = point(ev); st.x = p.x - drag.x; st.y = p.y - drag.y; drag.moved = true; apply();
+    });
+    window.addEventListener("mouseup", function () { if (drag) { svg.dragged = drag.moved; drag = null; } });
+    var vb = svg.viewBox.baseVal;
+    return {
+      zoom: function (f) { zoomAt(f, vb.x + vb.width / 2, vb.y + vb.height / 2); },
+      fit: function () { st = { k: 1, x: 0, y: 0 }; apply(); },
+      state: st
+    };
+  }
+  function zoomControls(z) {
+    return h("span", { class: "zoom" },
+      h("button", { type: "button", id: "zoom-in", title: "zoom in (or the mouse wheel)", text: "+", onclick: function () { z.zoom(1.4); } }),
+      h("button", { type: "button", id: "zoom-out", title: "zoom out", text: "\u2212", onclick: function () { z.zoom(1 / 1.4); } }),
+      h("button", { type: "button", id: "zoom-fit", title: "the whole graph", text: "fit", onclick: function () { z.fit(); } }),
+      h("span", { class: "muted", text: " wheel: zoom \u00b7 drag: pan" }));
+  }
   function positionsOf(e) {  // position-aware circuits: the source position and the target position
     return e.src_pos === undefined || e.src_pos === null ? "" :
       "  \u00b7  positions " + posName(e.src_pos) + " \u2192 " + posName(e.dst_pos);
@@ -174,6 +285,8 @@
   function tokens(list) {
     return (list || []).map(function (t) { return t.token + " (" + fmt(t.value, 2) + ")"; }).join(", ") || "none";
   }
+  var SCORER_NAMES = { evidence_agreement: "attention agreement", detection: "detection (where it matters)",
+                       llm: "LLM agreement", llm_detection: "LLM detection" };
   function nodePanel(panel, node, label, edges) {
     clear(panel);
     append(panel, h("h2", { text: node.id }),
@@ -185,14 +298,19 @@
       append(panel, h("div", { class: "panel-label", id: "node-label", text: label.label }),
         h("p", { id: "node-description", text: label.description }),
         h("div", null, (label.role_tags || []).map(function (t) { return h("span", { class: "chip", text: t }); })),
-        h("div", { class: "muted", text: "confidence " + fmt(label.confidence, 2) + " \u00b7 status " + label.status +
-          (label.provenance ? " \u00b7 " + label.provenance.backend : "") }));
+        h("div", { class: "muted", id: "node-status", text: "confidence " + fmt(label.confidence, 2) + " \u00b7 status " + label.status +
+          (label.provenance ? " \u00b7 " + label.provenance.backend : "") }),
+        label.status_reason ? h("div", { class: "reason", id: "node-reason", text: "why not ok: " + label.status_reason }) : null);
       var scores = Object.keys(label.scores || {}).map(function (k) {
         var sc = label.scores[k];
-        return [k, sc.metric, fmt(sc.value), fmt(sc.random_baseline), (sc.n_positive || 0) + "/" + (sc.n_negative || 0)];
+        var ci = sc.ci_low !== null && sc.ci_low !== undefined ? " [" + fmt(sc.ci_low, 2) + "\u2013" + fmt(sc.ci_high, 2) + "]" : "";
+        return [SCORER_NAMES[k] || k, sc.metric === "roc_auc" ? "AUC" : "bal. acc.", fmt(sc.value, 2) + ci, fmt(sc.random_baseline, 2),
+                (sc.n_positive || 0) + "/" + (sc.n_negative || 0)];
       });
-      if (scores.length) append(panel, h("h3", { text: "Label score (held out)" }),
-        table(["scorer", "metric", "score", "random label", "+/-"], scores, [2, 3]));
+      if (scores.length) append(panel, h("h3", { text: "Label scores (held-out rows)" }),
+        h("div", { id: "scores" }, table(["scorer", "metric", "score [95% CI]", "random label", "+/\u2212"], scores, [2, 3])),
+        h("p", { class: "muted small", text: "detection: from the label alone, predict where on held-out prompts the component matters " +
+          "(its measured effect on the metric); AUC of that prediction, beside a random label's. ok needs every score 0.10 above its random label." }));
       evidencePanel(panel, label.evidence);
     }
     if (edges.length) {
@@ -236,41 +354,68 @@
   }
 
   // ------------------------------------------------------------------ faithfulness curve
+  function ticksLinear(lo, hi, n) {
+    var step = Math.pow(10, Math.floor(Math.log10((hi - lo) / n || 1)));
+    [1, 2, 2.5, 5, 10].some(function (m) { if ((hi - lo) / (step * m) <= n) { step *= m; return true; } return false; });
+    var out = [];
+    for (var v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) out.push(Math.round(v / step) * step);
+    return out;
+  }
+  var AXIS = { "font-size": 12, fill: "#3d4556" };
+  function axes(svg, o) {  // o: {L, R, T, B, W, H, xticks: [[x, text]], yticks: [[y, text]], xtitle, ytitle, yticksRight, ytitleRight}
+    append(svg, s("line", { class: "axis", x1: o.L, x2: o.W - o.R, y1: o.H - o.B, y2: o.H - o.B, stroke: "#5b6475" }),
+      s("line", { class: "axis", x1: o.L, x2: o.L, y1: o.T, y2: o.H - o.B, stroke: "#5b6475" }));
+    (o.xticks || []).forEach(function (t) {
+      append(svg, s("line", { x1: t[0], x2: t[0], y1: o.H - o.B, y2: o.H - o.B + 4, stroke: "#5b6475" }),
+        s("text", Object.assign({ class: "tick", x: t[0], y: o.H - o.B + 17, "text-anchor": "middle", text: t[1] }, AXIS)));
+    });
+    (o.yticks || []).forEach(function (t) {
+      append(svg, s("line", { x1: o.L, x2: o.W - o.R, y1: t[0], y2: t[0], stroke: "#eceef2" }),
+        s("text", Object.assign({ class: "tick", x: o.L - 6, y: t[0] + 4, "text-anchor": "end", text: t[1] }, AXIS)));
+    });
+    if (o.yticksRight) {
+      append(svg, s("line", { class: "axis", x1: o.W - o.R, x2: o.W - o.R, y1: o.T, y2: o.H - o.B, stroke: "#5b6475" }));
+      o.yticksRight.forEach(function (t) {
+        append(svg, s("text", Object.assign({ class: "tick", x: o.W - o.R + 6, y: t[0] + 4, text: t[1] }, AXIS, { fill: o.rightColour || AXIS.fill })));
+      });
+    }
+    if (o.xtitle) append(svg, s("text", Object.assign({ x: (o.L + o.W - o.R) / 2, y: o.H - 6, "text-anchor": "middle", text: o.xtitle }, AXIS)));
+    if (o.ytitle) append(svg, s("text", Object.assign({ transform: "translate(14," + (o.T + o.H - o.B) / 2 + ") rotate(-90)", "text-anchor": "middle",
+      text: o.ytitle }, AXIS, { fill: o.leftColour || AXIS.fill })));
+    if (o.ytitleRight) append(svg, s("text", Object.assign({ transform: "translate(" + (o.W - 12) + "," + (o.T + o.H - o.B) / 2 + ") rotate(90)",
+      "text-anchor": "middle", text: o.ytitleRight }, AXIS, { fill: o.rightColour || AXIS.fill })));
+  }
   function curvePlot(metrics, totalEdges) {
-    var W = 420, H = 200, L = 44, R = 12, T = 12, B = 32;
+    var W = 460, H = 290, L = 56, R = 14, T = 14, B = 46;
     var svg = s("svg", { class: "curve", viewBox: "0 0 " + W + " " + H, width: W, height: H, id: "curve" });
-    var curves = [["curve_absolute", "by |score|", "#5b3fa8", null], ["curve_signed", "by signed score", "#e08b00", "5 3"]];
+    var curves = [["curve_absolute", "top edges by |score|", "#5b3fa8", null], ["curve_signed", "top edges by signed score", "#e08b00", "5 3"]];
     var pts = [];
     curves.forEach(function (c) { (metrics[c[0]] || []).forEach(function (p) { if (p.faithfulness !== null) pts.push(p); }); });
     if (!pts.length) return h("p", { class: "muted", text: "No faithfulness curve stored (discover with the curve on)." });
     var fs = pts.map(function (p) { return p.faithfulness; });
+    if (metrics.faithfulness !== null && metrics.faithfulness !== undefined) fs.push(metrics.faithfulness);
     var fmin = Math.min(0, Math.min.apply(null, fs)), fmax = Math.max(1, Math.max.apply(null, fs));
     var lx0 = Math.log10(0.1), lx1 = Math.log10(100);
     function X(pct) { return L + (Math.log10(Math.max(pct, 0.1)) - lx0) / (lx1 - lx0) * (W - L - R); }
     function Y(f) { return T + (fmax - f) / (fmax - fmin) * (H - T - B); }
-    append(svg, s("line", { x1: L, x2: W - R, y1: Y(0), y2: Y(0), stroke: "#c9ced8" }),
-      s("line", { x1: L, x2: W - R, y1: Y(1), y2: Y(1), stroke: "#c9ced8", "stroke-dasharray": "2 2" }),
-      s("line", { x1: L, x2: L, y1: T, y2: H - B, stroke: "#8a93a3" }));
-    [0.1, 1, 10, 100].forEach(function (p) {
-      append(svg, s("text", { x: X(p), y: H - B + 14, "text-anchor": "middle", "font-size": 10, fill: "#5b6475", text: p + "%" }));
-    });
-    [fmin, 0, 1, fmax].filter(function (v, i, a) { return a.indexOf(v) === i; }).forEach(function (v) {
-      append(svg, s("text", { x: L - 4, y: Y(v) + 3, "text-anchor": "end", "font-size": 10, fill: "#5b6475", text: fmt(v, 1) }));
-    });
-    append(svg, s("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle", "font-size": 10, fill: "#5b6475", text: "edges kept (% of the graph, log scale)" }));
+    axes(svg, { L: L, R: R, T: T, B: B, W: W, H: H,
+      xticks: [0.1, 1, 10, 100].map(function (p) { return [X(p), p + "%"]; }),
+      yticks: ticksLinear(fmin, fmax, 5).map(function (v) { return [Y(v), fmt(v, v % 1 ? 2 : 0)]; }),
+      xtitle: "edges kept (% of the graph, log scale)", ytitle: "faithfulness" });
+    append(svg, s("line", { x1: L, x2: W - R, y1: Y(1), y2: Y(1), stroke: "#8a93a3", "stroke-dasharray": "3 3" }));
     curves.forEach(function (c, i) {
       var cp = (metrics[c[0]] || []).filter(function (p) { return p.faithfulness !== null; });
       if (!cp.length) return;
       append(svg, s("polyline", { fill: "none", stroke: c[2], "stroke-width": 2, "stroke-dasharray": c[3],
         points: cp.map(function (p) { return X(p.percent) + "," + Y(p.faithfulness); }).join(" ") }));
-      append(svg, s("text", { x: W - R - 4, y: H - B - 8 - 12 * i, "text-anchor": "end", "font-size": 10, fill: c[2], text: c[1] }));
+      append(svg, s("text", { x: W - R - 4, y: H - B - 10 - 15 * i, "text-anchor": "end", "font-size": 12, fill: c[2], text: c[1] }));
     });
     var marker = s("g", { id: "curve-marker" });
     append(svg, marker);
     var cf = metrics.faithfulness, cn = metrics.n_edges;
     if (cf !== null && cf !== undefined && totalEdges) {
-      append(svg, s("circle", { cx: X(100 * cn / totalEdges), cy: Y(cf), r: 4, fill: "#1a9850" },
-        s("title", { text: "the circuit: " + cn + " edges, faithfulness " + fmt(cf) })));
+      append(svg, s("circle", { id: "curve-circuit", cx: X(100 * cn / totalEdges), cy: Y(cf), r: 5, fill: "#1a9850" },
+        s("title", { text: "the circuit: " + cn + " edges, faithfulness " + fmt(cf) + " (measured on the circuit itself)" })));
     }
     svg.mark = function (k) {
       clear(marker);
@@ -323,16 +468,40 @@
     }));
   }
 
+  // Whether an edge carries the behaviour. Its score is the change of the metric when the edge alone is
+  // switched to its corrupted value. For a higher-is-better metric (logit_diff, prob_diff) an edge the
+  // behaviour runs through has a negative score; for a distance (kl, lower is better) a positive one.
+  function higherIsBetter(c) {
+    var p = (c.method && c.method.params) || {};
+    if (p.higher_is_better !== undefined && p.higher_is_better !== null) return !!p.higher_is_better;
+    return ((c.metrics && c.metrics.metric) || p.metric) !== "kl";
+  }
+  function carries(e, hib) {
+    if (e.score === null || e.score === undefined || e.score === 0) return "none";
+    return (hib ? e.score < 0 : e.score > 0) ? "carries" : "opposes";
+  }
+  function signLegend(c) {
+    var hib = higherIsBetter(c), m = (c.metrics && c.metrics.metric) || "the metric";
+    return h("div", { class: "legend", id: "legend" },
+      h("span", null, h("span", { class: "swatch", style: "background:var(--carries)" }),
+        "carries the behaviour: switching the edge off " + (hib ? "lowers " + m + " (score < 0)" : "raises " + m + " (score > 0)")),
+      h("span", null, h("span", { class: "swatch", style: "background:var(--opposes)" }),
+        "works against it: switching it off " + (hib ? "raises " + m + " (score > 0)" : "lowers " + m + " (score < 0)")),
+      h("span", { text: "width \u221d \u221a|score| \u00b7 dashed: outside the circuit \u00b7 node colour: role \u00b7 dashed node, \u201c?\u201d: label unverified" }));
+  }
+
   function renderCircuit(root, c) {
     positionNames = c.positions && c.positions.names ? c.positions.names : null;
     circuitSummary(c, root);
     var order = edgeOrder(c), labels = labelsOf(c), nIn = c.edges.filter(function (e) { return e.in_circuit; }).length;
-    var lay = layout(c.nodes), selected = null;
-    var svg = s("svg", { class: "graph", id: "graph", viewBox: "0 0 " + lay.width + " " + lay.height, width: Math.round(lay.width * 1.3), height: Math.round(lay.height * 1.3) });
-    var gRows = s("g"), gEdges = s("g", { id: "edges" }), gNodes = s("g", { id: "nodes" });
-    append(svg, gRows, gEdges, gNodes);
+    var lay = layout(c.nodes), selected = null, hib = higherIsBetter(c);
+    var svg = s("svg", { class: "graph", id: "graph", viewBox: "0 0 " + lay.width + " " + lay.height,
+      width: Math.round(lay.width), height: Math.round(lay.height) });
+    var view = s("g", { id: "viewport" }), gRows = s("g"), gEdges = s("g", { id: "edges" }), gNodes = s("g", { id: "nodes" });
+    append(svg, view); append(view, gRows, gEdges, gNodes);
     lay.rows.forEach(function (r) { append(gRows, s("text", { class: "row", x: 6, y: r.y + 3, text: r.title })); });
-    var panel = h("div", { class: "card", id: "panel" }, h("p", { class: "muted", text: "Click a node to see its label and evidence." }));
+    var zoom = zoomable(svg, view);
+    var panel = h("div", { class: "card", id: "panel" }, h("p", { class: "muted", text: "Hover a node to see its edges; click it to keep them and see its label and evidence." }));
     var hover = h("div", { class: "hover", id: "hover", text: "Hover an edge to see its slot and score." });
     var max = Math.min(order.length, Math.max(nIn, MAX_SLIDER));
     var slider = h("input", { type: "range", id: "edge-slider", min: 0, max: max, value: nIn, step: 1 });
@@ -340,45 +509,67 @@
     var curve = curvePlot(c.metrics || {}, c.edges.length), curveText = h("div", { class: "muted", id: "curve-text" });
     var shown = [];
 
+    function focus(id) {  // highlight a node's edges and neighbours, fade the rest; null: none
+      svg.classList.toggle("focus", id !== null);
+      var near = {};
+      Array.prototype.forEach.call(gEdges.childNodes, function (p) {
+        var on = id !== null && (p.getAttribute("data-source") === id || p.getAttribute("data-target") === id);
+        p.classList.toggle("hl", on);
+        if (on) { near[p.getAttribute("data-source")] = near[p.getAttribute("data-target")] = true; }
+      });
+      Array.prototype.forEach.call(gNodes.childNodes, function (g) { g.classList.toggle("near", !!near[g.getAttribute("data-id")] || g.getAttribute("data-id") === id); });
+    }
     function draw(k) {
       clear(gEdges); clear(gNodes);
       shown = order.slice(0, k);
       var maxAbs = 0, touched = {};
       shown.forEach(function (e) { if (e.score !== null) maxAbs = Math.max(maxAbs, Math.abs(e.score)); touched[e.source] = touched[e.target] = true; });
-      shown.forEach(function (e) {
+      shown.slice().reverse().forEach(function (e) {  // the strongest drawn last, on top
         var a = lay.pos[e.source], b = lay.pos[e.target];
         if (!a || !b) return;
         var w = e.score === null || !maxAbs ? 0.3 : Math.sqrt(Math.abs(e.score) / maxAbs); // sqrt: weak edges stay visible
-        var sign = e.score === null || e.score === 0 ? "none" : e.score > 0 ? "pos" : "neg";
-        var p = s("path", { class: "edge " + sign + (e.in_circuit ? "" : " outside"), d: edgePath(a, b, e.slot),
-          "stroke-width": (0.8 + 5 * w).toFixed(2), "stroke-opacity": (0.35 + 0.65 * w).toFixed(2),
-          "data-name": e.name, "data-slot": e.slot,
-          onmouseenter: function () { hover.textContent = edgeTitle(e, e.in_circuit ? "in circuit" : "not in circuit"); } },
-          s("title", { text: edgeTitle(e) }));
-        append(gEdges, p);
+        append(gEdges, s("path", { class: "edge " + carries(e, hib) + (e.in_circuit ? "" : " outside"), d: routePath(lay, a, b, e.slot, e.name),
+          "stroke-width": (0.7 + (shown.length > 80 ? 2.6 : 4.5) * w).toFixed(2), "stroke-opacity": (0.3 + 0.6 * w).toFixed(2),
+          "data-name": e.name, "data-slot": e.slot, "data-source": e.source, "data-target": e.target,
+          onmouseenter: function () { hover.textContent = edgeTitle(e, (e.in_circuit ? "in circuit" : "not in circuit") + ", " + carries(e, hib).replace("none", "no score")); } },
+          s("title", { text: edgeTitle(e) })));
       });
       Object.keys(lay.pos).forEach(function (id) {
         var p = lay.pos[id], on = !!touched[id];
         var cls = (on ? "node" : "ghost") + (labels[id] ? " labeled" : "") + (selected === id ? " selected" : "");
-        drawNode(gNodes, p, cls, function () { select(id); });
+        drawNode(gNodes, p, cls, function (ev) { ev.stopPropagation(); select(id); }, labels[id],
+          { enter: function () { focus(id); }, leave: function () { focus(selected); } });
       });
       count.textContent = k + " edges shown (" + nIn + " in the circuit, " + c.edges.length + " in the graph), " +
         Object.keys(touched).length + " nodes";
-      var at = curve.mark ? curve.mark(k) : null;
-      if (at) curveText.textContent = k + " edges = " + fmt(at.pct, 2) + "% of the graph; stored curve (by |score|) there: faithfulness " + fmt(at.f);
+      var at = curve.mark ? curve.mark(k) : null, m = c.metrics || {};
+      if (at && k === nIn && m.faithfulness !== null && m.faithfulness !== undefined) {
+        curveText.textContent = "The circuit (" + k + " edges, " + fmt(at.pct, 2) + "% of the graph): faithfulness " + fmt(m.faithfulness) +
+          " (green dot; measured on the circuit itself, as in the header). The stored curve keeps the top " + fmt(at.pct, 2) +
+          "% of edges by |score| without this circuit's selection and pruning: " + fmt(at.f) + " there.";
+      } else if (at) {
+        curveText.textContent = k + " edges = " + fmt(at.pct, 2) + "% of the graph; the stored curve (top edges by |score|) there: faithfulness " +
+          fmt(at.f) + " (interpolated between measured points). The circuit itself: " + fmt(m.faithfulness) + ".";
+      }
+      focus(selected);
     }
     function select(id) {
       selected = id;
       Array.prototype.forEach.call(gNodes.childNodes, function (g) { g.classList.toggle("selected", g.getAttribute("data-id") === id); });
+      focus(id);
+      if (id === null) return;
       nodePanel(panel, lay.pos[id].node, labels[id], shown.filter(function (e) { return e.source === id || e.target === id; }));
     }
+    svg.addEventListener("click", function (ev) {
+      if (svg.dragged) { svg.dragged = false; return; }
+      if (!(ev.target.closest && ev.target.closest(".node, .ghost"))) select(null);
+    });
     slider.addEventListener("input", function () { draw(parseInt(slider.value, 10)); });
     append(root,
-      h("div", { class: "controls" }, h("label", { for: "edge-slider", text: "edges shown" }), slider, count),
-      legend([["var(--pos)", "score > 0"], ["var(--neg)", "score < 0"], ["#8a93a3", "dashed: outside the circuit"],
-              ["#5b3fa8", "labeled node"]]),
+      h("div", { class: "controls" }, h("label", { for: "edge-slider", text: "edges shown" }), slider, count, zoomControls(zoom)),
+      signLegend(c),
       h("div", { class: "layout" },
-        h("div", { class: "card" }, svg, hover),
+        h("div", { class: "card graph-card" }, svg, hover),
         h("div", null, panel, h("div", { class: "card" }, h("h3", { text: "Faithfulness curve (stored)" }), curve, curveText))));
     draw(nIn);
   }
@@ -410,10 +601,12 @@
         h("span", null, "Jaccard ", h("b", { text: fmt(union ? kept.length / union : 1) })),
         a.task.content_hash !== b.task.content_hash ? h("span", { class: "muted", text: "(different task data)" }) : null));
     var lay = layout(nodes);
-    var svg = s("svg", { class: "graph", id: "graph", viewBox: "0 0 " + lay.width + " " + lay.height, width: Math.round(lay.width * 1.3), height: Math.round(lay.height * 1.3) });
-    var gEdges = s("g", { id: "edges" }), gNodes = s("g", { id: "nodes" });
-    lay.rows.forEach(function (r) { append(svg, s("text", { class: "row", x: 6, y: r.y + 3, text: r.title })); });
-    append(svg, gEdges, gNodes);
+    var svg = s("svg", { class: "graph", id: "graph", viewBox: "0 0 " + lay.width + " " + lay.height, width: Math.round(lay.width), height: Math.round(lay.height) });
+    var view = s("g", { id: "viewport" }), gEdges = s("g", { id: "edges" }), gNodes = s("g", { id: "nodes" });
+    append(svg, view);
+    lay.rows.forEach(function (r) { append(view, s("text", { class: "row", x: 6, y: r.y + 3, text: r.title })); });
+    append(view, gEdges, gNodes);
+    var zoom = zoomable(svg, view);
     var hover = h("div", { class: "hover", id: "hover", text: "Hover an edge to see its slot and scores." });
     var panel = h("div", { class: "card", id: "panel" }, h("p", { class: "muted", text: "Click a node to compare its labels." }));
     var touched = {};
@@ -425,7 +618,7 @@
         var sa = inA[name] ? inA[name].score : null, sb = inB[name] ? inB[name].score : null;
         var text = e.source + " \u2192 " + e.target + "  \u00b7  slot " + e.slot + positionsOf(e) + "  \u00b7  " + grp[0] + "  \u00b7  score " +
           names[0] + " " + fmt(sa, 4) + ", " + names[1] + " " + fmt(sb, 4);
-        append(gEdges, s("path", { class: "edge " + grp[0], d: edgePath(pa, pb, e.slot), "stroke-width": grp[0] === "kept" ? 1.5 : 2.5,
+        append(gEdges, s("path", { class: "edge " + grp[0], d: routePath(lay, pa, pb, e.slot, name), "stroke-width": grp[0] === "kept" ? 1.5 : 2.5,
           "data-name": name, "data-slot": e.slot, onmouseenter: function () { hover.textContent = text; } }, s("title", { text: text })));
       });
     });
@@ -442,9 +635,9 @@
             h("div", null, (x[1].role_tags || []).map(function (t) { return h("span", { class: "chip", text: t }); })),
             h("p", { text: x[1].description })) : h("p", { class: "muted", text: "no label" }));
         });
-      });
+      }, lb[id] || la[id]);
     });
-    append(root, legend([["var(--gained)", "gained (in " + names[1] + " only)"], ["var(--lost)", "lost (in " + names[0] + " only)"],
+    append(root, h("div", { class: "controls" }, zoomControls(zoom)), legend([["var(--gained)", "gained (in " + names[1] + " only)"], ["var(--lost)", "lost (in " + names[0] + " only)"],
                          ["var(--kept)", "kept (in both)"]]),
       h("div", { class: "layout" }, h("div", { class: "card" }, svg, hover), panel));
     var changes = Object.keys(la).filter(function (k) {
@@ -458,27 +651,35 @@
   function renderTimeline(root, points, server, title) {
     append(root, h("h1", { text: title || "Circuit timeline" }));
     if (!points.length) { append(root, h("p", { class: "muted", text: "No checkpoints yet." })); return; }
-    var W = 640, H = 220, L = 48, R = 48, T = 14, B = 30;
+    var W = 700, H = 300, L = 62, R = 62, T = 16, B = 52;
     var xs = points.map(function (p, i) { return p.step !== null && p.step !== undefined ? p.step : i; });
     var x0 = Math.min.apply(null, xs), x1 = Math.max.apply(null, xs);
     var ne = points.map(function (p) { return p.n_edges; }), emax = Math.max(1, Math.max.apply(null, ne));
+    var eTicks = ticksLinear(0, emax, 5), etop = eTicks[eTicks.length - 1] < emax ? emax : eTicks[eTicks.length - 1];
+    var fv = points.map(function (p) { return p.faithfulness; }).filter(function (v) { return v !== null && v !== undefined; });
+    var flo = Math.min(0, Math.min.apply(null, fv.concat([0]))), fhi = Math.max(1, Math.max.apply(null, fv.concat([1])));
     function X(x) { return x1 === x0 ? (L + W - R) / 2 : L + (x - x0) / (x1 - x0) * (W - L - R); }
-    function YE(v) { return T + (1 - v / emax) * (H - T - B); }
-    function YF(v) { return T + (1 - Math.max(0, Math.min(1.2, v)) / 1.2) * (H - T - B); }
+    function YE(v) { return T + (1 - v / etop) * (H - T - B); }
+    function YF(v) { return T + (fhi - v) / (fhi - flo) * (H - T - B); }
     var svg = s("svg", { class: "curve", id: "timeline", viewBox: "0 0 " + W + " " + H, width: W, height: H });
-    append(svg, s("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, stroke: "#8a93a3" }),
-      s("polyline", { fill: "none", stroke: "#2166ac", "stroke-width": 2, points: points.map(function (p, i) { return X(xs[i]) + "," + YE(p.n_edges); }).join(" ") }),
+    var stepped = points.every(function (p) { return p.step !== null && p.step !== undefined; });
+    var xt = points.length <= 8 ? points.map(function (p, i) { return [X(xs[i]), stepped ? String(xs[i]) : pointName(p, i)]; })
+      : ticksLinear(x0, x1, 6).map(function (v) { return [X(v), String(v)]; });
+    axes(svg, { L: L, R: R, T: T, B: B, W: W, H: H, xticks: xt,
+      yticks: eTicks.map(function (v) { return [YE(v), String(v)]; }), ytitle: "edges in the circuit", leftColour: "#2166ac",
+      yticksRight: ticksLinear(flo, fhi, 5).map(function (v) { return [YF(v), fmt(v, v % 1 ? 2 : 0)]; }),
+      ytitleRight: "faithfulness", rightColour: "#b06d00",
+      xtitle: stepped ? "training step" : "checkpoint (in training order)" });
+    append(svg, s("polyline", { fill: "none", stroke: "#2166ac", "stroke-width": 2, points: points.map(function (p, i) { return X(xs[i]) + "," + YE(p.n_edges); }).join(" ") }),
       s("polyline", { fill: "none", stroke: "#e08b00", "stroke-width": 2, "stroke-dasharray": "5 3",
-        points: points.filter(function (p) { return p.faithfulness !== null; }).map(function (p) { return X(xs[points.indexOf(p)]) + "," + YF(p.faithfulness); }).join(" ") }),
-      s("text", { x: L - 6, y: YE(emax) + 4, "text-anchor": "end", "font-size": 10, fill: "#2166ac", text: String(emax) }),
-      s("text", { x: W - R + 6, y: YF(1) + 4, "font-size": 10, fill: "#e08b00", text: "f=1" }),
-      s("text", { x: L, y: H - 8, "font-size": 10, fill: "#5b6475", text: pointName(points[0], 0) }),
-      s("text", { x: W - R, y: H - 8, "text-anchor": "end", "font-size": 10, fill: "#5b6475", text: pointName(points[points.length - 1], points.length - 1) }));
+        points: points.filter(function (p) { return p.faithfulness !== null; }).map(function (p) { return X(xs[points.indexOf(p)]) + "," + YF(p.faithfulness); }).join(" ") }));
     points.forEach(function (p, i) {
       append(svg, s("circle", { class: "point", cx: X(xs[i]), cy: YE(p.n_edges), r: 4, fill: "#2166ac" },
         s("title", { text: pointName(p, i) + ": " + p.n_edges + " edges, faithfulness " + fmt(p.faithfulness) })));
+      if (p.faithfulness !== null && p.faithfulness !== undefined)
+        append(svg, s("rect", { class: "fpoint", x: X(xs[i]) - 3.5, y: YF(p.faithfulness) - 3.5, width: 7, height: 7, fill: "#e08b00" }));
     });
-    append(root, legend([["#2166ac", "edges in the circuit"], ["#e08b00", "faithfulness"]]), h("div", { class: "card" }, svg));
+    append(root, legend([["#2166ac", "edges in the circuit (left axis)"], ["#e08b00", "faithfulness (right axis, dashed)"]]), h("div", { class: "card" }, svg));
     var rows = points.map(function (p, i) {
       var link = null;
       if (server && p.circuit_id) {
@@ -579,27 +780,53 @@
   function renderSubmit(root, cfg) {
     append(root, h("h1", { text: "Submit a job" }));
     function options(list) { return list.map(function (t) { return h("option", { value: t, text: t }); }); }
+    var presets = cfg.presets || {}, acdc = cfg.acdc || ["acdc", "eap-ig+acdc"];
     var f = {
-      model: h("input", { name: "model", value: "toy:induction", required: true }),
+      model: h("input", { name: "model", value: "toy:induction", required: true, list: "model-presets" }),
       task: h("select", { name: "task" }, options(cfg.tasks || ["induction", "ioi"])),
       n: h("input", { name: "n", type: "number", value: 32, min: 1 }),
       seed: h("input", { name: "seed", type: "number", value: 1, min: 0 }),
       method: h("select", { name: "method" }, options(cfg.methods || ["eap-ig"])),
       metric: h("select", { name: "metric" }, [h("option", { value: "", text: "task default" })].concat(options(cfg.metrics || []))),
-      top_n: h("input", { name: "top_n", type: "number", value: 20, min: 1 }),
+      top_n: h("input", { name: "top_n", type: "number", value: 14, min: 1 }),
+      tau: h("input", { name: "tau", type: "number", value: 0.01, min: 0, step: "any" }),
       curve: h("input", { name: "curve", type: "checkbox", checked: true }),
       labeling: h("select", { name: "labeling" }, options(["heuristic", "none", "openai"]))
     };
+    var hints = { top_n: "scoring methods: keep the N most important edges", tau: "acdc, eap-ig+acdc: remove an edge when the metric moves by at most tau",
+                  model: "a shipped toy model (its own task is filled in) or a model directory the server allows" };
+    var rows = {};
+    function apply(name) {  // a shipped model: its task and the settings the demo uses
+      var p = presets[name];
+      if (!p) return;
+      f.task.value = p.task; f.n.value = p.n; f.seed.value = p.seed; f.metric.value = p.metric; f.top_n.value = p.top_n;
+    }
+    function methodChanged() {  // ACDC decides the circuit by tau; the scorers select by top-n
+      var isAcdc = acdc.indexOf(f.method.value) >= 0;
+      rows.top_n.hidden = isAcdc; rows.tau.hidden = !isAcdc;
+    }
+    apply(f.model.value);
+    f.model.addEventListener("change", function () { apply(f.model.value.trim()); });
+    f.method.value = "eap-ig";
+    f.method.addEventListener("change", methodChanged);
     var msg = h("div", { id: "submit-result" });
     var form = h("form", { class: "job card", id: "job-form" },
-      Object.keys(f).map(function (k) { return h("div", null, h("label", { text: k.replace("_", " ") }), f[k]); }),
+      h("datalist", { id: "model-presets" }, options(Object.keys(presets))),
+      Object.keys(f).map(function (k) {
+        rows[k] = h("div", { id: "row-" + k }, h("label", { text: k.replace("_", " ") }), f[k],
+          hints[k] ? h("span", { class: "muted small", text: " " + hints[k] }) : null);
+        return rows[k];
+      }),
       h("p", null, h("button", { type: "submit", text: "Submit" })), msg);
+    methodChanged();
     form.addEventListener("submit", function (ev) {
       ev.preventDefault();
       clear(msg);
+      var isAcdc = acdc.indexOf(f.method.value) >= 0;
       var body = { model: { name: f.model.value.trim() }, task: { builtin: f.task.value, n: +f.n.value, seed: +f.seed.value },
         method: { name: f.method.value, metric: f.metric.value || null, curve: f.curve.checked },
-        selection: { top_n: +f.top_n.value }, labeling: { backend: f.labeling.value } };
+        selection: isAcdc ? {} : { top_n: +f.top_n.value }, labeling: { backend: f.labeling.value } };
+      if (isAcdc) body.method.tau = +f.tau.value;
       api("/v1/jobs", { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } })
         .then(function (j) { location.href = "/ui/jobs/" + encodeURIComponent(j.id); })
         .catch(function (e) { showError(msg, e); });
