@@ -173,10 +173,9 @@ def test_gpt2_small_shaped_circuit_layout(browser, tmp_path):
     page.locator(f'#nodes [data-id="{node}"]').hover()
     hl = page.evaluate("() => [...document.querySelectorAll('#edges path.hl')].map(p => p.dataset.name)")
     assert sorted(hl) == sorted(mine)
-    page.wait_for_timeout(200)  # the fade's transition
-    opacity = page.evaluate("""() => [...document.querySelectorAll('#edges path')].map(p =>
-        [p.classList.contains('hl'), parseFloat(getComputedStyle(p).opacity)])""")
-    assert all(o == 1 for on, o in opacity if on) and all(o < 0.1 for on, o in opacity if not on)
+    page.wait_for_function("""() => [...document.querySelectorAll('#edges path')].every(p =>
+        p.classList.contains('hl') ? parseFloat(getComputedStyle(p).opacity) === 1
+                                   : parseFloat(getComputedStyle(p).opacity) < 0.1)""", timeout=5000)  # after the fade
     page.locator(f'#nodes [data-id="{node}"]').click()
     page.mouse.move(box["x"] + 5, box["y"] + box["height"] - 5)  # away: the clicked node stays highlighted
     assert page.locator("#edges path.hl").count() == len(mine)
