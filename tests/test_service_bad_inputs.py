@@ -174,3 +174,14 @@ def test_serve_prints_its_url_and_how_to_get_a_token(tmp_path):
     out = "".join(lines) + rest
     assert f"http://127.0.0.1:{port}" in lines[0] and "tokens create" in lines[1], out
     assert "alembic" not in out.lower() and "Traceback" not in out, out
+
+
+def test_docs_are_served_from_local_assets(api):
+    """/docs works offline: the page loads Swagger UI from this server, never from a CDN."""
+    page = api.get("/docs")
+    assert page.status_code == 200
+    assert "cdn." not in page.text and "jsdelivr" not in page.text and "unpkg" not in page.text, page.text[:500]
+    for asset in ("/docs/static/swagger-ui-bundle.js", "/docs/static/swagger-ui.css"):
+        assert asset in page.text
+        r = api.get(asset)
+        assert r.status_code == 200 and len(r.content) > 10_000, asset

@@ -91,6 +91,28 @@ def _parse_cursor(cursor: str | None) -> int | None:
                        status=400, title="Invalid cursor") from None
 
 
+def _local_docs(app: FastAPI) -> None:
+    """/docs: Swagger UI from the swagger-ui-bundle package's files, served here (FastAPI's default
+    loads it from a CDN, which leaves the page blank offline)."""
+    from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from starlette.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs/static", StaticFiles(directory=swagger_ui_path), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="circuitry API",
+                                   swagger_js_url="/docs/static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/static/swagger-ui.css",
+                                   swagger_favicon_url="/docs/static/favicon-32x32.png",
+                                   oauth2_redirect_url="/docs/oauth2-redirect")
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    def oauth2_redirect():
+        return get_swagger_ui_oauth2_redirect_html()
+
+
 def create_app(settings: Settings, db: Database | None = None, *, dispatcher_factory=None) -> FastAPI:
     """The API app. `dispatcher_factory(queue) -> Dispatcher` (started with the app) when this process
     also runs jobs; the schema is migrated at startup."""
@@ -109,8 +131,9 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
             if dispatcher:
                 await run_in_threadpool(dispatcher.stop)
 
-    app = FastAPI(title="circuitry", version="1.0", lifespan=lifespan,
+    app = FastAPI(title="circuitry", version="1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Circuit discovery as a service: submit a job, poll it, fetch its circuit.")
+    _local_docs(app)
     app.state.db, app.state.queue, app.state.settings = db, queue, settings
     app.state.submit_writer = ThreadPoolExecutor(1, thread_name_prefix="circuitry-submit")
 
