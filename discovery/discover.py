@@ -121,9 +121,11 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
     raise (e.g. discovery.errors.Cancelled) to stop the run within one batch.
 
     level: "edge" (default), "node" (each head and MLP one unit, scored by switching its whole output
-    to the reference; methods eap, eap-ig, clean-corrupted, exact) or "neuron" (each output dimension
-    of each node; eap, eap-ig, clean-corrupted); then top_n / threshold count nodes or neurons
-    (default: the top 10%), see discovery/levels.py."""
+    to the reference; methods eap, eap-ig, eap-ig-activations, clean-corrupted, exact; the default
+    method there is exact (measured: one patched forward per node), and the QK fix applies to the
+    gradient methods as the sum of a node's fixed edge scores) or "neuron" (each output dimension of
+    each node; the same methods but exact, default eap-ig, no QK fix); then top_n /
+    threshold count nodes or neurons (default: the top 10%), see discovery/levels.py."""
     started = time.perf_counter()
     if tau is not None and taus is not None:
         raise UserError("give tau or taus, not both")
@@ -162,7 +164,7 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
             raise UserError(f"workers shard edge-level scoring; drop them for level {m.level}")
         return _discover_units(setup, model, task, m.name, params, m.level, steps=m.steps, top=sel.top_n,
                                thresh=sel.threshold, grow=sel.greedy, absolute=sel.absolute, curve=m.curve,
-                               started=started)
+                               started=started, qk_fix=m.use_qk_fix)
     with _worker_pool(workers, worker_cpus, worker_gpus) as pool:
         if pool is not None:
             params["workers"] = pool.n
@@ -189,7 +191,7 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
 
 
 def _discover_units(setup: Setup, model, task, method, params, level, *, steps, top, thresh, grow, absolute, curve,
-                    started) -> Circuit:
+                    started, qk_fix=False) -> Circuit:
     """discover() at the node or neuron level (discovery/levels.py)."""
     from .levels import evaluate_units, neuron_edges, node_edges, select_units, unit_curves
     from .methods.node import neuron_scores, node_scores
@@ -197,7 +199,7 @@ def _discover_units(setup: Setup, model, task, method, params, level, *, steps, 
     graph = setup.graph
     notes = _result_warnings(setup)
     if level == "node":
-        scores = node_scores(setup, method, steps=steps).numpy()
+        scores = node_scores(setup, method, steps=steps, qk_fix=qk_fix).numpy()
         neuron = None
     else:
         neuron = neuron_scores(setup, method, steps=steps).numpy()

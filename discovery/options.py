@@ -24,8 +24,8 @@ from .names import (ACDC_METHODS, AUTO_METHOD, INTERVENTIONS, LEVELS, METHOD_NAM
                     METRIC_NAMES)
 
 ALL_METHODS = (AUTO_METHOD,) + tuple(METHOD_NAMES) + ACDC_METHODS
-NODE_METHODS = ("eap", "eap-ig", "clean-corrupted", "exact")  # level "node" (discovery/methods/node.py)
-NEURON_METHODS = ("eap", "eap-ig", "clean-corrupted")  # level "neuron"
+NODE_METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted", "exact")  # level "node" (methods/node.py)
+NEURON_METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted")  # level "neuron"
 DEFAULT_METHOD = AUTO_METHOD  # discover()'s default: discover() takes it from here (discovery/auto.py)
 QK_FIXABLE = ("eap", "eap-ig", "clean-corrupted", "eap-ig+acdc", AUTO_METHOD)  # methods/qk.py applies (edges)
 DEFAULT_TARGET = 0.9  # the faithfulness target of the default selection (discovery/auto.py)
@@ -99,6 +99,9 @@ class MethodOptions(_Strict):
             raise ValueError(f"tau and candidates apply to {' and '.join(ACDC_METHODS)}, not to '{self.name}'")
         if self.name == "acdc" and self.candidates is not None:
             raise ValueError("candidates applies to eap-ig+acdc (plain acdc decides every edge)")
+        if self.level != "edge" and self.name == AUTO_METHOD:  # the default pipeline at node/neuron level:
+            # nodes are few, so each is measured (exact: n_sources patched forwards per batch); neurons are estimated
+            self.name = "exact" if self.level == "node" else "eap-ig"
         allowed = {"node": NODE_METHODS, "neuron": NEURON_METHODS}.get(self.level)
         if allowed is not None and self.name not in allowed:
             raise ValueError(f"method '{self.name}' has no {self.level}-level scores; at level {self.level} "
@@ -110,7 +113,7 @@ class MethodOptions(_Strict):
         if self.position_names is not None and not self.positions:
             raise ValueError("position_names needs positions")
         if self.qk_fix and not self.qk_fixable:
-            raise ValueError(f"the QK fix applies to {', '.join(QK_FIXABLE)} at edge level without positions, "
+            raise ValueError(f"the QK fix applies to {', '.join(QK_FIXABLE)} at edge (or node) level without positions, "
                              f"not to '{self.name}'" + (f" at level {self.level}" if self.level != "edge" else "")
                              + (" with positions" if self.positions else ""))
         return self
@@ -121,7 +124,8 @@ class MethodOptions(_Strict):
 
     @property
     def qk_fixable(self) -> bool:
-        return self.name in QK_FIXABLE and self.level == "edge" and not self.positions
+        # at node level a node's score is the sum of its (QK-fixed) outgoing edge scores (methods/node.py)
+        return self.name in QK_FIXABLE and self.level in ("edge", "node") and not self.positions
 
     @property
     def use_qk_fix(self) -> bool:

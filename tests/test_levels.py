@@ -74,6 +74,21 @@ def test_node_and_neuron_scores_match_the_libraries_procedure_on_the_hf_model(fa
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_node_eap_ig_activations_tends_to_the_exact_node_scores(family):
+    """Integrated gradients along one node's output: complete, so with many steps the score is the
+    measured effect of switching that node; with one step (alpha = 1) it is EAP."""
+    lm = wrap_model(tiny.build(family, seed=1))
+    setup = Setup(lm, _task(token_rows(n=4, seed=2)), "logit_diff", batch_size=4)
+    exact = node_scores(setup, "exact")
+    torch.testing.assert_close(node_scores(setup, "eap-ig-activations", steps=1), node_scores(setup, "eap"),
+                               rtol=1e-4, atol=1e-6)
+    coarse = node_scores(setup, "eap-ig-activations", steps=4)
+    fine = neuron_scores(setup, "eap-ig-activations", steps=64)
+    err = lambda x: (x - exact).abs().max().item()  # noqa: E731
+    assert err(fine.sum(1)) < 0.02 * exact.abs().max().item() and err(fine.sum(1)) < err(coarse) / 4
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_exact_node_patching_equals_a_hand_written_rerun(family):
     model = tiny.build(family, seed=7)
     rows = token_rows(n=3, seed=8)
@@ -177,7 +192,7 @@ def test_level_errors():
     for kwargs, match in [(dict(level="layer"), "level: .*'edge', 'node' or 'neuron'"),
                           (dict(method="acdc", level="node"), "no node-level"),
                           (dict(method="exact", level="neuron"), "no neuron-level"),
-                          (dict(method="eap-ig-activations", level="node"), "no node-level"),
+                          (dict(method="acdc", level="neuron"), "no neuron-level"),
                           (dict(level="node", greedy=3), "greedy grows edges"),
                           (dict(level="node", workers=2), "workers shard edge-level")]:
         kwargs = {"method": "eap", **kwargs}
@@ -215,3 +230,25 @@ def test_node_and_neuron_circuits_export_to_every_format(level):
     data = json.loads(c.model_dump_json())
     for fmt in FORMATS:
         assert export(data, fmt), fmt
+
+
+def test_node_level_defaults_to_exact_and_gradient_methods_take_the_qk_fix_summed_over_edges():
+    lm = wrap_model(tiny.build("gpt2", seed=1))
+    task = _task(token_rows(n=4, seed=2))
+    default = discover(lm, task, level="node", top_n=3, curve=False, batch_size=4)
+    assert default.method.name == "exact" and "qk_fix" not in default.method.params
+    c = discover(lm, task, "eap-ig", level="node", top_n=3, curve=False, batch_size=4)
+    assert c.method.params["qk_fix"] is True
+    setup = Setup(lm, task, "logit_diff", batch_size=4)
+    fixed = score_edges(setup, "eap-ig", steps=5, qk_fix=True)
+    summed = torch.zeros(setup.graph.n_sources).index_add_(0, torch.as_tensor(setup.graph.edge_src), fixed)
+    scores = torch.tensor([n.score for n in c.nodes if n.score is not None])
+    torch.testing.assert_close(scores, summed, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(summed, node_scores(setup, "eap-ig", steps=5), rtol=1e-3)  # the fix changes them
+    plain = discover(lm, task, "eap-ig", level="node", qk_fix=False, top_n=3, curve=False, batch_size=4)
+    torch.testing.assert_close(torch.tensor([n.score for n in plain.nodes if n.score is not None]),
+                               node_scores(setup, "eap-ig", steps=5), rtol=1e-5, atol=1e-6)
+    neuron = discover(lm, task, level="neuron", top_n=10, curve=False, batch_size=4)
+    assert neuron.method.name == "eap-ig" and "qk_fix" not in neuron.method.params
+    with pytest.raises(UserError, match="QK fix"):
+        discover(lm, task, level="neuron", qk_fix=True, curve=False)
