@@ -223,6 +223,9 @@ def test_rows_that_do_not_share_a_layout_are_one_line_errors(models, tmp_path, c
     rows = token_rows(n=2) + token_rows(n=1, length=5, seed=3)
     with pytest.raises(UserError, match="row 3 has 5/5 clean/corrupted tokens and row 1 has 6"):
         _setup(lm, task_from_rows(rows, vocab_size=tiny.VOCAB), positions=True)
+    with pytest.raises(UserError, match="one process"):
+        score_edges(_setup(lm, task_from_rows(token_rows(n=2), vocab_size=tiny.VOCAB), positions=True), "eap",
+                    workers=object())
     for kw, msg in [({"method": "acdc"}, "positions works with the scoring methods"),
                     ({"position_names": ["a"] * 6, "positions": None}, "position_names needs positions"),
                     ({"position_names": ["a"] * 5}, "5 position names given for prompts of 6 tokens"),

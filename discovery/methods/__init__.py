@@ -34,6 +34,8 @@ def score_edges(setup: Setup, method: str, steps: int = 5, workers=None, qk_fix:
     if qk_fix and setup.graph.n_positions is not None:
         raise UserError("the QK fix scores edges without positions; drop it (or --positions)")
     if workers is not None:
+        if setup.graph.n_positions is not None:
+            raise UserError("position-aware scoring runs in one process; drop the workers")
         if method in STEPPED and steps < 1:  # here, not as a worker's error
             raise UserError(f"--steps must be at least 1 (got {steps})")
         from ..distributed import score_edges_sharded
