@@ -177,3 +177,26 @@ def test_labeled_file_keeps_status_reason_and_intervals(ioi, tmp_path):
     data = json.loads((tmp_path / "l.json").read_text())
     rec = next(r for r in data["labels"] if r["status"] == "unverified")
     assert rec["status_reason"] and {"ci_low", "ci_high"} <= set(rec["scores"]["detection"])
+
+
+def test_label_circuit_checks_the_endpoint_before_any_work(tmp_path):
+    """The library path (discover --label, the service) fails the same way, before collecting evidence."""
+    from discovery.errors import UserError
+    from labeling.llm import LLMConfig
+
+    model, task, circuit = induction_setup(n=8, seed=7)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = LLMConfig(base_url=f"http://127.0.0.1:{port}/v1", model="m", cache_dir=tmp_path)
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match="not reachable"):
+        label_circuit(circuit, model, task, "openai", llm=cfg, components=["a0.h3"])
+    assert time.monotonic() - t0 < 10
+
+
+def test_labeling_shows_progress_over_components(capsys):
+    model, task, circuit = induction_setup(n=16, seed=7)
+    label_circuit(circuit, model, task, components=["a0.h3", "a1.h0", "m1"], evidence=SMALL, progress=True)
+    err = capsys.readouterr().err
+    assert "labeling:" in err and "/6 [" in err  # 3 components x (evidence, scores)
