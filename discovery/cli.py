@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     # light names only (discovery/names.py): --help and argument errors answer before torch loads
     from .export import FORMATS as EXPORT_FORMATS
     from .names import ACDC_METHODS, AUTO_METHOD, INTERVENTIONS, LEVELS, METHOD_NAMES as METHODS, METRIC_NAMES as METRICS
-    from .options import DEFAULT_METHOD
+    DEFAULT_METHOD = AUTO_METHOD  # = discovery.options.DEFAULT_METHOD (tests/test_cli.py); pydantic stays unloaded for --help
 
     parser = _Parser(prog="circuitry", description="Circuit discovery on Hugging Face causal LMs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -277,10 +277,10 @@ def _check_out(path: str) -> None:
 
 
 def cmd_discover(args) -> int:
-    options = discovery_options(args)
+    _check_model_and_task(args)  # paths and names first: they need neither pydantic nor torch
     _check_out(args.out)
+    options = discovery_options(args)
     many = len(options.method.tau or []) > 1
-    _check_model_and_task(args)
     metric, higher_is_better = _metric_args(args)
     model, task = _load(args)
     from .discover import discover

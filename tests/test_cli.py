@@ -179,6 +179,9 @@ def test_light_names_match_the_heavy_tables():
     assert tuple(METRICS) == METRIC_NAMES
     assert tuple(INTERVENTIONS) == LIGHT_INTERVENTIONS
     assert tuple(TASKS) == TASK_NAMES
+    from discovery.names import AUTO_METHOD
+    from discovery.options import DEFAULT_METHOD
+    assert DEFAULT_METHOD == AUTO_METHOD  # what --help names as the default
 
 
 HEAVY = ("torch", "transformers", "ray", "fastapi", "sklearn", "sqlalchemy")
@@ -218,6 +221,9 @@ def test_help_and_argument_errors_import_nothing_heavy(argv, tmp_path):
     last = r.stdout.strip().splitlines()[-1]
     if argv[-1] == "--help":
         assert last == "EXIT 0 HEAVY -" and "usage: circuitry" in r.stdout, (last, r.stderr)
+        light = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY + ("pydantic",)), *argv],
+                               capture_output=True, text=True, cwd=tmp_path)
+        assert light.stdout.strip().splitlines()[-1] == "EXIT 0 HEAVY -", light.stdout[-300:]  # not even pydantic
         return
     assert last == "EXIT 2 HEAVY -", (last, r.stderr)
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("circuitry: error: "), r.stderr
