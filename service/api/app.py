@@ -7,6 +7,7 @@ import asyncio
 import base64
 import functools
 import hashlib
+import importlib
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -122,6 +123,9 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await run_in_threadpool(db.migrate)
+        # what a submission's checks import (task rows use discovery.tasks, hence torch): loaded now, so
+        # the first request is not the one that waits seconds for it
+        await run_in_threadpool(importlib.import_module, "discovery.tasks")
         dispatcher = dispatcher_factory(queue).start() if dispatcher_factory else None
         app.state.dispatcher = dispatcher
         try:

@@ -4,6 +4,8 @@ size and fit the model's vocabulary and context."""
 
 from __future__ import annotations
 
+import functools
+
 from discovery.errors import UserError
 
 from ..config import Settings
@@ -45,7 +47,19 @@ def validate_task(task: TaskSpec, settings: Settings) -> None:
 
 
 def _model_config(path: str) -> dict:
-    """The model directory's config.json (an empty dict if it cannot be read: the job then says why)."""
+    """The model directory's config.json (an empty dict if it cannot be read: the job then says why);
+    parsed once per version of the file (submissions are the service's hottest path)."""
+    import os
+
+    try:
+        stamp = os.stat(os.path.join(path, "config.json")).st_mtime_ns
+    except OSError:
+        return {}
+    return _read_config(path, stamp)
+
+
+@functools.lru_cache(maxsize=256)
+def _read_config(path: str, stamp: int) -> dict:
     import json
     import os
 
@@ -55,6 +69,14 @@ def _model_config(path: str) -> dict:
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+@functools.lru_cache(maxsize=256)
+def _toy_dir(name: str, revision: str | None) -> str:
+    """A shipped toy model's directory (shipped files: they do not change while the server runs)."""
+    from discovery.names import toy_model_dir
+
+    return toy_model_dir(name, revision)
 
 
 def context_length(config: dict) -> int | None:
@@ -70,18 +92,16 @@ def validate_model(job: JobRequest, settings: Settings) -> None:
     it loads). A refusal names the field."""
     import os
 
-    from discovery.names import toy_model_dir
-
     from .models_access import resolve_model
 
     m = job.model
     try:
-        path = resolve_model(m.name, settings.model_roots)
+        path = resolve_model(m.name, settings.model_roots) if not m.name.startswith("toy:") else m.name
     except UserError as exc:
         raise Unprocessable(f"model.name: {exc}") from None
     if m.name.startswith("toy:"):
         try:
-            path = toy_model_dir(m.name, m.revision)
+            path = _toy_dir(m.name, m.revision)
         except UserError as exc:
             raise Unprocessable(f"model.revision: {exc}" if m.revision else f"model.name: {exc}") from None
     elif os.path.isdir(path):

@@ -15,7 +15,7 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-
 def resolve_model(name: str, roots: list[str]) -> str:
     """What to pass to load_model for the requested model `name`; a UserError says why it is refused."""
     if name.startswith("toy:"):
-        from discovery.models import toy_model_dir
+        from discovery.names import toy_model_dir
         toy_model_dir(name)  # an unknown toy name is refused now, with the list of known ones
         return name
     parts = name.replace("\\", "/").split("/")
