@@ -48,24 +48,31 @@ def lm():
 
 
 @pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model")
+    tiny.build("gpt2", n_layers=1).save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="module")
 def rows_task():
     return task_from_rows(token_rows(n=4), vocab_size=tiny.VOCAB)
 
 
 @pytest.mark.parametrize("flat, flags, api", BAD, ids=[" ".join(b[1]) for b in BAD])
-def test_every_entry_point_refuses_the_same_values(lm, rows_task, tmp_path, capsys, flat, flags, api):
+def test_every_entry_point_refuses_the_same_values(lm, rows_task, model_dir, tmp_path, capsys, flat, flags, api):
     with pytest.raises(UserError):
         DiscoveryOptions.from_flat(**flat)
     with pytest.raises(UserError):  # discover() refuses before any work
         discover(lm, rows_task, **flat)
-    # the CLI: exit 2, one line naming the flag (before the model is even loaded: the path does not exist)
-    code = main(["discover", "--model", str(tmp_path / "absent"), "--task", "ioi", "--out", str(tmp_path / "o.json"),
+    # the CLI: exit 2, one line naming the flag (checked after the paths, before the model loads)
+    code = main(["discover", "--model", model_dir, "--task", "ioi", "--out", str(tmp_path / "o.json"),
                  "--quiet", *flags])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "Traceback" not in err, err
     named = [f for f in flags if f.startswith("--") and f != "--method"]
     assert any(f in err for f in named) or "decides the circuit" in err or "apply to" in err, err
-    assert "does not exist" not in err  # options are checked first
+    assert not (tmp_path / "o.json").exists()
     with pytest.raises(ValidationError):  # the API's job body and a watch's body: one model
         JobRequest.model_validate(_body(**api))
     with pytest.raises(ValidationError):
