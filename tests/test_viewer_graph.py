@@ -208,7 +208,7 @@ def test_labeled_toy_ioi_circuit(browser, ioi_labeled, tmp_path):
     assert page.locator("#node-reason").inner_text().startswith("why not ok: ")
     scores = page.locator("#scores").inner_text()
     det = unverified["scores"]["detection"]
-    assert "detection (where it matters)" in scores and f"{det['value']:.2f} [{det['ci_low']:.2f}" in scores
+    assert "detection" in scores and f"AUC {det['value']:.2f} [{det['ci_low']:.2f}" in scores
     page.locator(f'#nodes [data-id="{ok["component"]}"]').click()
     assert page.locator("#node-status").inner_text().endswith("status ok · heuristic")
     assert page.locator("#node-reason").count() == 0

@@ -285,8 +285,7 @@
   function tokens(list) {
     return (list || []).map(function (t) { return t.token + " (" + fmt(t.value, 2) + ")"; }).join(", ") || "none";
   }
-  var SCORER_NAMES = { evidence_agreement: "attention agreement", detection: "detection (where it matters)",
-                       llm: "LLM agreement", llm_detection: "LLM detection" };
+  var SCORER_NAMES = { evidence_agreement: "agreement", detection: "detection", llm: "LLM agreement", llm_detection: "LLM detection" };
   function nodePanel(panel, node, label, edges) {
     clear(panel);
     append(panel, h("h2", { text: node.id }),
@@ -304,13 +303,14 @@
       var scores = Object.keys(label.scores || {}).map(function (k) {
         var sc = label.scores[k];
         var ci = sc.ci_low !== null && sc.ci_low !== undefined ? " [" + fmt(sc.ci_low, 2) + "\u2013" + fmt(sc.ci_high, 2) + "]" : "";
-        return [SCORER_NAMES[k] || k, sc.metric === "roc_auc" ? "AUC" : "bal. acc.", fmt(sc.value, 2) + ci, fmt(sc.random_baseline, 2),
-                (sc.n_positive || 0) + "/" + (sc.n_negative || 0)];
+        return [SCORER_NAMES[k] || k, (sc.metric === "roc_auc" ? "AUC " : "bal. acc. ") + fmt(sc.value, 2) + ci,
+                fmt(sc.random_baseline, 2)];
       });
       if (scores.length) append(panel, h("h3", { text: "Label scores (held-out rows)" }),
-        h("div", { id: "scores" }, table(["scorer", "metric", "score [95% CI]", "random label", "+/\u2212"], scores, [2, 3])),
-        h("p", { class: "muted small", text: "detection: from the label alone, predict where on held-out prompts the component matters " +
-          "(its measured effect on the metric); AUC of that prediction, beside a random label's. ok needs every score 0.10 above its random label." }));
+        h("div", { id: "scores" }, table(["scorer", "score [95% CI]", "random label"], scores, [1, 2])),
+        h("p", { class: "muted small", text: "agreement: the label's role predicts the head's strongest attention (or an MLP's activity). " +
+          "detection: from the label alone, predict where on held-out prompts the component matters (its measured effect on the " +
+          "metric); AUC against that effect. ok needs every score 0.10 above its random label, its interval above it too." }));
       evidencePanel(panel, label.evidence);
     }
     if (edges.length) {
@@ -408,7 +408,7 @@
       if (!cp.length) return;
       append(svg, s("polyline", { fill: "none", stroke: c[2], "stroke-width": 2, "stroke-dasharray": c[3],
         points: cp.map(function (p) { return X(p.percent) + "," + Y(p.faithfulness); }).join(" ") }));
-      append(svg, s("text", { x: W - R - 4, y: H - B - 10 - 15 * i, "text-anchor": "end", "font-size": 12, fill: c[2], text: c[1] }));
+      append(svg, s("text", { x: L + 8, y: T + 14 + 15 * i, "font-size": 12, fill: c[2], text: (c[3] ? "- - " : "\u2014 ") + c[1] }));
     });
     var marker = s("g", { id: "curve-marker" });
     append(svg, marker);
