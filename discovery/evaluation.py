@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .methods.common import Setup, masked_metric_values
+from .patching import run
 from .selection import prune as prune_edges
 from .selection import top_n
 
@@ -18,24 +19,45 @@ CURVE_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 
 @torch.no_grad()
 def circuit_metrics(setup: Setup, circuits: list[np.ndarray], max_rows: int = 512, desc: str | None = None,
-                    per_example: bool = False) -> np.ndarray:
+                    per_example: bool = False, skip: bool = True) -> np.ndarray:
     """Mean metric of each circuit (bool per edge) under the setup's intervention; with per_example,
-    the metric of every example instead: [n_circuits, n_examples] in task row order."""
+    the metric of every example instead: [n_circuits, n_examples] in task row order.
+
+    Cost follows the circuits: the full model is the batch's clean run and, with patching, the empty
+    circuit its corrupted run (both made once per setup and batch, see Setup.run_cache); any other
+    circuit is a cached run of the patching core (patching.run with cache=) that computes only the
+    nodes the logits depend on and whose inputs are not all corrupted (skip=False computes every
+    node: the same numbers), several circuits per pass (at most max_rows rows of masks x examples)."""
     graph = setup.graph
+    positional = graph.n_positions is not None
     valid = torch.as_tensor(graph.valid)
-    offs = torch.stack([valid & ~torch.as_tensor(graph.edge_mask_matrix(c)) for c in circuits]).float()
+    circuits = [np.asarray(c, bool) for c in circuits]
+    full = [bool(c.all()) for c in circuits]
+    empty = [not c.any() and setup.intervention == "patching" for c in circuits]
+    todo = [i for i in range(len(circuits)) if not (full[i] or empty[i])]
+    offs = torch.stack([valid & ~torch.as_tensor(graph.edge_mask_matrix(circuits[i])) for i in todo]).float() \
+        if todo else None
     values = np.zeros((len(circuits), len(setup.task)))
-    bar = tqdm(total=len(circuits) * -(-len(setup.task) // setup.batch_size), desc=desc, file=sys.stderr,
+    bar = tqdm(total=len(todo) * -(-len(setup.task) // setup.batch_size), desc=desc, file=sys.stderr,
                disable=not setup.progress or desc is None, leave=False)
     for batch in setup.batches():
         b = len(batch.rows)
-        ref = setup.reference(batch)
-        clean_logits = setup.clean_run(batch).logits if setup.metric.needs_clean_logits else None
+        c = setup.run_cache(batch)
+        clean_logits = c.clean_logits if setup.metric.needs_clean_logits else None
+        for i in range(len(circuits)):
+            if full[i] or empty[i]:
+                logits = c.clean_logits if full[i] else c.ref_logits
+                values[i, batch.rows] = setup.metric(logits, batch, clean_logits).double().cpu().numpy()
         per_pass = max(1, max_rows // b)
-        for start in range(0, len(circuits), per_pass):
-            off = offs[start:start + per_pass]
-            values[start:start + off.shape[0], batch.rows] = masked_metric_values(
-                setup, batch, ref, off, clean_logits).cpu().numpy()
+        for start in range(0, len(todo), per_pass):
+            off = offs[start:start + per_pass].to(setup.device)
+            if positional:  # the cached run has no per-position edges: the plain core
+                m = masked_metric_values(setup, batch, c.ref, off, clean_logits).cpu().numpy()
+            else:
+                logits = run(setup.adapter, graph, batch.clean, cache=c, off=off, skip=skip).logits
+                m = np.stack([setup.metric(logits[j * b:(j + 1) * b], batch, clean_logits).double().cpu().numpy()
+                              for j in range(off.shape[0])])
+            values[np.ix_(todo[start:start + off.shape[0]], batch.rows)] = m
             bar.update(off.shape[0])
     bar.close()
     return values if per_example else values.mean(1)
@@ -76,7 +98,7 @@ def _area(xs, ys) -> float:
 
 
 def faithfulness_curves(setup: Setup, scores, percents=CURVE_PERCENTS, prune: bool = True, bootstrap: int = 0,
-                        seed: int = 0, confidence: float = 0.95) -> dict:
+                        seed: int = 0, confidence: float = 0.95, max_rows: int = 512) -> dict:
     """Faithfulness of the top-k% edges, by signed and by absolute scores; CPR and CMD (MIB).
 
     CPR: area under f (signed selection); CMD: area under |1 - f| (absolute selection); both over the
@@ -84,7 +106,7 @@ def faithfulness_curves(setup: Setup, scores, percents=CURVE_PERCENTS, prune: bo
     trapezoidal. Each point records the edges selected and the edges left after pruning.
 
     With bootstrap=B, examples are resampled B times (with replacement) and every faithfulness, CPR
-    and CMD gets a percentile confidence interval `*_ci` = [low, high]."""
+    and CMD gets a percentile confidence interval `*_ci` = [low, high]. max_rows: as circuit_metrics."""
     graph, hib = setup.graph, setup.metric.higher_is_better
     circuits, meta = [np.ones(graph.n_edges, bool), np.zeros(graph.n_edges, bool)], []
     for absolute in (False, True):
@@ -94,7 +116,7 @@ def faithfulness_curves(setup: Setup, scores, percents=CURVE_PERCENTS, prune: bo
             c = prune_edges(graph, c) if prune else c
             circuits.append(c)
             meta.append((absolute, pct, n, int(c.sum())))
-    values = circuit_metrics(setup, circuits, desc="faithfulness curve", per_example=True)
+    values = circuit_metrics(setup, circuits, max_rows=max_rows, desc="faithfulness curve", per_example=True)
     out = _summarize(values.mean(1), meta, percents)
     if bootstrap:
         rng = np.random.default_rng(seed)

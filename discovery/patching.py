@@ -26,9 +26,12 @@ no attention mask is needed; callers read each row at its own last real token.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
 from . import positions as positional
@@ -219,6 +222,8 @@ def run(
     reader_override: dict[int, torch.Tensor] | None = None,
     off_dims: torch.Tensor | None = None,
     pattern_hook: PatternHook | None = None,
+    cache: "RunCache | None" = None,
+    skip: bool = True,
 ) -> RunResult:
     """One forward pass of the model through its own modules, with edges patched as `off` says.
 
@@ -239,7 +244,14 @@ def run(
       live), applied on the edges that `off` switches; None: every dimension (1).
     pattern_hook(layer, pattern): sees every layer's attention pattern (see `attend`); the QK fix
       registers gradient hooks on it.
+    cache: a RunCache of this batch (ids and last are then the cache's): evaluate K masks off
+      [K, n_sources, n_readers] in one no-grad pass, starting at start_stage (every edge into an
+      earlier stage must be as in the cache's base circuit), reusing the cached upstream sources and,
+      with skip, computing only the nodes the logits depend on and that differ from their reference
+      (see _run_cached). Returns logits [K * B, V], mask-major.
     """
+    if cache is not None:
+        return RunResult(_run_cached(cache, start_stage, off, skip), None)
     n, p = ids.shape
     positions = torch.arange(p, device=ids.device)[None].expand(n, p)
     if start_resid is not None:
@@ -352,3 +364,465 @@ def run(
                 final = final[torch.arange(n, device=final.device), last]
             logits = adapter.unembed(final)
     return RunResult(logits, rec if (record or record_resid) else None)
+
+
+# --- cached runs: start at a stage, reuse upstream activations, skip what cannot matter ------------
+
+def alive_nodes(graph, keep_matrix: np.ndarray, readers_of) -> tuple[np.ndarray, np.ndarray]:
+    """(reader slots, sources) with a path to the logits through kept edges ([n_sources, n_readers])."""
+    readers = np.zeros(graph.n_readers, dtype=bool)
+    sources = np.zeros(graph.n_sources, dtype=bool)
+    readers[graph.n_readers - 1] = True  # the logits
+    for s in range(graph.n_sources - 1, 0, -1):  # a source's readers come before anything it writes to
+        if (keep_matrix[s] & readers).any():
+            sources[s] = True
+            readers[readers_of[s]] = True
+    return readers, sources
+
+
+class RunCache:
+    """What every cached run on one data batch reuses (`run(..., cache=)`), from one recorded forward
+    of a base circuit (the clean model when `off0` is None) and the reference activations:
+
+    - ref_resid[stage] [B, P - p0, d]: what a reader of that stage sees when every edge into it is out
+      of the circuit: the stage's residual minus every upstream source's (live - reference) write
+      (for patching, the corrupted run's residual). A reader's input under any mask is this plus the
+      (live - reference) writes of the sources whose edges into it are in the circuit.
+    - the (live - reference) writes of every source, stacked in source order [B, P - p0, d, S] (kept
+      while it fits in the byte budget, else rebuilt when needed).
+    - memo: the writes of nodes run once for all masks of a run, keyed by what determines them, so
+      that a later run does not redo what an earlier one already did (same budget, least recently
+      used out first).
+    - p0: the first position at which any source's output differs from its reference in this batch
+      (with patching, the first corrupted token). Before it every source computes the same thing
+      under any mask (attention is causal), so cached runs compute positions p0.. only and take the
+      keys and values of earlier positions from the recorded run (prefix_kv).
+
+    ref_is_run: the reference is what each node computes when all its inputs carry the reference
+    (patching: the corrupted run); only then is a node whose every incoming edge is out skipped.
+    budget: [bytes] shared by the caches of one task (a one-element list, decremented)."""
+
+    def __init__(self, adapter: Adapter, graph: Graph, ids: torch.Tensor, last: torch.Tensor, ref: Activations, *,
+                 ref_is_run: bool, budget: list[int], off0: torch.Tensor | None = None,
+                 ref_logits: torch.Tensor | None = None):
+        from .selection import _readers_of
+
+        self.adapter, self.graph, self.budget = adapter, graph, budget
+        a, g = adapter, graph
+        self.ids, self.last, self.ref, self.ref_is_run = ids, last, ref, ref_is_run
+        self.ref_logits = ref_logits  # the empty circuit's logits, when known (patching: the corrupted run)
+        self.readers_of = _readers_of(g)
+        self.slots = np.array([{"k": 1, "v": 2}.get(x, 0) for x in g.reader_slot])  # key/value readers > 0
+        clean = run(a, g, ids, last=last, record=off0 is None, record_resid=off0 is None)
+        self.clean_logits = clean.logits
+        self.n_forwards = 1
+        if off0 is None:
+            base = clean
+        else:
+            base = run(a, g, ids, last=last, ref=ref, off=off0[None].to(ids.device), record=True, record_resid=True)
+            self.n_forwards += 1
+        self.base_logits = base.logits
+        acts = base.acts
+        b, p = self.ids.shape
+        self.resid = acts.resid
+        self.d_emb = (acts.embed - self.ref.embed).expand(b, p, -1)
+        self.d_z = [(z - r).expand(b, p, -1, -1) for z, r in zip(acts.z, self.ref.z)]
+        self.d_mlp = [(m - r).expand(b, p, -1) for m, r in zip(acts.mlp, self.ref.mlp)]
+        differs = (self.d_emb != 0).any(-1).any(0)
+        for t in self.d_z:
+            differs |= (t != 0).flatten(2).any(-1).any(0)
+        for t in self.d_mlp:
+            differs |= (t != 0).any(-1).any(0)
+        first = int(torch.nonzero(differs)[0]) if bool(differs.any()) else p
+        self.p0 = min(first, int(self.last.min()))
+        self._stack = None
+        full = self.stack()
+        self.ref_resid = [r[:, self.p0:] - full[..., :st.n_upstream].sum(-1) for r, st in zip(self.resid, g.stages)]
+        self._prefix_kv: dict[int, tuple] = {}
+        self.memo: OrderedDict = OrderedDict()  # writes of nodes run once for all masks, by identity
+        self._stack_last = None
+        self.rotary = a.rotary(self.resid[0][:1], torch.arange(p, device=self.ids.device)[None])
+
+    def nbytes(self) -> int:
+        """Bytes held outside the shared budget (residuals, activation differences, reference)."""
+        ts = [*self.resid, *self.ref_resid, self.d_emb, *self.d_z, *self.d_mlp, self.ref.embed, *self.ref.z,
+              *self.ref.mlp]
+        return sum(t.untyped_storage().nbytes() for t in ts)
+
+    def stack(self) -> torch.Tensor:
+        """[B, P - p0, d, n_sources] (sources last, so that mixing them is one matrix product): every
+        source's (live - reference) write."""
+        if self._stack is not None:
+            return self._stack
+        a, g, p0 = self.adapter, self.graph, self.p0
+        parts = [self.d_emb[:, p0:].unsqueeze(3)]
+        for layer in range(g.n_layers):
+            w_out = a.heads(layer).out
+            parts.append(torch.einsum("bphc,hcm->bpmh", self.d_z[layer][:, p0:], w_out.to(self.d_z[layer].dtype)))
+            parts.append(self.d_mlp[layer][:, p0:].unsqueeze(3))
+        full = torch.cat(parts, dim=3)
+        size = full.numel() * full.element_size()
+        if self.budget[0] >= size:
+            self.budget[0] -= size
+            self._stack = full
+        return full
+
+    def stack_last(self) -> torch.Tensor:
+        """[B, 1, d, n_sources]: stack() at each row's last position."""
+        if self._stack_last is None:
+            self._stack_last = self.stack()[torch.arange(len(self.last)), self.last - self.p0].unsqueeze(1)
+        return self._stack_last
+
+    def remember(self, key, writes: torch.Tensor) -> None:
+        """Memoise a node's writes; the least recently used go first when the budget is spent."""
+        size = writes.numel() * writes.element_size()
+        while self.memo and size > self.budget[0]:
+            _, old = self.memo.popitem(last=False)
+            self.budget[0] += old.numel() * old.element_size()
+        if size <= self.budget[0]:
+            self.memo[key] = writes
+            self.budget[0] -= size
+
+    def prefix_kv(self, layer: int):
+        """Keys and values [B, p0, kv_heads, d_head] of the positions before p0 at a layer."""
+        if layer not in self._prefix_kv:
+            a = self.adapter
+            w = a.heads(layer)
+            xn = a.attn_norm(layer, self.resid[2 * layer][:, :self.p0])
+            self._prefix_kv[layer] = (_project(xn, w.k, w.k_bias), _project(xn, w.v, w.v_bias))
+        return self._prefix_kv[layer]
+
+
+def _cached_sources(graph, start: int) -> int:
+    """Sources whose output the forward starting at stage `start` takes from the cache: those written
+    before that stage (a prefix of the source order)."""
+    stage = graph.stages[start]
+    if stage.kind == "attn":
+        return source_rows(graph, stage.layer)[0]
+    if stage.kind == "mlp":
+        return source_rows(graph, stage.layer)[1]
+    return graph.n_sources
+
+
+def _attend_at(adapter, layer: int, q, k, v, rotary, q_pos: torch.Tensor) -> torch.Tensor:
+    """Attention for queries at positions q_pos [N | 1, Pq] over keys/values at every position
+    0..P-1. q [N, Pq, H, d_head], k and v [N, P, kv_heads, d_head]. The arithmetic of
+    `patching.attend`, which is the case q_pos = 0..P-1."""
+    n, pq, h, dh = q.shape
+    p, kv = k.shape[1], k.shape[2]
+    if rotary is not None:
+        cos, sin = rotary
+        q = _rotate(q, cos[0][q_pos], sin[0][q_pos])
+        k = _rotate(k, cos, sin)
+    qg = q.view(n, pq, kv, h // kv, dh).permute(0, 2, 3, 1, 4)  # [N, kv, group, Pq, dh]
+    kg = k.permute(0, 2, 3, 1).unsqueeze(2)  # [N, kv, 1, dh, P]
+    vg = v.permute(0, 2, 1, 3).unsqueeze(2)  # [N, kv, 1, P, dh]
+    scores = (qg @ kg) * adapter.attn_scale(layer)
+    j = torch.arange(p, device=q.device)
+    allowed = j[None, None, :] <= q_pos[:, :, None]
+    window = adapter.sliding_window(layer)
+    if window is not None:
+        allowed &= j[None, None, :] > q_pos[:, :, None] - window
+    mask = torch.zeros(allowed.shape, dtype=scores.dtype, device=q.device).masked_fill(
+        ~allowed, torch.finfo(scores.dtype).min)
+    scores = scores + mask[:, None, None]
+    pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+    return (pattern @ vg).permute(0, 3, 1, 2, 4).reshape(n, pq, h, dh)
+
+
+ALL, LAST = 2, 1  # positions a node is needed at: every computed one (p0..), or each row's last
+# What determines a source's output in a pass, when it is not a memo key: the recorded run's (the
+# cache, before the pass's first stage) or its reference (not run).
+_BASE, _REF = b"\0" * 15 + b"b", b"\0" * 15 + b"r"
+
+
+def positions_needed(graph, in_any: np.ndarray, alive: np.ndarray, readers_of, slots) -> np.ndarray:
+    """Per source: ALL, LAST or 0 (not needed). The logits read each row's last position; an MLP is
+    position-wise; a head's queries are needed where its output is, its keys and values at every
+    position. A source is needed where any alive reader it has an in-circuit edge to is. The heads
+    of a k/v reader group (grouped graphs of GQA models) run together, so each runs (and reads its
+    queries) where any of them is needed."""
+    need = np.zeros(graph.n_sources, dtype=np.int8)
+    reader_need = np.zeros(graph.n_readers, dtype=np.int8)
+    reader_need[graph.n_readers - 1] = LAST
+    h, size = graph.n_heads, graph.n_heads // graph.n_kv_readers  # heads per k/v reader group
+    for s in range(graph.n_sources - 1, 0, -1):
+        if alive[s]:
+            need[s] = reader_need[in_any[s]].max(initial=0)
+        within = (s - 1) % (h + 1)  # the head's index in its layer; h for the MLP
+        if within == h:
+            if need[s]:
+                reader_need[readers_of[s]] = np.maximum(reader_need[readers_of[s]], need[s])
+        elif within % size == 0:  # the group's first head: all of the group is known
+            group = np.arange(s, s + size)
+            mode = need[group].max()
+            if mode:
+                need[group[need[group] > 0]] = mode
+                for hs in group:
+                    rs = readers_of[hs]
+                    reader_need[rs] = np.maximum(reader_need[rs], np.where(slots[rs] >= 1, ALL, mode))
+    return need
+
+
+@torch.no_grad()
+def _run_cached(c: RunCache, start: int, off: torch.Tensor, skip: bool) -> torch.Tensor:
+    """run(..., cache=c, start_stage=start, off=off): logits [K * B, V] of K edge masks off
+    [K, n_sources, n_readers] (1 = edge out of the circuit) on the cache's batch. Rows are mask-major:
+    row k * B + b is example b under mask k.
+
+    Valid when every edge into a stage before `start` is as in the cache's base circuit (any mask
+    when start is 0). The patching core's definition: a reader sees the reference residual plus the
+    (live - reference) writes of its in-circuit sources. With skip, only what the logits can depend
+    on is computed (skip=False computes every node at every position p0.., the same numbers):
+    - a node with no path to the logits in any of the K masks is not run: it writes its reference
+      output. Exact: every edge out of it is out of the circuit or leads to such nodes only, and an
+      out-of-circuit edge carries the reference whatever the node computes. With ref_is_run
+      (patching), neither is a node with every incoming edge out of the circuit: it sees the
+      reference residual and so computes its reference output;
+    - a node whose output reaches the logits only position-wise (through MLPs, queries and the
+      logits) runs at each row's last position only (see positions_needed);
+    - a node whose inputs are the same under every mask (no in-circuit edge from a node that depends
+      on the mask) is run once for all K masks, and memoised across runs by what determines its
+      output.
+    Always: sources before `start` are not run (their writes come from the cache), nor positions
+    before the batch's p0 (see RunCache)."""
+    a, g = c.adapter, c.graph
+    readers_of, slots = c.readers_of, c.slots
+    if skip:
+        alive_sources = np.zeros(g.n_sources, dtype=bool)
+        valid = g.valid
+        for m in (off.cpu().numpy() < 1) & valid:  # edges at least partly in the circuit
+            alive_sources |= alive_nodes(g, m, readers_of)[1]
+    else:
+        alive_sources = np.ones(g.n_sources, dtype=bool)
+    k_masks = off.shape[0]
+    b, p = c.ids.shape
+    p0, dev = c.p0, off.device
+    dtype = c.resid[0].dtype
+    on = torch.as_tensor(g.valid, dtype=dtype, device=dev) - off.to(dtype)  # 1 where the edge is in
+    on0 = on[0]
+    diff = on - on0
+    on_any = (on != 0).any(dim=0).cpu().numpy()  # [S, R]: in the circuit in some mask
+    on_np = (on0 != 0).cpu().numpy()
+    varying = (diff != 0).any(dim=0).any(dim=0).cpu().numpy()  # readers whose column differs among masks
+    n_cached = _cached_sources(g, start)
+    need = positions_needed(g, on_any, alive_sources, readers_of, slots) if skip else np.full(g.n_sources, ALL, np.int8)
+    need[:n_cached] = ALL  # (cached: both versions exist)
+    patching = c.ref_is_run and skip
+    rows = torch.arange(b, device=dev)
+    at = c.last - p0  # each row's last position among the computed ones
+    on_cached, diff_cached = on0[:n_cached], diff[:, :n_cached]  # the cached sources' part
+    cached = {ALL: c.stack()[..., :n_cached].unsqueeze(0), LAST: c.stack_last()[..., :n_cached].unsqueeze(0)}
+    # Writes (live - reference) of the sources run here: those that are the same under every mask in
+    # `bufs` {ALL | LAST: [1, B, Pc | 1, d, n_sources - n_cached]} (zero for a source not run: it
+    # writes its reference), so that one product per stage mixes them; those that differ among the
+    # masks in `chunks` [(sources, their indices, {ALL | LAST: [K, B, Pc | 1, d, n]})]. And what
+    # determines each one's output (None when it depends on the mask).
+    bufs: dict[int, torch.Tensor] = {}
+    in_buf = np.zeros(g.n_sources, dtype=bool)
+    chunks: list[tuple[np.ndarray, torch.Tensor, dict]] = []
+    ident: dict[int, bytes | None] = {}
+
+    def buffer(mode):
+        if mode not in bufs:
+            bufs[mode] = torch.zeros(1, b, p - p0 if mode == ALL else 1, c.resid[0].shape[-1], g.n_sources - n_cached,
+                                     dtype=dtype, device=dev)
+        return bufs[mode]
+
+    def at_last(t):  # [kx, B, Pc, ...] -> [kx, B, 1, ...]
+        return t[:, rows, at].unsqueeze(2)
+
+    def version(ch, mode):
+        if mode not in ch:
+            ch[mode] = at_last(ch[ALL])
+        return ch[mode]
+
+    def mix(t, o):  # t [kx, B, P', d, S'], o [S', R] -> [kx, B, P', R, d]
+        out = t.reshape(-1, t.shape[-1]) @ o
+        return out.view(*t.shape[:-1], o.shape[-1]).transpose(-1, -2)
+
+    def mix_each(t, o):  # t [kx, B, P', d, S'], o [K, S', V] (per mask) -> [K, B, P', V, d]
+        kx, nv = t.shape[0], o.shape[-1]
+        if kx == 1:
+            out = t.reshape(-1, t.shape[-1]) @ o.permute(1, 0, 2).reshape(o.shape[1], -1)
+            return out.view(*t.shape[1:-1], k_masks, nv).permute(3, 0, 1, 4, 2)
+        out = torch.bmm(t.reshape(kx, -1, t.shape[-1]), o)
+        return out.view(*t.shape[:-1], nv).transpose(-1, -2)
+
+    def identity(readers: np.ndarray, what) -> bytes | None:
+        """What determines the output of a node with these readers: its in-circuit sources and what
+        determines theirs; None if that depends on the mask."""
+        if not skip or varying[readers].any():
+            return None
+        parts = [repr(what).encode(), on_np[:, readers].tobytes()]  # both of fixed size for a node
+        for s in np.flatnonzero(on_np[:, readers].any(axis=1)):
+            i = _BASE if s < n_cached else ident.get(int(s), _REF)  # not run here: its reference
+            if i is None:
+                return None
+            parts.append(int(s).to_bytes(4, "little") + i)
+        return hashlib.blake2b(b"".join(parts), digest_size=16).digest()
+
+    def mask_dependent(readers: np.ndarray) -> bool:
+        """Whether these readers' inputs differ among the masks: their edges do, or an in-circuit
+        source's writes do."""
+        return bool(varying[readers].any()) or any(
+            next(iter(ch.values())).shape[0] > 1 and on_any[src][:, readers].any() for src, _, ch in chunks)
+
+    def needed(readers: np.ndarray) -> bool:
+        """False for a node that computes its reference output (see above)."""
+        return not patching or bool(on_any[:, readers].any())
+
+    def inputs(stage_idx: int, readers: np.ndarray, mode: int) -> torch.Tensor:
+        """[K | 1, B, Pc | 1, len(readers), d]: each reader's input under each mask."""
+        cols = torch.as_tensor(readers, device=dev)
+        base = c.ref_resid[stage_idx]
+        base = base[rows, at].unsqueeze(1) if mode == LAST else base
+        x = base.unsqueeze(-2).unsqueeze(0)
+        if on_any[:n_cached, readers].any():
+            x = x + mix(cached[mode], on_cached[:, cols])
+        x = x.expand(*x.shape[:3], len(readers), x.shape[-1])
+        ran = np.flatnonzero(in_buf[:g.stages[stage_idx].n_upstream])  # run here, one version for all masks
+        lo, hi = (int(ran[0]), int(ran[-1]) + 1) if len(ran) else (0, 0)
+        in_ran = hi > lo and bool(on_any[lo:hi][:, readers].any())
+        if in_ran:
+            x = x + mix(buffer(mode)[..., lo - n_cached:hi - n_cached], on0[lo:hi][:, cols])
+        for src, srct, ch in chunks:
+            if on_any[src][:, readers].any():
+                x = x + mix(version(ch, mode), on0[srct][:, cols])
+        vary = np.flatnonzero(varying[readers])
+        if len(vary):
+            vcols = cols[torch.as_tensor(vary, device=dev)]
+            corr = mix_each(cached[mode], diff_cached[:, :, vcols])
+            if in_ran:
+                corr = corr + mix_each(buffer(mode)[..., lo - n_cached:hi - n_cached], diff[:, lo:hi][:, :, vcols])
+            for src, srct, ch in chunks:
+                if on_any[src][:, readers[vary]].any():
+                    corr = corr + mix_each(version(ch, mode), diff[:, srct][:, :, vcols])
+            x = x.expand(k_masks, *x.shape[1:]).clone()
+            x[:, :, :, torch.as_tensor(vary, device=dev)] += corr
+        return x
+
+    def flat(t):  # [K, B, ...] -> [K*B, ...]
+        return t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
+
+    def widen(t, kx):  # [K | 1, ...] -> [kx, ...]
+        return t.expand(kx, *t.shape[1:])
+
+    def add_chunk(src: np.ndarray, writes: torch.Tensor, mode: int, key):
+        """Writes [kx, B, Pc | 1, d, len(src)] of these sources; key: what determines them (one for
+        all, or one per source)."""
+        if writes.shape[0] == 1:
+            lo = int(src[0]) - n_cached
+            contiguous = bool((np.diff(src) == 1).all())
+            at_cols = slice(lo, lo + len(src)) if contiguous else torch.as_tensor(src - n_cached, device=dev)
+            buffer(mode)[..., at_cols] = writes
+            if mode == ALL:
+                buffer(LAST)[..., at_cols] = at_last(writes)
+            in_buf[src] = True
+        else:
+            chunks.append((src, torch.as_tensor(src, device=dev), {mode: writes}))
+        keys = key if isinstance(key, list) else [key] * len(src)
+        for s, k_ in zip(src, keys):
+            ident[int(s)] = k_
+
+    for idx in range(start, len(g.stages)):
+        stage = g.stages[idx]
+        layer = stage.layer
+        if stage.kind == "attn":
+            h0 = source_rows(g, layer)[0]
+            h, kv = g.n_heads, g.n_kv_readers
+            size = h // kv
+            w = a.heads(layer)
+            kv_heads = g.kv_weight_heads()  # the model's key/value head each k/v reader projects through
+            done, todo = [], []  # (sources, writes, mode, key) from the memo; groups to compute
+            for grp in range(kv):  # a k/v reader group (a query head, unless the graph is grouped)
+                heads = np.arange(grp * size, (grp + 1) * size)
+                mode = int(need[h0 + heads].max())
+                q_readers = stage.start + heads
+                kv_readers = np.array([stage.start + h + grp, stage.start + h + kv + grp])
+                readers = np.concatenate([q_readers, kv_readers])
+                if not mode or not needed(readers):
+                    for s in h0 + heads:
+                        ident[int(s)] = _REF
+                    continue
+                key = identity(readers, ("attn", layer, grp, mode))
+                if key is not None and key in c.memo:
+                    c.memo.move_to_end(key)
+                    done.append((h0 + heads, c.memo[key], mode, key))
+                else:
+                    todo.append((grp, heads, mode, key, q_readers, kv_readers, mask_dependent(readers)))
+            if todo:  # every group's inputs in one mix per upstream chunk, then attention group by group
+                xkv_all = a.attn_norm(layer, inputs(idx, np.concatenate([t[5] for t in todo]), ALL))
+                xq_all, q_at = {}, {}
+                for m in (ALL, LAST):
+                    of_mode = [t for t in todo if t[2] == m]
+                    if of_mode:
+                        xq_all[m] = a.attn_norm(layer, inputs(idx, np.concatenate([t[4] for t in of_mode]), m))
+                        q_at.update({t[0]: i * size for i, t in enumerate(of_mode)})
+            for j, (grp, heads, mode, key, _, _, varies) in enumerate(todo):
+                xkv = xkv_all[:, :, :, 2 * j:2 * j + 2]
+                xq = xq_all[mode][:, :, :, q_at[grp]:q_at[grp] + size]
+                if not varies:  # the same input under every mask: run once
+                    xkv, xq = xkv[:1], xq[:1]
+                kx = max(xq.shape[0], xkv.shape[0])
+                kvs = slice(kv_heads[grp], kv_heads[grp] + 1)
+                k = _project(flat(xkv[:, :, :, 0]), w.k[kvs], None if w.k_bias is None else w.k_bias[kvs])
+                v = _project(flat(xkv[:, :, :, 1]), w.v[kvs], None if w.v_bias is None else w.v_bias[kvs])
+                if p0 > 0:
+                    pk, pv = c.prefix_kv(layer)
+                    k = torch.cat([flat(widen(pk[None, :, :, kvs], k.shape[0] // b)), k], dim=1)
+                    v = torch.cat([flat(widen(pv[None, :, :, kvs], v.shape[0] // b)), v], dim=1)
+                hs = slice(grp * size, (grp + 1) * size)
+                q = _project(flat(widen(xq, kx)), w.q[hs], None if w.q_bias is None else w.q_bias[hs])
+                if k.shape[0] != q.shape[0]:
+                    k, v = (flat(widen(t.view(-1, b, *t.shape[1:]), kx)) for t in (k, v))
+                q_pos = c.last.repeat(kx)[:, None] if mode == LAST else torch.arange(p0, p, device=dev)[None]
+                z = _attend_at(a, layer, q, k, v, c.rotary, q_pos)
+                z = z.view(kx, b, *z.shape[1:])
+                ref_z = c.ref.z[layer][:, :, hs]
+                if ref_z.shape[1] > 1:
+                    ref_z = ref_z[rows, c.last].unsqueeze(1) if mode == LAST else ref_z[:, p0:]
+                d_z = z - ref_z
+                writes = torch.einsum("kbphc,hcm->kbpmh", d_z, w.out[hs].to(d_z.dtype)).contiguous()
+                done.append((h0 + heads, writes, mode, key if kx == 1 else None))
+                if key is not None and kx == 1:
+                    c.remember(key, writes)
+            by_kind: dict = {}  # the layer's writes as few chunks as possible (one per mode and width)
+            for src, writes, mode, key in done:
+                used = need[src] > 0  # a head run only for its group's sake: its output is never read
+                if not used.all():
+                    for s in src[~used]:
+                        ident[int(s)] = _REF
+                    src, writes = src[used], writes[..., torch.as_tensor(np.flatnonzero(used), device=dev)]
+                if len(src):
+                    by_kind.setdefault((mode, writes.shape[0]), []).append((src, writes, key))
+            for (mode, _), parts in by_kind.items():
+                add_chunk(np.concatenate([s for s, _, _ in parts]),
+                          parts[0][1] if len(parts) == 1 else torch.cat([w_ for _, w_, _ in parts], dim=-1), mode,
+                          [k_ for s, _, k_ in parts for _ in s])
+        elif stage.kind == "mlp":
+            src = source_rows(g, layer)[1]
+            readers = np.array([stage.start])
+            mode = int(need[src])
+            if not mode or not needed(readers):
+                ident[src] = _REF
+                continue
+            key = identity(readers, ("mlp", layer, mode))
+            if key is not None and key in c.memo:
+                c.memo.move_to_end(key)
+                add_chunk(np.array([src]), c.memo[key], mode, key)
+                continue
+            ref_mlp = c.ref.mlp[layer]
+            if ref_mlp.shape[1] > 1:
+                ref_mlp = ref_mlp[rows, c.last].unsqueeze(1) if mode == LAST else ref_mlp[:, p0:]
+            x = inputs(idx, readers, mode)
+            out = a.mlp(layer, a.mlp_norm(layer, x[:, :, :, 0]))
+            d_out = (out - ref_mlp).unsqueeze(-1)
+            add_chunk(np.array([src]), d_out, mode, key if d_out.shape[0] == 1 else None)
+            if key is not None and d_out.shape[0] == 1:
+                c.remember(key, d_out)
+        else:
+            x = inputs(idx, np.array([stage.start]), LAST)[:, :, 0, 0]  # [K | 1, B, d] at each row's last position
+            logits = a.unembed(x)
+            return logits.expand(k_masks, *logits.shape[1:]).reshape(k_masks * b, -1)
+    raise AssertionError("unreachable: the logits stage is last")

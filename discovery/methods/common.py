@@ -14,7 +14,7 @@ from ..graph import Graph
 from ..metrics import Metric, resolve_metric
 from ..models import LoadedModel
 from ..names import INTERVENTIONS  # noqa: F401 (re-exported)
-from ..patching import Activations, head_writes, run, source_rows
+from ..patching import Activations, RunCache, head_writes, run, source_rows
 from ..tasks import Batch, Task, check_equal_lengths, iter_batches
 
 
@@ -41,8 +41,12 @@ class Setup:
     # task's rows must share one token layout. position_names: optional names of the P positions
     positions: bool = False
     position_names: list[str] | None = None
+    # Evaluations on one setup reuse each data batch's clean and reference runs (a RunCache) while
+    # they fit in this many bytes; beyond it, each evaluation reruns them.
+    run_cache_bytes: int = 512 * 2**20
     graph: Graph = field(init=False)
     _mean: Activations | None = field(default=None, init=False, repr=False)
+    _runs: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
         self.metric = resolve_metric(self.metric)
@@ -56,6 +60,8 @@ class Setup:
         if self.positions:
             from ..positions import positional_graph
             self.graph = positional_graph(self.model.adapter, self.graph, self.task, self.position_names)
+        self.graph = Graph.from_adapter(self.model.adapter)
+        self._runs_left, self._stack_budget = [self.run_cache_bytes], [self.write_cache_bytes]  # bytes left
 
     @property
     def adapter(self):
@@ -87,7 +93,7 @@ class Setup:
     def reference(self, batch: Batch) -> Activations:
         """What an out-of-circuit edge carries: the corrupted run's outputs, zeros, or their mean."""
         if self.intervention == "patching":
-            return run(self.adapter, self.graph, batch.corrupted, last=batch.corrupted_last, record=True).acts
+            return self.corrupted_run(batch).acts
         if self.intervention == "mean":
             return self._mean_activations()
         a, d = self.adapter, self.adapter.d_model
@@ -110,6 +116,34 @@ class Setup:
                 count += int(real.sum())
             self._mean = total.map(lambda t: (t / count).to(self.adapter.dtype))
         return self._mean
+
+    @torch.no_grad()
+    def corrupted_run(self, batch: Batch):
+        return run(self.adapter, self.graph, batch.corrupted, last=batch.corrupted_last, record=True)
+
+    def run_cache(self, batch: Batch) -> RunCache:
+        """The batch's RunCache over the clean model (its clean run, reference and, with patching, the
+        corrupted run's logits: the empty circuit's), kept for later evaluations within
+        run_cache_bytes."""
+        key = tuple(batch.rows)
+        if key in self._runs:
+            return self._runs[key]
+        patching = self.intervention == "patching"
+        if patching:
+            corrupted = self.corrupted_run(batch)
+            ref, ref_logits = corrupted.acts, corrupted.logits
+        else:
+            ref, ref_logits = self.reference(batch), None
+        budget = [self._stack_budget[0]]  # what is left of the shared budget, taken only if kept
+        cache = RunCache(self.adapter, self.graph, batch.clean, batch.clean_last, ref, ref_is_run=patching,
+                         budget=budget, ref_logits=ref_logits)
+        size = cache.nbytes()
+        if size <= self._runs_left[0]:
+            self._runs_left[0] -= size
+            self._stack_budget[0] = budget[0]
+            cache.budget = self._stack_budget
+            self._runs[key] = cache
+        return cache
 
     @torch.no_grad()
     def clean_run(self, batch: Batch, record_resid: bool = False):

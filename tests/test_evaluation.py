@@ -1,0 +1,119 @@
+"""Evaluation whose cost follows the circuit: skipping nodes changes nothing, on every architecture.
+
+The independent computation is the plain patching core: one full `run()` from the embeddings per
+circuit, every node computed at every position (methods.common.masked_metric_values)."""
+
+import numpy as np
+import pytest
+import torch
+
+import tiny
+from conftest import token_rows
+from discovery import Setup, circuit_metrics, get_metric, task_from_rows
+from discovery.methods.common import masked_metric_values
+from discovery.patching import run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def task():
+    return task_from_rows(token_rows(n=6, length=7, seed=3, pos=2), vocab_size=tiny.VOCAB)
+
+
+def _circuits(graph, seed=0):
+    """Circuits of every size: full, empty, sparse (many nodes with every input corrupted, many
+    without a path to the logits), half and nearly full."""
+    rng = np.random.default_rng(seed)
+    n = graph.n_edges
+    out = [np.ones(n, bool), np.zeros(n, bool)]
+    for frac in (0.02, 0.1, 0.5, 0.95):
+        out.append(rng.random(n) < frac)
+    into_logits = np.array([graph.readers[d] == "logits" for d in graph.edge_dst])
+    out.append(into_logits)  # only the direct paths: every head and MLP sees the corrupted residual
+    return out
+
+
+def _plain(setup, circuits):
+    """Mean metric of each circuit by a full forward from the embeddings (no caching, no skipping)."""
+    g = setup.graph
+    offs = torch.stack([torch.as_tensor(g.valid & ~g.edge_mask_matrix(c)) for c in circuits]).float()
+    total = np.zeros(len(circuits))
+    for batch in setup.batches():
+        ref = setup.reference(batch)
+        clean_logits = setup.clean_run(batch).logits
+        total += masked_metric_values(setup, batch, ref, offs, clean_logits).sum(1).cpu().numpy()
+    return total / len(setup.task)
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+@pytest.mark.parametrize("metric", ["logit_diff", "kl"])
+def test_node_skipping_equals_no_skipping(models, task, family, metric):
+    setup = Setup(models[family], task, get_metric(metric), batch_size=4)  # two batches, one partial
+    circuits = _circuits(setup.graph)
+    skipped = circuit_metrics(setup, circuits)
+    np.testing.assert_allclose(skipped, circuit_metrics(setup, circuits, skip=False), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(skipped, _plain(setup, circuits), rtol=0, atol=1e-5)
+    one_per_pass = circuit_metrics(setup, circuits, max_rows=1)  # one circuit per forward
+    np.testing.assert_allclose(skipped, one_per_pass, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("intervention", ["zero", "mean"])
+def test_ablations_equal_the_plain_core(models, task, intervention):
+    setup = Setup(models["llama"], task, get_metric("logit_diff"), batch_size=4, intervention=intervention)
+    circuits = _circuits(setup.graph, seed=1)
+    np.testing.assert_allclose(circuit_metrics(setup, circuits), _plain(setup, circuits), rtol=0, atol=1e-5)
+
+
+def test_sparse_circuits_skip_most_nodes(models, task, monkeypatch):
+    """The cost follows the circuit: with only edges into the logits kept, no head or MLP is run
+    (each sees the corrupted residual, so it writes its corrupted output); the full and empty
+    circuits run nothing beyond the batch's clean and corrupted runs, made once per setup."""
+    import discovery.patching as patching
+
+    setup = Setup(models["gpt2"], task, get_metric("logit_diff"), batch_size=6)
+    g = setup.graph
+    calls = {"mlp": 0}
+    real_mlp = setup.adapter.mlp
+
+    def counting_mlp(layer, x):
+        calls["mlp"] += 1
+        return real_mlp(layer, x)
+
+    into_logits = np.array([g.readers[d] == "logits" for d in g.edge_dst])
+    circuit_metrics(setup, [into_logits])  # builds the batch's cache (its clean and corrupted runs)
+    monkeypatch.setattr(setup.adapter, "mlp", counting_mlp)
+    attends = {"n": 0}
+    real_attend = patching._attend_at
+    monkeypatch.setattr(patching, "_attend_at", lambda *a, **k: attends.__setitem__("n", attends["n"] + 1) or real_attend(*a, **k))
+    circuit_metrics(setup, [into_logits, np.ones(g.n_edges, bool), np.zeros(g.n_edges, bool)])
+    assert calls["mlp"] == 0 and attends["n"] == 0
+    one = np.zeros(g.n_edges, bool)
+    one[g.edge_index["a0.h1->m1"]] = one[g.edge_index["m1->logits"]] = True
+    circuit_metrics(setup, [one])
+    assert calls["mlp"] == 1 and attends["n"] == 0  # m1 alone: a0.h1 sees only corrupted inputs, not run
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_cached_runs_of_several_masks_equal_the_plain_run_at_every_start_stage(models, task, family):
+    """run(cache=, start_stage=) for K masks at once, each agreeing with the base circuit before the
+    start stage (ACDC's masks); and from stage 0, any masks (evaluation's)."""
+    lm = models[family]
+    setup = Setup(lm, task, get_metric("logit_diff"), batch_size=6)
+    g = setup.graph
+    batch = next(iter(setup.batches()))
+    c = setup.run_cache(batch)
+    rng = np.random.default_rng(5)
+    for start in [0] + list(range(len(g.stages))):
+        later = g.edge_dst >= g.stages[start].start
+        for density in (0.1, 0.6, 0.95):
+            masks = []
+            for _ in range(3):
+                keep = np.ones(g.n_edges, bool)
+                keep[later] = rng.random(int(later.sum())) < density
+                masks.append(keep)
+            off = torch.stack([torch.as_tensor(g.valid & ~g.edge_mask_matrix(m)) for m in masks]).float()
+            got = run(lm.adapter, g, batch.clean, cache=c, start_stage=start, off=off).logits
+            want = torch.cat([run(lm.adapter, g, batch.clean, last=batch.clean_last, ref=c.ref, off=o[None]).logits
+                              for o in off])
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
