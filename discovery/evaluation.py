@@ -18,7 +18,7 @@ CURVE_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 
 
 @torch.no_grad()
-def circuit_metrics(setup: Setup, circuits: list[np.ndarray], max_rows: int = 512, desc: str | None = None,
+def circuit_metrics(setup: Setup, circuits: list[np.ndarray], max_rows: int | None = None, desc: str | None = None,
                     per_example: bool = False, skip: bool = True) -> np.ndarray:
     """Mean metric of each circuit (bool per edge) under the setup's intervention; with per_example,
     the metric of every example instead: [n_circuits, n_examples] in task row order.
@@ -27,7 +27,9 @@ def circuit_metrics(setup: Setup, circuits: list[np.ndarray], max_rows: int = 51
     circuit its corrupted run (both made once per setup and batch, see Setup.run_cache); any other
     circuit is a cached run of the patching core (patching.run with cache=) that computes only the
     nodes the logits depend on and whose inputs are not all corrupted (skip=False computes every
-    node: the same numbers), several circuits per pass (at most max_rows rows of masks x examples)."""
+    node: the same numbers). max_rows: rows (circuits x examples) per pass; None: one circuit per pass
+    on CPU (measured faster there: 20 curve circuits of GPT-2-small's shape took 3.3x longer 4 per
+    pass, benchmarks/bench_eval.py), 512 rows on CUDA."""
     graph = setup.graph
     positional = graph.n_positions is not None
     valid = torch.as_tensor(graph.valid)
@@ -48,7 +50,8 @@ def circuit_metrics(setup: Setup, circuits: list[np.ndarray], max_rows: int = 51
             if full[i] or empty[i]:
                 logits = c.clean_logits if full[i] else c.ref_logits
                 values[i, batch.rows] = setup.metric(logits, batch, clean_logits).double().cpu().numpy()
-        per_pass = max(1, max_rows // b)
+        rows = max_rows if max_rows is not None else (512 if setup.device.type == "cuda" else b)
+        per_pass = max(1, rows // b)
         for start in range(0, len(todo), per_pass):
             off = offs[start:start + per_pass].to(setup.device)
             if positional:  # the cached run has no per-position edges: the plain core
@@ -98,7 +101,7 @@ def _area(xs, ys) -> float:
 
 
 def faithfulness_curves(setup: Setup, scores, percents=CURVE_PERCENTS, prune: bool = True, bootstrap: int = 0,
-                        seed: int = 0, confidence: float = 0.95, max_rows: int = 512) -> dict:
+                        seed: int = 0, confidence: float = 0.95, max_rows: int | None = None) -> dict:
     """Faithfulness of the top-k% edges, by signed and by absolute scores; CPR and CMD (MIB).
 
     CPR: area under f (signed selection); CMD: area under |1 - f| (absolute selection); both over the

@@ -54,15 +54,19 @@ def test_node_skipping_equals_no_skipping(models, task, family, metric):
     skipped = circuit_metrics(setup, circuits)
     np.testing.assert_allclose(skipped, circuit_metrics(setup, circuits, skip=False), rtol=0, atol=1e-5)
     np.testing.assert_allclose(skipped, _plain(setup, circuits), rtol=0, atol=1e-5)
-    one_per_pass = circuit_metrics(setup, circuits, max_rows=1)  # one circuit per forward
-    np.testing.assert_allclose(skipped, one_per_pass, rtol=0, atol=1e-5)
+    several_per_pass = circuit_metrics(setup, circuits, max_rows=512)  # all circuits in one forward
+    np.testing.assert_allclose(skipped, several_per_pass, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("intervention", ["zero", "mean"])
 def test_ablations_equal_the_plain_core(models, task, intervention):
     setup = Setup(models["llama"], task, get_metric("logit_diff"), batch_size=4, intervention=intervention)
     circuits = _circuits(setup.graph, seed=1)
-    np.testing.assert_allclose(circuit_metrics(setup, circuits), _plain(setup, circuits), rtol=0, atol=1e-5)
+    skipped = circuit_metrics(setup, circuits)
+    np.testing.assert_allclose(skipped, circuit_metrics(setup, circuits, skip=False), rtol=0, atol=1e-5)
+    # Zero ablation feeds a norm with a residual that is ~0 up to float noise (the two engines sum in
+    # different orders), which the norm scales up: agreement to 1e-4 there.
+    np.testing.assert_allclose(skipped, _plain(setup, circuits), rtol=0, atol=1e-4)
 
 
 def test_sparse_circuits_skip_most_nodes(models, task, monkeypatch):

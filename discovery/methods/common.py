@@ -60,7 +60,6 @@ class Setup:
         if self.positions:
             from ..positions import positional_graph
             self.graph = positional_graph(self.model.adapter, self.graph, self.task, self.position_names)
-        self.graph = Graph.from_adapter(self.model.adapter)
         self._runs_left, self._stack_budget = [self.run_cache_bytes], [self.write_cache_bytes]  # bytes left
 
     @property
