@@ -1,7 +1,7 @@
 """Evaluating circuits against the bare floor, on a GPT-2-small-shaped random-weight model, in one run.
 
     .venv/bin/python benchmarks/bench_eval.py [--rows 32] [--seq-len 16] [--batch-size 16] [--reps 3]
-                                              [--threads 1] [--device cpu|cuda] [--no-process]
+                                              [--threads 1] [--device cpu|cuda] [--no-process] [--compare-passes]
 
 Model and task: the GPT-2-small shape of benchmarks/bench_eap.py (12 layers, 12 heads, d 768, vocab
 50257, random init, fp32; 32,491 edges) on `rows` token rows of `seq-len` tokens, a few positions
@@ -15,8 +15,8 @@ In one process (interleaved `--reps` times after one warm-up; medians):
   the first on one setup, e.g. discover's circuit and curve), and cold: a fresh setup, which first
   makes those runs.
 - evaluate 10%, 50%: the same, warm.
-- curve: faithfulness_curves of the EAP scores (20 circuits), warm, with several circuits per pass
-  (the default) and with one per pass.
+- curve: faithfulness_curves of the EAP scores (20 circuits), warm, one circuit per pass (the CPU
+  default); with --compare-passes also 4 circuits per pass.
 
 As whole processes (each a fresh `python`, model loaded from a saved directory, task from a JSONL file;
 interleaved `--reps` times; medians):
@@ -91,6 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads, here and in the processes")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-process", action="store_true", help="skip the whole-process figures")
+    ap.add_argument("--compare-passes", action="store_true", help="also the curve with 4 circuits per pass")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -122,8 +123,9 @@ def main(argv=None) -> int:
         "evaluate 10%, warm": lambda: evaluate_circuit(setup, circuits[10]),
         "evaluate 50%, warm": lambda: evaluate_circuit(setup, circuits[50]),
         "curve, warm": lambda: faithfulness_curves(setup, scores),
-        "curve, warm, 1 circuit/pass": lambda: faithfulness_curves(setup, scores, max_rows=args.batch_size),
     }
+    if args.compare_passes:
+        fns["curve, warm, 4 circuits/pass"] = lambda: faithfulness_curves(setup, scores, max_rows=4 * args.batch_size)
 
     def clear_memo():  # warm means: the batches' runs are held, not this very circuit's results
         for c in setup._runs.values():

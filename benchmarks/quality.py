@@ -26,13 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from discovery import Graph, Setup, get_metric, load_model, score_edges  # noqa: E402
-from discovery.evaluation import edge_auc, faithfulness_curves  # noqa: E402
+from discovery.evaluation import edge_auc, evaluate_circuit, faithfulness_curves  # noqa: E402
 from discovery.methods.acdc import acdc  # noqa: E402
+from discovery.methods.edge_pruning import edge_pruning  # noqa: E402
 from discovery.models import toy_model_dir  # noqa: E402
 from discovery.task_library import build_task  # noqa: E402
 from discovery.toy.planted import plant  # noqa: E402
 
-METHODS = ["eap", "eap-ig", "clean-corrupted", "exact", "acdc"]
+METHODS = ["eap", "eap-ig", "clean-corrupted", "exact", "acdc", "edge-pruning"]
+EP_SPARSITY, EP_STEPS = 0.8, 200  # edge-pruning: keep 20% of the edges, 200 steps (lr 0.3)
 ACDC_TAU = 0.01  # in the task metric's units (logit difference): a small fraction of the clean value
 NOISES = [0.0, 0.01, 0.1, 0.3, 1.0]
 DOCS_BEGIN, DOCS_END = "<!-- quality:begin -->", "<!-- quality:end -->"
@@ -69,10 +71,18 @@ def measure(case: dict, method: str, steps: int, bootstrap: int, curve: bool = T
     metric = get_metric(case["task"].metric or "logit_diff")
     setup = Setup(case["model"], case["task"], metric, batch_size=32)
     warm = Setup(case["model"], case["task"].subset([0]), metric)  # warm-up, untimed
-    acdc(warm) if method == "acdc" else score_edges(warm, method, steps=1)
+    if method == "acdc":
+        acdc(warm)
+    elif method == "edge-pruning":
+        edge_pruning(warm, steps=1)
+    else:
+        score_edges(warm, method, steps=1)
     started = time.perf_counter()
     if method == "acdc":  # scores: the effect ACDC measured when deciding each edge (0 if never reached)
         result = acdc(setup, tau=ACDC_TAU)
+        scores = result.scores
+    elif method == "edge-pruning":  # scores: the learned gates' open probabilities
+        result = edge_pruning(setup, sparsity=EP_SPARSITY, steps=EP_STEPS, lr=0.3)
         scores = result.scores
     else:
         scores = score_edges(setup, method, steps=steps).numpy()
@@ -83,6 +93,14 @@ def measure(case: dict, method: str, steps: int, bootstrap: int, curve: bool = T
         kept, truth = result.in_circuit, case["truth"]
         row["acdc"] = {"kept": int(kept.sum()), "precision": float((kept & truth).sum() / max(kept.sum(), 1)),
                        "recall": float((kept & truth).sum() / truth.sum())}
+    if method == "edge-pruning" and curve:  # its learned circuit itself: size, faithfulness, against the truth
+        kept = result.in_circuit
+        row["learned"] = {"kept": int(kept.sum()), "sparsity": result.sparsity,
+                          "faithfulness": evaluate_circuit(setup, kept)["faithfulness"]}
+        if case["truth"] is not None:
+            truth = case["truth"]
+            row["learned"].update(precision=float((kept & truth).sum() / max(kept.sum(), 1)),
+                                  recall=float((kept & truth).sum() / truth.sum()))
     if curve:
         c = faithfulness_curves(setup, scores, bootstrap=bootstrap, seed=0)
         row.update(cpr=c["cpr"], cpr_ci=c["cpr_ci"], cmd=c["cmd"], cmd_ci=c["cmd_ci"], curve=c["curve_absolute"])
@@ -105,6 +123,15 @@ def table(rows: list[dict]) -> str:
         lines.append(f"ACDC's own circuit (tau {ACDC_TAU:g}, task metric) against the ground truth: " + "; ".join(
             f"{r['case']}: {r['acdc']['kept']} edges kept, precision {r['acdc']['precision']:.2f}, "
             f"recall {r['acdc']['recall']:.2f}" for r in acdc_rows) + ".")
+    learned = [r for r in rows if "learned" in r]
+    if learned:
+        lines.append("")
+        lines.append(f"Edge pruning's learned circuit (target sparsity {EP_SPARSITY:g}, {EP_STEPS} steps, KL loss): "
+                     + "; ".join(
+            f"{r['case']}: {r['learned']['kept']} of {r['n_edges']} edges (sparsity {r['learned']['sparsity']:.2f}), "
+            f"faithfulness {r['learned']['faithfulness']:.3f}"
+            + (f", precision {r['learned']['precision']:.2f}, recall {r['learned']['recall']:.2f}"
+               if "precision" in r["learned"] else "") for r in learned) + ".")
     return "\n".join(lines)
 
 

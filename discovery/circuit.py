@@ -66,8 +66,9 @@ class MethodInfo(BaseModel):
 
 
 class SelectionInfo(BaseModel):
-    kind: Literal["top-n", "threshold", "greedy", "given", "acdc", "faithfulness"]
-    # n for top-n / greedy, the threshold for threshold, tau for acdc, the target for faithfulness
+    kind: Literal["top-n", "threshold", "greedy", "given", "acdc", "faithfulness", "edge-pruning"]
+    # n for top-n / greedy, the threshold for threshold, tau for acdc, the target for faithfulness,
+    # the target sparsity (or lam) for edge-pruning's learned mask
     value: int | float | None = None
     absolute: bool = True
     pruned: bool = True

@@ -42,7 +42,8 @@ def _add_model_args(p):
 def build_parser() -> argparse.ArgumentParser:
     # light names only (discovery/names.py): --help and argument errors answer before torch loads
     from .export import FORMATS as EXPORT_FORMATS
-    from .names import ACDC_METHODS, AUTO_METHOD, INTERVENTIONS, LEVELS, METHOD_NAMES as METHODS, METRIC_NAMES as METRICS
+    from .names import ACDC_METHODS, AUTO_METHOD, INTERVENTIONS, LEARNED_METHODS, LEVELS, METHOD_NAMES as METHODS
+    from .names import METRIC_NAMES as METRICS
     DEFAULT_METHOD = AUTO_METHOD  # = discovery.options.DEFAULT_METHOD (tests/test_cli.py); pydantic stays unloaded for --help
 
     parser = _Parser(prog="circuitry", description="Circuit discovery on Hugging Face causal LMs.")
@@ -50,10 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("discover", help="score every edge, select a circuit, evaluate it, write circuit JSON")
     _add_model_args(d)
-    d.add_argument("--method", default=None, choices=[AUTO_METHOD] + list(METHODS) + list(ACDC_METHODS),
+    d.add_argument("--method", default=None,
+                   choices=[AUTO_METHOD] + list(METHODS) + list(ACDC_METHODS) + list(LEARNED_METHODS),
                    help="auto (EAP-IG with the QK fix, the smallest circuit meeting --target, exact verification "
                         "when that is over 40%% of the edges), an edge scoring (then --target/--top-n/--threshold/"
-                        f"--greedy), or acdc / eap-ig+acdc (then --tau); default {DEFAULT_METHOD}")
+                        "--greedy), acdc / eap-ig+acdc (then --tau), or edge-pruning (learned edge masks, then "
+                        f"--sparsity or --lam); default {DEFAULT_METHOD}")
     d.add_argument("--qk-fix", action=argparse.BooleanOptionalAction, default=None,
                    help="score q/k edges through the exact attention pattern (AtP*'s QK fix; on by default for eap, "
                         "eap-ig, clean-corrupted, eap-ig+acdc and auto); --no-qk-fix: the plain gradient")
@@ -74,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="eap-ig+acdc: ACDC decides only over the top-K edges by |EAP-IG score| (default 1000)")
     d.add_argument("--intervention", default=None, choices=list(INTERVENTIONS),
                    help="what an edge out of the circuit carries (default: the corrupted activation)")
+    d.add_argument("--sparsity", type=float, default=None,
+                   help="edge-pruning: the fraction of edges to remove (default 0.95)")
+    d.add_argument("--lam", type=float, default=None,
+                   help="edge-pruning: an L0 penalty weight instead of a target sparsity")
+    d.add_argument("--train-steps", type=int, default=None, help="edge-pruning: optimisation steps (default 200)")
     sel = d.add_mutually_exclusive_group()
     sel.add_argument("--target", type=float, default=None,
                      help="keep the smallest top-k circuit whose faithfulness is within 1-T of 1 (the default "
@@ -258,7 +266,8 @@ def discovery_options(args):
                 prune=False if args.no_prune else None, curve=False if args.no_curve else None, tau=args.tau,
                 candidates=args.candidates, kv_edges=args.kv_edges, level=args.level,
                 positions=True if args.positions else None, position_names=_names(args.position_names),
-                qk_fix=args.qk_fix, target=args.target, label_backend=args.label_backend if args.label else None)
+                qk_fix=args.qk_fix, target=args.target, sparsity=args.sparsity, lam=args.lam,
+                train_steps=args.train_steps, label_backend=args.label_backend if args.label else None)
     options = DiscoveryOptions.from_flat(spell=flag, **flat)
     validated(WorkerOptions, {"workers": args.workers, "worker_cpus": args.worker_cpus,
                               "worker_gpus": args.worker_gpus}, flag)

@@ -81,7 +81,8 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
              taus: list[float] | None = None, candidates: int | None = None, workers=None,
              worker_cpus: float | None = None, worker_gpus: float | None = None, kv_edges: str | None = None,
              on_batch=None, level: str | None = None, positions: bool | None = None,
-             position_names: list[str] | None = None, qk_fix: bool | None = None, target: float | None = None):
+             position_names: list[str] | None = None, qk_fix: bool | None = None, target: float | None = None,
+             sparsity: float | None = None, lam: float | None = None, train_steps: int | None = None):
     """Find a circuit: scores for every edge, the selected circuit, its faithfulness (and curve).
 
     method "auto" (the default; discovery/auto.py): EAP-IG with the QK fix, the smallest top-k that
@@ -125,7 +126,12 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
     method there is exact (measured: one patched forward per node), and the QK fix applies to the
     gradient methods as the sum of a node's fixed edge scores) or "neuron" (each output dimension of
     each node; the same methods but exact, default eap-ig, no QK fix); then top_n /
-    threshold count nodes or neurons (default: the top 10%), see discovery/levels.py."""
+    threshold count nodes or neurons (default: the top 10%), see discovery/levels.py.
+
+    edge-pruning (discovery/methods/edge_pruning.py): learned hard-concrete edge masks trained on the
+    patching core; sparsity (fraction of edges removed, default 0.95) or lam (L0 penalty weight),
+    train_steps (default 200). The circuit is the learned mask unless top_n / threshold / greedy /
+    target select by its scores (the gates' open probabilities); params record the final sparsity."""
     started = time.perf_counter()
     if tau is not None and taus is not None:
         raise UserError("give tau or taus, not both")
@@ -136,7 +142,8 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
                                       threshold=threshold, greedy=greedy, absolute=absolute, prune=prune,
                                       curve=curve, tau=taus if taus is not None else tau, candidates=candidates,
                                       kv_edges=kv_edges, level=level, positions=positions,
-                                      position_names=position_names, qk_fix=qk_fix, target=target)
+                                      position_names=position_names, qk_fix=qk_fix, target=target,
+                                      sparsity=sparsity, lam=lam, train_steps=train_steps)
     if workers is None or isinstance(workers, int):
         validated(WorkerOptions, {"workers": workers, "worker_cpus": worker_cpus, "worker_gpus": worker_gpus})
     m, sel = opts.method, opts.selection
@@ -173,6 +180,10 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
                                       candidates=m.candidates, steps=m.steps, prune=sel.prune, curve=m.curve,
                                       started=started, workers=pool, qk_fix=m.use_qk_fix)
             return circuits if taus is not None or len(circuits) > 1 else circuits[0]
+        if m.name == "edge-pruning":
+            if pool is not None:
+                raise UserError("edge-pruning trains in one process; drop --workers")
+            return _discover_edge_pruning(setup, model, task, params, m, sel, started=started)
         if m.name == AUTO_METHOD:
             from .auto import auto
             t = DEFAULT_TARGET if sel.target is None else sel.target
@@ -188,6 +199,27 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
         params["search"] = search
     return _package(setup, model, task, m.name, params, scores, keep, selection, curve=m.curve, prune=sel.prune,
                     started=started, search=search)
+
+
+def _discover_edge_pruning(setup: Setup, model, task, params, m, sel, *, started) -> Circuit:
+    from .methods.edge_pruning import DEFAULT_SPARSITY, edge_pruning
+    from .options import DEFAULT_TRAIN_STEPS
+
+    sparsity = None if m.lam is not None else (DEFAULT_SPARSITY if m.sparsity is None else m.sparsity)
+    r = edge_pruning(setup, sparsity=sparsity, lam=m.lam,
+                     steps=DEFAULT_TRAIN_STEPS if m.train_steps is None else m.train_steps)
+    params.update(r.params, learned_sparsity=r.sparsity, expected_density=r.expected_density, final_kl=r.final_kl,
+                  train_time_s=round(r.wall_time_s, 3))
+    if sel.chosen:  # select by the learned scores
+        keep, selection, search = select(setup, r.scores, top=sel.top_n, thresh=sel.threshold, grow=sel.greedy,
+                                         absolute=sel.absolute, do_prune=sel.prune, target=sel.target)
+    else:
+        keep = prune_edges(setup.graph, r.in_circuit) if sel.prune else r.in_circuit
+        value = sparsity if sparsity is not None else m.lam
+        selection, search = SelectionInfo(kind="edge-pruning", value=value, absolute=True, pruned=sel.prune), None
+    params["final_sparsity"] = float(1 - keep.mean())  # of the circuit as saved (after pruning)
+    return _package(setup, model, task, "edge-pruning", params, r.scores, keep, selection, curve=m.curve,
+                    prune=sel.prune, started=started, search=search)
 
 
 def _discover_units(setup: Setup, model, task, method, params, level, *, steps, top, thresh, grow, absolute, curve,

@@ -12,6 +12,7 @@ from .errors import UserError
 
 METHOD_NAMES = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted", "exact")  # edge scorers
 ACDC_METHODS = ("acdc", "eap-ig+acdc")  # methods that decide edges themselves (then --tau)
+LEARNED_METHODS = ("edge-pruning",)  # methods that learn an edge mask (then --sparsity or --lam)
 AUTO_METHOD = "auto"  # the default pipeline (discovery/auto.py): EAP-IG + QK fix, faithfulness target, verification
 METRIC_NAMES = ("logit_diff", "prob_diff", "kl")
 INTERVENTIONS = ("patching", "zero", "mean")  # what an edge outside the circuit carries

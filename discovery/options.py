@@ -20,10 +20,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import UserError
-from .names import (ACDC_METHODS, AUTO_METHOD, INTERVENTIONS, LEVELS, METHOD_NAMES,  # light: no torch before parsing
-                    METRIC_NAMES)
+from .names import (ACDC_METHODS, AUTO_METHOD, INTERVENTIONS, LEARNED_METHODS, LEVELS,  # light: no torch
+                    METHOD_NAMES, METRIC_NAMES)
 
-ALL_METHODS = (AUTO_METHOD,) + tuple(METHOD_NAMES) + ACDC_METHODS
+ALL_METHODS = (AUTO_METHOD,) + tuple(METHOD_NAMES) + ACDC_METHODS + LEARNED_METHODS
 NODE_METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted", "exact")  # level "node" (methods/node.py)
 NEURON_METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted")  # level "neuron"
 DEFAULT_METHOD = AUTO_METHOD  # discover()'s default: discover() takes it from here (discovery/auto.py)
@@ -32,6 +32,8 @@ DEFAULT_TARGET = 0.9  # the faithfulness target of the default selection (discov
 DEFAULT_TAU = 0.01  # discovery.methods.acdc's (tests/test_options.py checks they agree)
 ACDC_DEFAULT_METRIC = "kl"  # Conmy et al.: distance from the clean model's output distribution
 DEFAULT_CANDIDATES = 1000
+DEFAULT_SPARSITY = 0.95  # edge-pruning's target (discovery.methods.edge_pruning's; tests check they agree)
+DEFAULT_TRAIN_STEPS = 200
 DEFAULT_TOP_N = 100  # no longer a default of edge selection (the faithfulness target is); kept for callers
 MAX_TAUS = 64
 MAX_EDGES = 10_000_000
@@ -91,12 +93,25 @@ class MethodOptions(_Strict):
     qk_fix: bool | None = Field(None, description="score q/k edges through the exact attention pattern (AtP*'s QK "
                                                   "fix); default: on for eap, eap-ig, clean-corrupted, eap-ig+acdc "
                                                   "and auto at edge level without positions")
+    sparsity: float | None = Field(None, ge=0, lt=1, allow_inf_nan=False,
+                                   description=f"edge-pruning: the fraction of edges to remove (default {DEFAULT_SPARSITY})")
+    lam: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False,
+                              description="edge-pruning: an L0 penalty weight instead of a target sparsity")
+    train_steps: int | None = Field(None, ge=1, le=100_000,
+                                    description=f"edge-pruning: optimisation steps (default {DEFAULT_TRAIN_STEPS})")
     # method options other parts of discovery add go here
 
     @model_validator(mode="after")
     def _acdc_only(self):
         if self.name not in ACDC_METHODS and (self.tau is not None or self.candidates is not None):
             raise ValueError(f"tau and candidates apply to {' and '.join(ACDC_METHODS)}, not to '{self.name}'")
+        learned = (self.sparsity, self.lam, self.train_steps)
+        if self.name not in LEARNED_METHODS and any(x is not None for x in learned):
+            raise ValueError(f"sparsity, lam and train_steps apply to {', '.join(LEARNED_METHODS)}, not to '{self.name}'")
+        if self.sparsity is not None and self.lam is not None:
+            raise ValueError("give a target sparsity or an L0 penalty lam, not both")
+        if self.name in LEARNED_METHODS and (self.level != "edge" or self.positions):
+            raise ValueError(f"{self.name} learns edge masks: level edge, without positions")
         if self.name == "acdc" and self.candidates is not None:
             raise ValueError("candidates applies to eap-ig+acdc (plain acdc decides every edge)")
         if self.level != "edge" and self.name == AUTO_METHOD:  # the default pipeline at node/neuron level:
@@ -295,4 +310,5 @@ class BuiltinTaskOptions(_Strict):
 
 __all__ = ["DiscoveryOptions", "MethodOptions", "SelectionOptions", "LabelingOptions", "LabelOptions",
            "WorkerOptions", "BuiltinTaskOptions", "FLAT", "flat_error", "validated", "ACDC_METHODS", "ALL_METHODS",
+           "LEARNED_METHODS",
            "DEFAULT_METHOD", "DEFAULT_TAU", "DEFAULT_CANDIDATES", "DEFAULT_TOP_N", "MAX_BUILTIN_ROWS"]

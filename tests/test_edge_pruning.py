@@ -46,3 +46,37 @@ def test_lambda_mode_and_bad_parameters(induction_setup):
     for kw in ({"sparsity": 1.5}, {"sparsity": 0.5, "lam": 1.0}, {"steps": 0}, {"lam": -1.0}):
         with pytest.raises(UserError):
             edge_pruning(induction_setup, **kw)
+
+
+def test_discover_and_the_cli_record_the_parameters_and_final_sparsity(induction_setup, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from discovery import discover
+
+    setup = induction_setup
+    c = discover(setup.model, setup.task, "edge-pruning", sparsity=0.8, train_steps=10, curve=False)
+    p = c.method.params
+    assert c.selection.kind == "edge-pruning" and c.selection.value == 0.8
+    assert p["sparsity_target"] == 0.8 and p["train_steps"] == 10 and p["learned_sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert p["final_sparsity"] == pytest.approx(1 - c.metrics.n_edges / setup.graph.n_edges)
+    assert c.metrics.faithfulness is not None
+    out = tmp_path / "ep.json"
+    cmd = [sys.executable, "-m", "discovery.cli", "discover", "--model", "toy:induction", "--task", "induction",
+           "--n", "16", "--method", "edge-pruning", "--lam", "0.5", "--train-steps", "3", "--no-curve", "--quiet",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads(out.read_text())
+    assert saved["method"]["name"] == "edge-pruning" and saved["method"]["params"]["lam"] == 0.5
+    bad = subprocess.run(cmd[:-6] + ["--method", "eap", "--sparsity", "0.5", "--out", str(out)], capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "sparsity" in bad.stderr
+
+
+def test_the_options_model_and_the_method_share_their_defaults():
+    from discovery.methods import edge_pruning as ep
+    from discovery.options import DEFAULT_SPARSITY, DEFAULT_TRAIN_STEPS
+
+    assert (DEFAULT_SPARSITY, DEFAULT_TRAIN_STEPS) == (ep.DEFAULT_SPARSITY, ep.DEFAULT_STEPS)
