@@ -33,7 +33,9 @@ from discovery.models import toy_model_dir  # noqa: E402
 from discovery.task_library import build_task  # noqa: E402
 from discovery.toy.planted import plant  # noqa: E402
 
-METHODS = ["eap", "eap-ig", "clean-corrupted", "exact", "acdc", "edge-pruning"]
+# "+qk": with the QK fix (discovery/methods/qk.py); "auto": the default pipeline (discovery/auto.py)
+METHODS = ["eap", "eap+qk", "eap-ig", "eap-ig+qk", "clean-corrupted", "clean-corrupted+qk", "exact", "acdc",
+           "edge-pruning", "auto"]
 EP_SPARSITY, EP_STEPS = 0.8, 200  # edge-pruning: keep 20% of the edges, 200 steps (lr 0.3)
 ACDC_TAU = 0.01  # in the task metric's units (logit difference): a small fraction of the clean value
 NOISES = [0.0, 0.01, 0.1, 0.3, 1.0]
@@ -61,6 +63,16 @@ def planted_case(noise: float, n: int, seed: int):
             "truth": p.true_edges(p.graph), "circuit": list(p.circuit)}
 
 
+def llama_induction_case(n: int, seed: int):
+    from discovery.toy.ground_truth import graph_edge_name
+    model = load_model("toy:llama-induction", device="cpu")
+    gt = json.loads((Path(toy_model_dir("toy:llama-induction")) / "ground_truth.json").read_text())
+    task = build_task("induction", model.tokenizer, model.vocab_size, n=n, seed=seed)
+    graph = Graph.from_adapter(model.adapter)
+    return {"name": "induction (toy:llama-induction, GQA + MLPs)", "model": model, "task": task,
+            "truth": truth_from_names(graph, [graph_edge_name(graph, e) for e in gt["edges"]])}
+
+
 def ioi_case(n: int, seed: int):
     model = load_model("toy:ioi", device="cpu")
     return {"name": "ioi (toy:ioi, no ground truth)", "model": model,
@@ -71,12 +83,13 @@ def measure(case: dict, method: str, steps: int, bootstrap: int, curve: bool = T
     metric = get_metric(case["task"].metric or "logit_diff")
     setup = Setup(case["model"], case["task"], metric, batch_size=32)
     warm = Setup(case["model"], case["task"].subset([0]), metric)  # warm-up, untimed
+    base, qk = method.removesuffix("+qk"), method.endswith("+qk")
     if method == "acdc":
         acdc(warm)
     elif method == "edge-pruning":
         edge_pruning(warm, steps=1)
-    else:
-        score_edges(warm, method, steps=1)
+    elif method != "auto":
+        score_edges(warm, base, steps=1, qk_fix=qk)
     started = time.perf_counter()
     if method == "acdc":  # scores: the effect ACDC measured when deciding each edge (0 if never reached)
         result = acdc(setup, tau=ACDC_TAU)
@@ -84,11 +97,23 @@ def measure(case: dict, method: str, steps: int, bootstrap: int, curve: bool = T
     elif method == "edge-pruning":  # scores: the learned gates' open probabilities
         result = edge_pruning(setup, sparsity=EP_SPARSITY, steps=EP_STEPS, lr=0.3)
         scores = result.scores
+    elif method == "auto":  # scores: EAP-IG's with the fix (exact effects where it verified)
+        from discovery.auto import auto
+        scores, kept, params = auto(setup)
     else:
-        scores = score_edges(setup, method, steps=steps).numpy()
+        scores = score_edges(setup, base, steps=steps, qk_fix=qk).numpy()
     wall = time.perf_counter() - started
     row = {"case": case["name"], "method": method, "wall_s": wall, "n_edges": setup.graph.n_edges,
            "auc": edge_auc(scores, case["truth"]) if case["truth"] is not None else None}
+    if method == "auto":  # its circuit itself (evaluated with the curve's rows)
+        from discovery.evaluation import evaluate_circuit
+        row["auto"] = {"kept": int(kept.sum()), "fraction": float(kept.sum() / setup.graph.n_edges),
+                       "faithfulness": evaluate_circuit(setup, kept)["faithfulness"], "verified": params["verified"]}
+    elif method != "acdc" and curve:  # the top 40% of the ranking alone (pruned)
+        from discovery.evaluation import evaluate_circuit
+        from discovery.selection import prune, top_n
+        top = prune(setup.graph, top_n(setup.graph, scores, int(0.4 * setup.graph.n_edges)))
+        row["f40"] = evaluate_circuit(setup, top)["faithfulness"]
     if method == "acdc" and case["truth"] is not None:  # its circuit itself, against the truth
         kept, truth = result.in_circuit, case["truth"]
         row["acdc"] = {"kept": int(kept.sum()), "precision": float((kept & truth).sum() / max(kept.sum(), 1)),
@@ -112,11 +137,21 @@ def fmt_ci(value, ci) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | method | ROC AUC | CPR [95% CI] | CMD [95% CI] | wall s |", "|---|---|---|---|---|---|"]
+    lines = ["| model | method | ROC AUC | CPR [95% CI] | CMD [95% CI] | f, top 40% | wall s |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         auc = "n/a" if r["auc"] is None else f"{r['auc']:.3f}"
+        f40 = f"{r['f40']:.3f}" if "f40" in r else "n/a"
         lines.append(f"| {r['case']} | {r['method']} | {auc} | {fmt_ci(r['cpr'], r['cpr_ci'])} | "
-                     f"{fmt_ci(r['cmd'], r['cmd_ci'])} | {r['wall_s']:.2f} |")
+                     f"{fmt_ci(r['cmd'], r['cmd_ci'])} | {f40} | {r['wall_s']:.2f} |")
+    auto_rows = [r for r in rows if "auto" in r]
+    if auto_rows:
+        lines.append("")
+        lines.append("The default pipeline's own circuit (`auto`: EAP-IG + QK fix, smallest top-k with faithfulness "
+                     "within 0.1 of 1, exact verification if that is over 40% of the edges): " + "; ".join(
+                         f"{r['case']}: {r['auto']['kept']} of {r['n_edges']} edges ({r['auto']['fraction']:.0%}), "
+                         f"faithfulness {r['auto']['faithfulness']:.3f}, verified {r['auto']['verified']}"
+                         for r in auto_rows) + ".")
     acdc_rows = [r for r in rows if "acdc" in r]
     if acdc_rows:
         lines.append("")
@@ -186,7 +221,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples for the CIs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--cases", default="induction,planted,ioi", help="which models (comma-separated)")
+    ap.add_argument("--cases", default="induction,llama-induction,planted,ioi", help="which models (comma-separated)")
+    ap.add_argument("--sweep-methods", default="eap,eap+qk,eap-ig,eap-ig+qk,exact",
+                    help="methods of the planted noise sweep")
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     ap.add_argument("--plot", default=str(ROOT / "docs" / "quality.png"))
     ap.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
@@ -199,6 +236,7 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
 
     builders = {"induction": lambda: induction_case(args.rows, args.seed + 1000),
+                "llama-induction": lambda: llama_induction_case(args.rows, args.seed + 1000),
                 "planted": lambda: planted_case(0.1, args.rows, args.seed),
                 "ioi": lambda: ioi_case(args.rows, args.seed + 1000)}
     unknown = set(args.cases.split(",")) - set(builders)
@@ -216,7 +254,7 @@ def main(argv=None) -> dict:
     sweep = {}
     for noise in NOISES:
         case = planted_case(noise, args.rows, args.seed)
-        sweep[noise] = {m: measure(case, m, args.steps, 0, curve=False)["auc"] for m in methods}
+        sweep[noise] = {m: measure(case, m, args.steps, 0, curve=False)["auc"] for m in args.sweep_methods.split(",")}
         print(f"noise {noise:g}: " + ", ".join(f"{m} {a:.3f}" for m, a in sweep[noise].items()), file=sys.stderr)
 
     plot(rows, Path(args.plot))
