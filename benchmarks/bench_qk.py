@@ -1,6 +1,7 @@
 """The QK fix's cost against plain EAP (and EAP-IG with the fix against plain EAP-IG), measured in one run.
 
     python benchmarks/bench_qk.py [--batch-size 8] [--seq-len 16] [--reps 3] [--steps 5] [--shape gpt2-small|toy]
+                                  [--skip-ig]
 
 Same GPT-2-small-shaped random model and rows as bench_eap.py (--shape toy: toy:induction on its
 task). Each function is warmed up once, then the four run interleaved --reps times; the script prints
@@ -41,6 +42,7 @@ def main(argv=None) -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--shape", default="gpt2-small", choices=["gpt2-small", "toy"])
+    ap.add_argument("--skip-ig", action="store_true", help="EAP and EAP + fix only")
     args = ap.parse_args(argv)
     setup = setup_for(args.shape, args.batch_size, args.seq_len)
     fns = {
@@ -49,6 +51,8 @@ def main(argv=None) -> None:
         "eap-ig": lambda: score_edges(setup, "eap-ig", steps=args.steps),
         "eap-ig+qk": lambda: score_edges(setup, "eap-ig", steps=args.steps, qk_fix=True),
     }
+    if args.skip_ig:
+        fns = {k: v for k, v in fns.items() if not k.startswith("eap-ig")}
     times = {k: [] for k in fns}
     for f in fns.values():
         f()  # warm-up
@@ -62,9 +66,11 @@ def main(argv=None) -> None:
           f"{torch.get_num_threads()} threads, device {setup.device}, reps {args.reps}")
     for k, v in med.items():
         print(f"  {k:<10} {v:8.3f} s")
-    print(f"ratio eap+qk / eap = {med['eap+qk'] / med['eap']:.2f}; "
-          f"eap-ig+qk / eap-ig = {med['eap-ig+qk'] / med['eap-ig']:.2f}; "
-          f"eap-ig+qk / eap = {med['eap-ig+qk'] / med['eap']:.2f}")
+    line = f"ratio eap+qk / eap = {med['eap+qk'] / med['eap']:.2f}"
+    if not args.skip_ig:
+        line += (f"; eap-ig+qk / eap-ig = {med['eap-ig+qk'] / med['eap-ig']:.2f}; "
+                 f"eap-ig+qk / eap = {med['eap-ig+qk'] / med['eap']:.2f}")
+    print(line)
 
 
 if __name__ == "__main__":

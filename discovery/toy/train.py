@@ -61,9 +61,10 @@ RECIPES = {
     "ioi": Recipe(n_layer=4, n_head=4, d_model=64, n_positions=64, mlp_width=256, steps=2000, batch=64, lr=2e-3,
                   warmup=100, weight_decay=0.01, checkpoints=0, attention_only=False),
     # Llama (RoPE, RMSNorm, SwiGLU MLPs) with grouped-query attention, trained on the induction data.
-    # Trained on `<bos> S S` (repeat_batch): with the segment data of `induction` it did not form induction
-    # heads in 2000-3000 steps (held-out top-1 0.02-0.03, d_model 64 and 128).
-    "llama-induction": Recipe(n_layer=2, n_head=4, d_model=64, n_positions=64, mlp_width=256, steps=1500, batch=64,
+    # Trained on repeat_batch (one repeated segment of varying length): with the segment data of `induction` it
+    # did not form induction heads in 2000-3000 steps (held-out top-1 0.02-0.03, d_model 64 and 128), and with
+    # a fixed segment length it learned a fixed-offset positional head instead.
+    "llama-induction": Recipe(n_layer=2, n_head=4, d_model=64, n_positions=64, mlp_width=256, steps=1800, batch=64,
                               lr=3e-3, warmup=100, weight_decay=0.01, checkpoints=0, attention_only=False,
                               seq_len=33, max_segment=16, pair_frac=0.0, family="llama", n_kv_head=2,
                               data="repeat"),
@@ -142,15 +143,21 @@ def induction_batch(g: torch.Generator, batch: int, vocab_size: int, seq_len: in
     return ids, target
 
 
-def repeat_batch(g: torch.Generator, batch: int, vocab_size: int, seq_len: int = 33):
-    """`<bos> S S` with S of (seq_len - 1) // 2 distinct ordinary tokens; target marks the positions of
-    the second copy whose next token is predictable (from its first token to its second-last)."""
-    seg = (seq_len - 1) // 2
+def repeat_batch(g: torch.Generator, batch: int, vocab_size: int, seq_len: int = 33, max_segment: int = 16):
+    """`<bos> R S S T`: S of 3..max_segment distinct ordinary tokens (its length, hence the offset between
+    the copies, varies per row, so only content can find the repeat), R and T random fillers (R of
+    random length). target marks the positions of the second copy whose next token is predictable
+    (from its first token to its second-last)."""
     pool = vocab_size - N_SPECIAL
-    s = torch.stack([torch.randperm(pool, generator=g)[:seg] for _ in range(batch)]) + N_SPECIAL
-    ids = torch.cat([torch.full((batch, 1), SPECIAL.index(BOS)), s, s], dim=1)
-    target = torch.zeros_like(ids, dtype=torch.bool)
-    target[:, 1 + seg:2 * seg] = True
+    ids = torch.randint(N_SPECIAL, vocab_size, (batch, seq_len), generator=g)
+    ids[:, 0] = SPECIAL.index(BOS)
+    target = torch.zeros(batch, seq_len, dtype=torch.bool)
+    for b in range(batch):
+        seg = int(torch.randint(3, min(max_segment, (seq_len - 1) // 2) + 1, (), generator=g))
+        start = 1 + int(torch.randint(0, seq_len - 2 * seg, (), generator=g))
+        s = torch.randperm(pool, generator=g)[:seg] + N_SPECIAL
+        ids[b, start:start + seg] = ids[b, start + seg:start + 2 * seg] = s
+        target[b, start + seg:start + 2 * seg - 1] = True
     return ids, target
 
 
@@ -328,7 +335,7 @@ def _train(kind: str, recipe: Recipe, out: Path, seed: int, evaluate: bool, argv
         for group in opt.param_groups:
             group["lr"] = lr_at(step, recipe)
         if data == "repeat":
-            ids, target = repeat_batch(g, recipe.batch, len(tokenizer), recipe.seq_len)
+            ids, target = repeat_batch(g, recipe.batch, len(tokenizer), recipe.seq_len, recipe.max_segment)
             logits = model(ids).logits
             loss = F.cross_entropy(logits[:, :-1][target[:, :-1]], ids[:, 1:][target[:, :-1]])
         elif data == "induction":
@@ -424,11 +431,15 @@ def model_card(kind: str, r: Recipe, log: dict, model) -> str:
               "Text is split into runs of word characters or punctuation, with each pair of digits on its own; "
               "`<bos>` is put before every encoded text.", "", "## Data", ""]
     if data == "repeat":
-        lines += [f"Fresh batches every step of {r.batch} sequences `<bos> S S`, S of {(r.seq_len - 1) // 2} distinct "
-                  "uniformly random ordinary tokens (`repeat_batch` in `discovery/toy/train.py`). Loss: next-token "
-                  "cross-entropy on the second copy (from its first token to its second-last), the only predictable "
-                  "positions. (With the segment data of `toy:induction`, pairs at random offsets, this Llama did not "
-                  "form induction heads within 3000 steps.)"]
+        lines += [f"Fresh batches every step of {r.batch} sequences of {r.seq_len} tokens `<bos> R S S T`: S of 3-"
+                  f"{r.max_segment} distinct uniformly random ordinary tokens (its length, hence the offset between "
+                  "the copies, varies per row, so only content finds the repeat), R (random length) and T random "
+                  "fillers (`repeat_batch` in `discovery/toy/train.py`). Loss: next-token cross-entropy on the second "
+                  "copy (from its first token to its second-last), the only predictable positions. Two recipes "
+                  "that did not give induction: the segment data of `toy:induction` (pairs at random offsets; no "
+                  "induction within 3000 steps, held-out top-1 0.02-0.03 at d_model 64 and 128) and `<bos> S S` with "
+                  "a fixed |S| = 16 (loss ~0 through a fixed-offset positional head; top-1 0.25 on the built-in task, "
+                  "whose offset is 10)."]
     elif data == "induction":
         lines += [f"Fresh batches every step of {r.batch} sequences of {r.seq_len} tokens: `<bos>`, then uniformly random "
                   "ordinary tokens (every vocabulary entry except the three special tokens) in which 1-6 segments of "
