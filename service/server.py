@@ -23,9 +23,9 @@ def build_app(settings: Settings, *, dispatcher: bool = True, db: Database | Non
     def factory(queue):
         parts = []
         if dispatcher:
+            from .api.callbacks import Callbacks
             from .jobs.dispatcher import Dispatcher
             from .jobs.executor import make_executor
-            from .api.callbacks import Callbacks
             parts.append(Dispatcher(queue, make_executor(settings), concurrency=settings.concurrency,
                                     on_finished=Callbacks(queue, settings)))
         if scheduler:

@@ -24,18 +24,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from discovery.errors import UserError
 
-from . import schemas
-from .callbacks import check_url
-from ..jobs.checks import validate_model, validate_task
 from ..config import Settings
-from ..store.db import Database
-from .formats import FORMATS, render
-from .limits import BodyLimit
-from ..problems import ApiError, NotFound, Unauthorized, Unprocessable
+from ..jobs.checks import validate_model, validate_task
 from ..jobs.queue import Queue
+from ..problems import ApiError, NotFound, Unauthorized, Unprocessable
+from ..store.db import Database
 from ..store.results import get_artifact
 from ..store.tables import TERMINAL, CircuitNode, CircuitRow, Job, owned_circuit
 from ..store.tokens import find_token
+from . import schemas
+from .callbacks import check_url
+from .formats import FORMATS, render
+from .limits import BodyLimit
 from .views import circuit_view, event_view, job_view
 
 log = logging.getLogger("circuitry.api")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from . import schemas
 from ..store.tables import CircuitRow, Job, JobEvent, iso
+from . import schemas
 
 
 def job_view(j: Job, request: schemas.JobRequest | None = None) -> schemas.Job:

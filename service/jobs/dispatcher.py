@@ -18,9 +18,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from discovery.errors import UserError
 
 from ..background import BackgroundLoop
+from ..store.results import store_circuit
 from .pipeline import JobResult, LeaseLost, RetryableError
 from .queue import Lease, Queue
-from ..store.results import store_circuit
 from .spec import JobRequest
 
 log = logging.getLogger("circuitry.dispatcher")
@@ -70,6 +70,9 @@ class Dispatcher(BackgroundLoop):
         super().stop(timeout)
         for t in list(self._running):
             t.join(timeout)
+        close = getattr(self.on_finished, "close", None)  # callbacks still being delivered finish first
+        if close is not None:
+            close()
 
     def _loop(self) -> None:
         """Claim and start jobs while slots are free. Any exception of the store (disk full, a lock
@@ -161,9 +164,11 @@ class Dispatcher(BackgroundLoop):
         except LeaseLost:
             log.info("job %s attempt %d: lease lost (cancelled or expired); stopped", lease.job_id, lease.attempt)
         except UserError as exc:
-            self._retrying("recording the failure", lambda: self.queue.fail(lease, str(exc)), lease)
+            error = str(exc)
+            self._retrying("recording the failure", lambda: self.queue.fail(lease, error), lease)
         except RetryableError as exc:
-            self._retrying("recording the retry", lambda: self.queue.fail(lease, str(exc), retry=True), lease)
+            error = str(exc)
+            self._retrying("recording the retry", lambda: self.queue.fail(lease, error, retry=True), lease)
         except Exception as exc:  # a bug or resource problem: the job fails with a one-line reason
             log.exception("job %s failed", lease.job_id)
             reason = f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

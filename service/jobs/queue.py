@@ -19,8 +19,8 @@ from sqlalchemy import and_, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from ..config import Settings
-from ..store.db import Database
 from ..problems import Conflict, NotFound, TooManyActiveJobs
+from ..store.db import Database
 from ..store.tables import ACTIVE, LEASED, TERMINAL, Job, JobEvent
 
 

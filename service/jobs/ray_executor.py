@@ -11,12 +11,12 @@ from collections import OrderedDict
 
 import ray
 
-from discovery.errors import Cancelled, UserError
 from discovery.distributed import connect_ray
+from discovery.errors import Cancelled, UserError
 
 from ..config import Settings
-from .pipeline import BatchProgress, JobResult, LeaseLost, ModelCache, Report, RetryableError, build_task, \
-    discover_circuit, label, load_for, model_key
+from .pipeline import (BatchProgress, JobResult, LeaseLost, ModelCache, Report, RetryableError, build_task,
+                       discover_circuit, label, load_for, model_key)
 from .spec import JobRequest
 
 

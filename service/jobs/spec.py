@@ -8,9 +8,9 @@ from typing import Any, Literal
 
 from pydantic import Field, HttpUrl, model_validator
 
+from discovery.names import TASK_NAMES
 from discovery.options import (DEFAULT_BUILTIN_ROWS, DiscoveryOptions, LabelingOptions, MethodOptions, Rows, Seed,
                                SelectionOptions, _Strict)
-from discovery.names import TASK_NAMES
 
 TaskName = Literal[TASK_NAMES]  # type: ignore[valid-type]
 JobStatus = Literal["queued", "running", "labeling", "succeeded", "failed", "cancelled"]

@@ -77,8 +77,8 @@ def register(subparsers) -> None:
 
 def cmd_scan(args) -> int:
     from ..config import settings_from_args as _settings
-    from ..store.db import Database
     from ..problems import ApiError
+    from ..store.db import Database
 
     settings = _settings(args)
     db = Database(settings.resolved_database_url())
@@ -172,8 +172,8 @@ def _remove(args, db, settings) -> int:
 
 def _run_now(args, db, settings) -> int:
     from ..jobs.queue import Queue
-    from .scheduler import tick
     from ..store.tables import TERMINAL
+    from .scheduler import tick
     from .store import checkpoints, get_watch
 
     report = tick(db, Queue(db, settings), settings, get_watch(db, args.id))

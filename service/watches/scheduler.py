@@ -28,11 +28,11 @@ from discovery.errors import UserError
 
 from ..background import BackgroundLoop
 from ..config import Settings
-from ..store.db import Database
 from ..jobs.models_access import resolve_model
-from ..problems import TooManyActiveJobs
 from ..jobs.queue import Queue
 from ..jobs.spec import JobRequest
+from ..problems import TooManyActiveJobs
+from ..store.db import Database
 from ..store.tables import ApiToken, Watch, WatchCheckpoint
 from .sources import Checkpoint, list_checkpoints
 

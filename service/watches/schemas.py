@@ -7,9 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from discovery.timeline import TimelinePoint
-
 from discovery.options import DiscoveryOptions
+from discovery.timeline import TimelinePoint
 
 from ..jobs.spec import JobStatus, LabelingSpec, MethodSpec, SelectionSpec, TaskSpec
 

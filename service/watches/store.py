@@ -11,13 +11,13 @@ from sqlalchemy import delete, func, select
 from discovery.errors import UserError
 from discovery.timeline import timeline
 
-from . import schemas as ws
 from ..config import Settings
-from ..store.db import Database
 from ..problems import NotFound
+from ..store.db import Database
 from ..store.results import get_artifact
-from .scheduler import check_cron
 from ..store.tables import Job, Watch, WatchCheckpoint, iso, owned_circuit
+from . import schemas as ws
+from .scheduler import check_cron
 from .sources import check_pattern, resolve_source
 
 
