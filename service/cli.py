@@ -92,7 +92,7 @@ def cmd_tokens(args) -> int:
         print(f"token {row.id} ({row.name}) revoked")
     else:
         for row in list_tokens(db):
-            state = "revoked" if row.revoked_at else "active"
+            state = ("revoked" if row.revoked_at else "active") + (", admin" if row.admin else "")
             made = datetime.fromtimestamp(row.created_at, timezone.utc).isoformat(timespec="seconds")
             print(f"{row.id}\t{row.name}\t{row.prefix}...\t{state}\tcreated {made}")
     return 0

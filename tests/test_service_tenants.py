@@ -188,3 +188,17 @@ def test_ui_pages_are_data_free_shells(tenants):
             continue
         r = httpx.get(clients["a"].base_url.join(_fill(path, ids)), timeout=10)  # no token at all
         assert r.status_code == 200 and "private-hook" not in r.text and "tiny-gpt2" not in r.text, path
+
+
+def test_tokens_create_admin_from_the_cli(tmp_path, capsys):
+    from discovery.cli import main
+
+    url = f"sqlite:///{tmp_path}/t.db"
+    assert main(["tokens", "--database-url", url, "create", "--name", "ops", "--admin"]) == 0
+    out = capsys.readouterr().out
+    assert "(ops, admin): cty_" in out and "callback signing secret: " in out
+    assert main(["tokens", "--database-url", url, "create", "--name", "alice"]) == 0
+    assert "admin" not in capsys.readouterr().out.splitlines()[0]
+    assert main(["tokens", "--database-url", url, "list"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert "active, admin" in rows[0] and "admin" not in rows[1]
