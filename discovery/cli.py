@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"--sparsity or --lam); default {DEFAULT_METHOD}")
     d.add_argument("--qk-fix", action=argparse.BooleanOptionalAction, default=None,
                    help="score q/k edges through the exact attention pattern (AtP*'s QK fix; on by default for eap, "
-                        "eap-ig, clean-corrupted, eap-ig+acdc and auto); --no-qk-fix: the plain gradient")
+                        "eap-ig, eap-ig+acdc and auto; on request for clean-corrupted); --no-qk-fix: the plain gradient")
     d.add_argument("--steps", type=int, default=None, help="interpolation steps (eap-ig and eap-ig-activations only; default 5)")
     d.add_argument("--level", default=None, choices=list(LEVELS),
                    help="what is scored and selected: edges (default), nodes (each head and MLP as one unit: eap, "

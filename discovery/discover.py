@@ -89,7 +89,7 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
     meets the faithfulness target (default 0.9), and exact verification of the top candidates when
     that takes more than 40% of the edges; the circuit's method.params record what it did.
     qk_fix: score q/k edges through the exact attention pattern (methods/qk.py); on by default for
-    eap, eap-ig, clean-corrupted, eap-ig+acdc's ranking and auto (edge level, no positions).
+    eap, eap-ig, eap-ig+acdc's ranking and auto (edge level, no positions); on request for clean-corrupted.
     target: the faithfulness target of the default edge selection, which every scoring method uses
     unless top_n / threshold / greedy is given. The circuit's `warnings` say when the result means
     little (discovery/sanity.py); each is also issued as a sanity.ResultWarning.

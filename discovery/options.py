@@ -28,6 +28,8 @@ NODE_METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted", "exact
 NEURON_METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted")  # level "neuron"
 DEFAULT_METHOD = AUTO_METHOD  # discover()'s default: discover() takes it from here (discovery/auto.py)
 QK_FIXABLE = ("eap", "eap-ig", "clean-corrupted", "eap-ig+acdc", AUTO_METHOD)  # methods/qk.py applies (edges)
+# on request only: measured to hurt more than help there (docs/benchmarks.md, "QK fix and the default pipeline")
+QK_FIX_OFF_BY_DEFAULT = ("clean-corrupted",)
 DEFAULT_TARGET = 0.9  # the faithfulness target of the default selection (discovery/auto.py)
 DEFAULT_TAU = 0.01  # discovery.methods.acdc's (tests/test_options.py checks they agree)
 ACDC_DEFAULT_METRIC = "kl"  # Conmy et al.: distance from the clean model's output distribution
@@ -91,8 +93,8 @@ class MethodOptions(_Strict):
         None, min_length=1, max_length=4096, description="with positions: a name for each token position of the "
                                                          "template (e.g. S1, IO, END), recorded in the circuit")
     qk_fix: bool | None = Field(None, description="score q/k edges through the exact attention pattern (AtP*'s QK "
-                                                  "fix); default: on for eap, eap-ig, clean-corrupted, eap-ig+acdc "
-                                                  "and auto at edge level without positions")
+                                                  "fix); default: on for eap, eap-ig, eap-ig+acdc and auto (on "
+                                                  "request for clean-corrupted) at edge level without positions")
     sparsity: float | None = Field(None, ge=0, lt=1, allow_inf_nan=False,
                                    description=f"edge-pruning: the fraction of edges to remove (default {DEFAULT_SPARSITY})")
     lam: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False,
@@ -144,8 +146,10 @@ class MethodOptions(_Strict):
 
     @property
     def use_qk_fix(self) -> bool:
-        """The QK fix as it runs: on by default wherever it applies."""
-        return self.qk_fixable and self.qk_fix is not False
+        """The QK fix as it runs: on by default wherever it applies, but for QK_FIX_OFF_BY_DEFAULT."""
+        if self.qk_fix is None:
+            return self.qk_fixable and self.name not in QK_FIX_OFF_BY_DEFAULT
+        return self.qk_fixable and self.qk_fix
 
 
 class SelectionOptions(_Strict):

@@ -85,6 +85,9 @@ def test_scoring_methods_select_by_the_target_by_default_not_an_absolute_count(t
     assert 0.9 <= c.metrics.faithfulness <= 1.1 and c.metrics.n_edges < len(c.edges)
     top = discover(lm, task, "eap", top_n=20, curve=False, qk_fix=False)
     assert top.selection.kind == "top-n" and top.method.params["qk_fix"] is False
+    # measured to hurt more than help for clean-corrupted: there on request only
+    assert discover(lm, task, "clean-corrupted", top_n=20, curve=False).method.params["qk_fix"] is False
+    assert discover(lm, task, "clean-corrupted", top_n=20, curve=False, qk_fix=True).method.params["qk_fix"] is True
 
 
 def test_verification_ranks_measured_effects_first(trained, monkeypatch):

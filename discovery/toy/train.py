@@ -473,7 +473,8 @@ def model_card(kind: str, r: Recipe, log: dict, model) -> str:
                   f"- built-in `induction` task (200 rows, seed {h['seed']}): top-1 of S[k] "
                   f"**{h['induction_task']['top1']:.3f}**, logit(S[k]) > logit(S'[k]) in "
                   f"**{h['induction_task']['answer_beats_wrong']:.3f}**",
-                  f"- prompts longer than {r.n_positions} tokens do not fit the position embeddings"]
+                  *([f"- prompts longer than {r.n_positions} tokens do not fit the position embeddings"]
+                    if r.family == "gpt2" else [])]
     elif h:
         lines += [f"Fresh `ioi` examples (500, seed {h['seed']}; {h['also_in_training']} of these sentences also "
                   f"occur among the training sentences), last prompt position: logit(IO) > logit(S) in "
