@@ -140,7 +140,7 @@ def test_ioi_model_prefers_the_indirect_object():
 def test_toy_names_resolve_and_unknown_ones_list_the_available(induction):
     assert induction.name == "toy:induction" and induction.revision is None
     assert Path(induction.hf_model.name_or_path).resolve() == INDUCTION.resolve()
-    with pytest.raises(UserError, match=r"unknown toy model 'toy:nope'; available: toy:induction, toy:ioi$"):
+    with pytest.raises(UserError, match=r"unknown toy model 'toy:nope'; available: toy:induction, toy:ioi, toy:llama-induction$"):
         load_model("toy:nope")
     with pytest.raises(UserError, match=r"has no revision 'step-9'; available: step-\d{6}, .*step-\d{6}$") as err:
         load_model("toy:induction", revision="step-9")
@@ -149,7 +149,7 @@ def test_toy_names_resolve_and_unknown_ones_list_the_available(induction):
         load_model("toy:ioi", revision="main")
 
 
-@pytest.mark.parametrize("kind", ["induction", "ioi"])
+@pytest.mark.parametrize("kind", ["induction", "ioi", "llama-induction"])
 def test_training_is_deterministic(tmp_path, kind):
     def weights(out, seed):
         train(kind, out, seed=seed, steps=16, evaluate=False)
@@ -160,6 +160,8 @@ def test_training_is_deterministic(tmp_path, kind):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "a")
-    assert loaded.config.model_type == "gpt2"
+    assert loaded.config.model_type == ("llama" if kind == "llama-induction" else "gpt2")
+    if kind == "llama-induction":
+        assert loaded.config.num_key_value_heads == 2 and loaded.config.num_attention_heads == 4
     if kind == "induction":
         assert len(list((tmp_path / "a" / "checkpoints").iterdir())) >= 6
