@@ -2,9 +2,9 @@
 
     .venv/bin/python benchmarks/gqa_quality.py MODEL_DIR [--rows 64] [--target 0.9]
 
-MODEL_DIR: a Llama model with grouped-query attention trained on the induction data, e.g. the
-toy recipe `python -m discovery.toy.train llama-induction --out DIR` (2 layers, 4 query heads over 2
-key/value heads). Task: the built-in `induction` task (logit difference). For kv_edges "head" and
+MODEL_DIR: a Llama model with grouped-query attention trained on the induction data: the shipped
+`toy:llama-induction`, or the recipe retrained `python -m discovery.toy.train llama-induction --out DIR`
+(2 layers, 4 query heads over 2 key/value heads). Task: the built-in `induction` task (logit difference). For kv_edges "head" and
 "grouped", on the same weights and rows:
 - exact scores (the measured effect of switching each edge alone) and EAP-IG scores (5 steps, with
   the QK fix as discover() runs it): Spearman correlation of |EAP-IG| with |exact|;
