@@ -162,8 +162,10 @@ def process_figures(hf, setup, args) -> None:
         model_dir, task_file, out = Path(tmp, "model"), Path(tmp, "task.jsonl"), Path(tmp, "circuit.json")
         hf.save_pretrained(model_dir)
         with open(task_file, "w") as f:
-            for r in setup.task.rows:
-                f.write(json.dumps(r) + "\n")
+            task = setup.task
+            for c, k, a, w in zip(task.clean_ids, task.corrupted_ids, task.answer_ids, task.wrong_ids):
+                f.write(json.dumps({"clean_ids": list(c), "corrupted_ids": list(k), "answer_id": int(a[0]),
+                                    "wrong_id": int(w[0])}) + "\n")
         floor_cmd = [sys.executable, "-c", FLOOR_SCRIPT, str(model_dir), str(task_file)]
         discover_cmd = [sys.executable, "-m", "discovery.cli", "discover", "--model", str(model_dir), "--task",
                         str(task_file), "--method", "eap", "--batch-size", str(args.batch_size), "--device",

@@ -614,8 +614,8 @@ def _run_cached(c: RunCache, start: int, off: torch.Tensor, skip: bool) -> torch
     on_cached, diff_cached = on0[:n_cached], diff[:, :n_cached]  # the cached sources' part
     cached = {ALL: c.stack()[..., :n_cached].unsqueeze(0), LAST: c.stack_last()[..., :n_cached].unsqueeze(0)}
     # Writes (live - reference) of the sources run here: those that are the same under every mask in
-    # `bufs` {ALL | LAST: [1, B, Pc | 1, d, n_sources - n_cached]} (zero for a source not run: it
-    # writes its reference), so that one product per stage mixes them; those that differ among the
+    # `bufs` {ALL | LAST: [n_sources - n_cached, B, Pc | 1, d]} (source-major, so that a node's writes
+    # are one contiguous copy and one product per stage mixes the in-circuit ones); those that differ among the
     # masks in `chunks` [(sources, their indices, {ALL | LAST: [K, B, Pc | 1, d, n]})]. And what
     # determines each one's output (None when it depends on the mask).
     bufs: dict[int, torch.Tensor] = {}
@@ -625,7 +625,7 @@ def _run_cached(c: RunCache, start: int, off: torch.Tensor, skip: bool) -> torch
 
     def buffer(mode):
         if mode not in bufs:
-            bufs[mode] = torch.zeros(1, b, p - p0 if mode == ALL else 1, c.resid[0].shape[-1], g.n_sources - n_cached,
+            bufs[mode] = torch.empty(g.n_sources - n_cached, b, p - p0 if mode == ALL else 1, c.resid[0].shape[-1],
                                      dtype=dtype, device=dev)
         return bufs[mode]
 
@@ -681,11 +681,13 @@ def _run_cached(c: RunCache, start: int, off: torch.Tensor, skip: bool) -> torch
         if on_any[:n_cached, readers].any():
             x = x + mix(cached[mode], on_cached[:, cols])
         x = x.expand(*x.shape[:3], len(readers), x.shape[-1])
-        ran = np.flatnonzero(in_buf[:g.stages[stage_idx].n_upstream])  # run here, one version for all masks
-        lo, hi = (int(ran[0]), int(ran[-1]) + 1) if len(ran) else (0, 0)
-        in_ran = hi > lo and bool(on_any[lo:hi][:, readers].any())
-        if in_ran:
-            x = x + mix(buffer(mode)[..., lo - n_cached:hi - n_cached], on0[lo:hi][:, cols])
+        n_up = g.stages[stage_idx].n_upstream  # run here, one version for all masks, in the circuit somewhere:
+        ran = np.flatnonzero(in_buf[:n_up] & on_any[:n_up][:, readers].any(axis=1))
+        if len(ran):
+            ran_t = torch.as_tensor(ran, device=dev)
+            writes = buffer(mode)[ran_t - n_cached]  # [S', B, P', d]
+            x = x + (on0[ran_t][:, cols].T @ writes.reshape(len(ran), -1)).view(
+                len(readers), *writes.shape[1:]).permute(1, 2, 0, 3).unsqueeze(0)
         for src, srct, ch in chunks:
             if on_any[src][:, readers].any():
                 x = x + mix(version(ch, mode), on0[srct][:, cols])
@@ -693,8 +695,10 @@ def _run_cached(c: RunCache, start: int, off: torch.Tensor, skip: bool) -> torch
         if len(vary):
             vcols = cols[torch.as_tensor(vary, device=dev)]
             corr = mix_each(cached[mode], diff_cached[:, :, vcols])
-            if in_ran:
-                corr = corr + mix_each(buffer(mode)[..., lo - n_cached:hi - n_cached], diff[:, lo:hi][:, :, vcols])
+            if len(ran):
+                o = diff[:, ran_t][:, :, vcols]  # [K, S', V]
+                out = o.transpose(1, 2).reshape(-1, len(ran)) @ writes.reshape(len(ran), -1)  # [K * V, B P' d]
+                corr = corr + out.view(k_masks, len(vcols), *writes.shape[1:]).permute(0, 2, 3, 1, 4)
             for src, srct, ch in chunks:
                 if on_any[src][:, readers[vary]].any():
                     corr = corr + mix_each(version(ch, mode), diff[:, srct][:, :, vcols])
@@ -715,9 +719,10 @@ def _run_cached(c: RunCache, start: int, off: torch.Tensor, skip: bool) -> torch
             lo = int(src[0]) - n_cached
             contiguous = bool((np.diff(src) == 1).all())
             at_cols = slice(lo, lo + len(src)) if contiguous else torch.as_tensor(src - n_cached, device=dev)
-            buffer(mode)[..., at_cols] = writes
+            w0 = writes[0].permute(3, 0, 1, 2)  # [n, B, Pc | 1, d]
+            buffer(mode)[at_cols] = w0
             if mode == ALL:
-                buffer(LAST)[..., at_cols] = at_last(writes)
+                buffer(LAST)[at_cols] = w0[:, rows, at].unsqueeze(2)
             in_buf[src] = True
         else:
             chunks.append((src, torch.as_tensor(src, device=dev), {mode: writes}))
