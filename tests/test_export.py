@@ -132,8 +132,11 @@ def test_exported_mib_evaluates_to_the_same_metric(work, capsys, name, fmt):
     assert ref.parallel == (name == "neox") and not (ref.in_graph & ~ref.real).any()
     code, imported = _evaluate(capsys, work, model, path)
     assert code == 0, imported
+    # a grouped circuit is re-evaluated on the per-query-head graph: the same sums in another fp32 order
+    # (faithfulness, a ratio of small differences on this random model, to 1e-5 absolute)
+    tol = dict(rel=1e-6, abs=1e-5) if name == "grouped" else dict(rel=1e-9)
     for key in ("clean", "corrupted", "circuit", "faithfulness"):
-        assert imported[key] == pytest.approx(original[key], rel=1e-9), key
+        assert imported[key] == pytest.approx(original[key], **tol), key
     expanded = sum(2 if ".kv" in e["name"] else 1 for e in _doc(work, name)["edges"] if e["in_circuit"])
     assert imported["n_edges"] == expanded  # 2 query heads per key/value head in the tiny Llama
     assert imported.get("n_neurons") == original.get("n_neurons")
