@@ -272,3 +272,23 @@ def test_labeling_step(svc):
     assert stored == len(circuit["labels"])
     graph = client.get(f"/v1/circuits/{job['circuit_id']}", params={"format": "neuronpedia"})
     assert graph.status_code == 200 and graph.json()["nodes"], graph.text[:300]
+
+
+def test_job_shows_its_result_warnings(svc):
+    """A task the model cannot show (corrupted == clean: no behaviour to explain) succeeds, and the job
+    says why its circuit means nothing: the circuit's warnings, on the job and as `warning` events."""
+    client, db, server = svc
+    body = job_body()
+    for row in body["task"]["rows"]:
+        row["corrupted_ids"] = list(row["clean_ids"])
+    job = client.post("/v1/jobs", json=body).json()
+    done = wait_for(client, job["id"])
+    assert done["status"] == "succeeded", done
+    circuit = client.get(f"/v1/circuits/{done['circuit_id']}").json()
+    assert circuit["warnings"] and done["warnings"] == circuit["warnings"]
+    assert any(w.startswith("no behaviour") for w in done["warnings"])
+    events = client.get(f"/v1/jobs/{job['id']}/events").json()["items"]
+    assert [e["message"] for e in events if e["kind"] == "warning"] == done["warnings"]
+    # a job whose model does the task carries none
+    ok = wait_for(client, client.post("/v1/jobs", json=job_body(seed=3)).json()["id"])
+    assert ok["warnings"] == client.get(f"/v1/circuits/{ok['circuit_id']}").json()["warnings"]

@@ -110,6 +110,6 @@ def test_cancel_fences_a_running_worker(queue):
 def test_migrations_are_versioned_and_idempotent(queue):
     queue.db.migrate()  # again: nothing to do
     with queue.db.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"  # 0003: tenants (admin tokens, callback secrets)
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0004"  # 0003: tenants; 0004: job warnings
         mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
     assert mode == "wal"

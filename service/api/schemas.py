@@ -26,6 +26,8 @@ class Job(BaseModel):
     message: str | None
     error: str | None
     circuit_id: str | None
+    warnings: list[str] = Field(default_factory=list, description="the circuit's result warnings: the model does "
+                                "not do the task, the behaviour is within noise, the faithfulness target was missed")
     created_at: str
     updated_at: str
     started_at: str | None

@@ -11,7 +11,7 @@ def job_view(j: Job, request: schemas.JobRequest | None = None) -> schemas.Job:
     return schemas.Job.model_construct(
         id=j.id, status=j.status, model=j.model, revision=j.revision, task=j.task, method=j.method,
         attempt=j.attempt, max_attempts=j.max_attempts, progress=j.progress, message=j.message, error=j.error,
-        circuit_id=j.circuit_id, created_at=iso(j.created_at), updated_at=iso(j.updated_at),
+        circuit_id=j.circuit_id, warnings=list(j.warnings or []), created_at=iso(j.created_at), updated_at=iso(j.updated_at),
         started_at=iso(j.started_at), finished_at=iso(j.finished_at),
         request=request if request is not None else schemas.JobRequest.model_validate(j.spec))
 

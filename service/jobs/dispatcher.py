@@ -156,7 +156,8 @@ class Dispatcher(BackgroundLoop):
             if lost.is_set():
                 raise LeaseLost(lease.job_id)
             stored = self._retrying("storing the result",
-                                    lambda: self.queue.complete(lease, lambda s, job_id: self._store(s, job_id, result)),
+                                    lambda: self.queue.complete(lease, lambda s, job_id: self._store(s, job_id, result),
+                                                                _result_warnings(result)),
                                     lease)
             if not stored:
                 log.info("job %s attempt %d: lease lost before the result was stored; discarded",
@@ -203,3 +204,8 @@ class Dispatcher(BackgroundLoop):
     def _store(session, job_id: str, result: JobResult) -> str:
         circuit = json.loads(result.circuit_json)
         return store_circuit(session, job_id, circuit, result.circuit_json.encode(), result.labels)
+
+
+def _result_warnings(result: JobResult) -> list[str]:
+    """The warnings the circuit records (discovery/sanity.py): shown with the job and as its events."""
+    return [str(w) for w in (json.loads(result.circuit_json).get("warnings") or [])]

@@ -135,9 +135,10 @@ class Queue:
                        attempt=lease.attempt, progress=progress, message=message, at=now)
         return bool(n)
 
-    def complete(self, lease: Lease, store_result) -> bool:
+    def complete(self, lease: Lease, store_result, warnings: list[str] | None = None) -> bool:
         """Mark the job succeeded and store its result, atomically; False (nothing written) if the
-        lease is no longer this worker's. `store_result(session, job_id) -> circuit_id`."""
+        lease is no longer this worker's. `store_result(session, job_id) -> circuit_id`; `warnings`, the
+        circuit's result warnings, are kept with the job and each recorded as a `warning` event."""
         now = time.time()
         with self.db.write() as s:
             n = s.execute(update(Job).where(self._fenced(lease))
@@ -147,8 +148,11 @@ class Queue:
             if not n:
                 return False
             circuit_id = store_result(s, lease.job_id)
-            s.execute(update(Job).where(Job.id == lease.job_id).values(circuit_id=circuit_id)
+            s.execute(update(Job).where(Job.id == lease.job_id).values(circuit_id=circuit_id, warnings=warnings or None)
                       .execution_options(synchronize_session=False))
+            for text in warnings or []:
+                _event(s, job_id=lease.job_id, kind="warning", status="succeeded", attempt=lease.attempt,
+                       progress=1.0, message=text, at=now)
             _event(s, job_id=lease.job_id, kind="status", status="succeeded", attempt=lease.attempt, progress=1.0,
                    message=f"circuit {circuit_id}", at=now)
         return True

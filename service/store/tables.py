@@ -68,6 +68,7 @@ class Job(Base):
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     circuit_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    warnings: Mapped[list | None] = mapped_column(JSON, nullable=True)  # the circuit's result warnings
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
