@@ -17,8 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import UserError
 from .graph import Graph
 
-# 1.2: level, node scores and neurons; position-aware circuits (1.1 is the labeled file); 1.0 files still read
-SCHEMA_VERSION = "1.2"
+# One version line for plain and labeled files. 1.1: labels (labeling/); 1.2: level, node scores and neurons,
+# position-aware circuits; 1.3: `warnings`, labels' `unverified` status with its reason and score intervals.
+# Every 1.x file still reads.
+SCHEMA_VERSION = "1.3"
 
 
 class ModelInfo(BaseModel):

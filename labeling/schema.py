@@ -1,4 +1,4 @@
-"""The labeled circuit file (schema_version 1.1): the circuit JSON plus one label record per labeled
+"""The labeled circuit file (the circuit's own schema_version, 1.1 and later): the circuit JSON plus one label record per labeled
 component, the in-circuit edges with their endpoints' labels, and how the labels were made.
 
 Discovery never imports this module; `LabeledCircuit` extends `discovery.circuit.Circuit` with optional
@@ -13,9 +13,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from discovery.circuit import Circuit
+from discovery.circuit import SCHEMA_VERSION, Circuit
 
-LABELED_SCHEMA_VERSION = "1.1"
+# plain and labeled files share one version line (discovery/circuit.py); labels are optional fields
+LABELED_SCHEMA_VERSION = SCHEMA_VERSION
 
 # The fixed role vocabulary. "name_mover" is the issue's "copy/name_mover": a head that copies the
 # tokens it attends to into the output.

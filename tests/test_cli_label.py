@@ -1,5 +1,6 @@
-"""`circuitry discover --label`: the circuit file gains labels (schema 1.1), and the edges stay as found."""
+"""`circuitry discover --label`: the circuit file gains labels (same schema version line), and the edges stay as found."""
 
+from discovery.circuit import SCHEMA_VERSION
 import json
 
 from discovery.cli import main
@@ -12,7 +13,7 @@ def test_discover_with_label(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert code == 0 and lines[1].startswith("labeled ")
     data = json.loads(out.read_text())
-    assert data["schema_version"] == "1.1"
+    assert data["schema_version"] == SCHEMA_VERSION
     tags = {r["component"]: r["role_tags"] for r in data["labels"]}
     assert tags.get("a0.h3") == ["previous_token"]  # the toy model's known previous-token head
     in_circuit = {e["name"] for e in data["edges"] if e["in_circuit"]}

@@ -1,6 +1,7 @@
 """The labeling stage offline: evidence against independent computations, the heuristic labels on the
 shipped induction model and on planted models, the labeled file, the CLI and the Neuronpedia export."""
 
+from discovery.circuit import SCHEMA_VERSION
 import json
 
 import pytest
@@ -152,7 +153,7 @@ def test_labeled_circuit_keeps_everything_and_edges_carry_labels(induction, labe
     before = circuit.model_dump()
     again = label_circuit(circuit, model, task, components=["a0.h3"], evidence=SMALL, scorer="evidence_agreement")
     assert circuit.model_dump() == before  # the input is never mutated
-    assert labeled.schema_version == "1.1" and again is not circuit
+    assert labeled.schema_version == SCHEMA_VERSION and again is not circuit
     assert labeled.model_dump(include=set(Circuit.model_fields) - {"schema_version"}) == \
         circuit.model_dump(exclude={"schema_version"})
     e = next(e for e in labeled.edge_labels if e.name == "a0.h3->a1.h0<k>")
@@ -208,7 +209,7 @@ def test_load_reads_plain_and_labeled_files(tmp_path, induction, labeled):
     plain = LabeledCircuit.load(tmp_path / "plain.json")
     assert plain.schema_version == Circuit.model_fields["schema_version"].default and plain.labels == []
     back = LabeledCircuit.load(tmp_path / "labeled.json")
-    assert back.schema_version == "1.1" and back.model_dump() == labeled.model_dump()
+    assert back.schema_version == SCHEMA_VERSION and back.model_dump() == labeled.model_dump()
     assert isinstance(back.labels[0], LabelRecord)
     assert Circuit.load(tmp_path / "labeled.json").edges == circuit.edges  # a 1.x reader still reads it
 
@@ -221,7 +222,7 @@ def test_cli_label(tmp_path, induction, capsys):
     out = capsys.readouterr().out
     assert code == 0 and out.startswith("labeled 2 components with heuristic (2 ok)") and "-> " in out
     data = json.loads((tmp_path / "l.json").read_text())
-    assert data["schema_version"] == "1.1" and [r["role_tags"] for r in data["labels"]] == [["previous_token"],
+    assert data["schema_version"] == SCHEMA_VERSION and [r["role_tags"] for r in data["labels"]] == [["previous_token"],
                                                                                              ["induction"]]
     graph = json.loads((tmp_path / "np.json").read_text())
     assert {"metadata", "qParams", "nodes", "links"} <= set(graph)

@@ -1,5 +1,6 @@
 """Node- and neuron-level circuits: scores, exact patching, neuron masks, files and the CLI."""
 
+from discovery.circuit import SCHEMA_VERSION
 import json
 
 import numpy as np
@@ -145,7 +146,7 @@ def test_discover_at_the_node_and_neuron_level_writes_a_file_evaluate_reproduces
     lm = wrap_model(tiny.build("gpt2", seed=1))
     task = _task(token_rows(n=5, seed=2))
     node = discover(lm, task, "eap-ig", level="node", top_n=4, batch_size=2, steps=2)
-    assert node.level == "node" and node.schema_version == "1.2" and node.selection.pruned is False
+    assert node.level == "node" and node.schema_version == SCHEMA_VERSION and node.selection.pruned is False
     scored = [n for n in node.nodes if n.score is not None]
     assert len(scored) == 11  # input, 2 x (4 heads + MLP)
     top4 = sorted(scored, key=lambda n: -abs(n.score))[:4]

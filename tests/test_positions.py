@@ -1,6 +1,7 @@
 """Position-aware edges (discovery/positions.py): counts, the patched forward's end points, scores that
 sum to the non-positional ones, exact patching against a hand-written re-run, pruning, the file."""
 
+from discovery.circuit import SCHEMA_VERSION
 import json
 
 import numpy as np
@@ -196,7 +197,7 @@ def test_discover_with_positions_writes_positions_and_evaluates_the_same(models,
     c = discover(lm, task, "eap", top_n=25, positions=True)
     g = _setup(lm, task, positions=True).graph
     assert c.positions.n == 6 and c.positions.n_edges == g.n_edges == len(c.edges) == c.positions.listed
-    assert c.method.params["positions"] is True and c.schema_version == "1.2"
+    assert c.method.params["positions"] is True and c.schema_version == SCHEMA_VERSION
     kept = [e for e in c.edges if e.in_circuit]
     assert 0 < len(kept) <= 25 and all(e.src_pos <= e.dst_pos for e in c.edges)
     assert all(e.name == f"{e.source}[{e.src_pos}]->{e.name.split('->')[1]}" for e in c.edges)
