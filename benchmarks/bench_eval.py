@@ -128,6 +128,7 @@ def main(argv=None) -> int:
         fns["curve, warm, 4 circuits/pass"] = lambda: faithfulness_curves(setup, scores, max_rows=4 * args.batch_size)
 
     def clear_memo():  # warm means: the batches' runs are held, not this very circuit's results
+        setup._values.clear()
         for c in setup._runs.values():
             c.budget[0] += sum(m.numel() * m.element_size() for m in c.memo.values())
             c.memo.clear()

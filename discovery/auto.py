@@ -5,7 +5,11 @@ Faithfulness-target selection (`smallest_faithful`): rank edges by |score|; the 
 smallest top-k, pruned, whose faithfulness f = (m(C) - m(empty)) / (m(full) - m(empty)) is within
 1 - target of 1 (|1 - f| <= 1 - target; default target 0.9, so 0.9 <= f <= 1.1). k is searched over
 a grid of edge fractions (GRID), then refined between the largest grid size that missed and the
-first that met the target (REFINE points per round, two rounds). Sizes are fractions of the graph,
+first that met the target (REFINE points per round, two rounds). Sizes are evaluated smallest first
+and a round stops at the first size that meets the target (on CPU; on CUDA a round is one call,
+several circuits per pass): the larger ones cannot change the choice, so the result is the same as
+evaluating them all. Each distinct circuit is evaluated once per setup (circuit_metrics' memo), so
+the chosen circuit's evaluation and the curve's shared sizes cost nothing more. Sizes are fractions of the graph,
 so the selection can never keep a whole small graph by an absolute count; if no size meets the
 target the most faithful one evaluated is kept (and the circuit's warnings say so).
 
@@ -19,7 +23,7 @@ target the most faithful one evaluated is kept (and the circuit's warnings say s
    measured and EAP-IG's elsewhere (params["verified"] says how many).
 
 Cost: EAP-IG's (steps + 1 forwards and steps backwards per batch, plus the QK fix), then the
-selection's evaluations, |GRID| + 2 * REFINE circuit evaluations (patched forwards, several masks per
+selection's evaluations, at most |GRID| + 2 * REFINE circuit evaluations (patched forwards, several masks per
 pass); step 3, when it runs, one patched forward per verified edge (batched).
 """
 
@@ -52,6 +56,7 @@ def smallest_faithful(setup: Setup, scores, target: float = DEFAULT_TARGET, *, a
     scores = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0)
     tried: dict[int, tuple[np.ndarray, float]] = {}
     base: list[float] = []
+    chunk = 1 if setup.device.type == "cpu" else len(GRID)  # sizes per call (CUDA: several per pass)
 
     def evaluate(ks):
         ks = sorted({int(k) for k in ks if 1 <= k <= n_edges and k not in tried})
@@ -69,7 +74,14 @@ def smallest_faithful(setup: Setup, scores, target: float = DEFAULT_TARGET, *, a
         for k, c, m in zip(ks, circuits, means):
             tried[k] = (c, faithfulness(m, base[0], base[1]))
 
-    evaluate(max(1, int(round(f * n_edges))) for f in GRID)
+    def ascending(ks):  # smallest first, stopping at the first size that meets the target
+        ks = sorted({int(k) for k in ks})
+        for lo in range(0, len(ks), chunk):
+            evaluate(ks[lo:lo + chunk])
+            if any(meets(tried[k][1], target) for k in ks[:lo + chunk] if k in tried):
+                return
+
+    ascending(max(1, int(round(f * n_edges))) for f in GRID)
     for _ in range(2):
         good = [k for k in sorted(tried) if meets(tried[k][1], target)]
         if not good:
@@ -78,7 +90,7 @@ def smallest_faithful(setup: Setup, scores, target: float = DEFAULT_TARGET, *, a
         lo = max([k for k in tried if k < hi], default=0)
         if hi - lo <= 1:
             break
-        evaluate(np.linspace(lo, hi, REFINE + 2)[1:-1].round())
+        ascending(np.linspace(lo, hi, REFINE + 2)[1:-1].round())
     good = [k for k in sorted(tried) if meets(tried[k][1], target)]
     if good:
         k = good[0]

@@ -34,19 +34,27 @@ def circuit_metrics(setup: Setup, circuits: list[np.ndarray], max_rows: int | No
     positional = graph.n_positions is not None
     valid = torch.as_tensor(graph.valid)
     circuits = [np.asarray(c, bool) for c in circuits]
+    keys = [(setup.intervention, id(setup.metric), setup.batch_size, len(setup.task), skip, max_rows,
+             np.packbits(c).tobytes()) for c in circuits]
+    known = {k: setup._values[k] for k in keys if k in setup._values}
+    values = np.zeros((len(circuits), len(setup.task)))
+    for i, k in enumerate(keys):
+        if k in known:
+            values[i] = known[k]
+    first = {k: i for i, k in reversed(list(enumerate(keys)))}  # a circuit given twice is evaluated once
     full = [bool(c.all()) for c in circuits]
     empty = [not c.any() and setup.intervention == "patching" for c in circuits]
-    todo = [i for i in range(len(circuits)) if not (full[i] or empty[i])]
+    fresh = [i for i in range(len(circuits)) if keys[i] not in known and first[keys[i]] == i]
+    todo = [i for i in fresh if not (full[i] or empty[i])]
     offs = torch.stack([valid & ~torch.as_tensor(graph.edge_mask_matrix(circuits[i])) for i in todo]).float() \
         if todo else None
-    values = np.zeros((len(circuits), len(setup.task)))
     bar = tqdm(total=len(todo) * -(-len(setup.task) // setup.batch_size), desc=desc, file=sys.stderr,
                disable=not setup.progress or desc is None, leave=False)
     for batch in setup.batches():
         b = len(batch.rows)
         c = setup.run_cache(batch)
         clean_logits = c.clean_logits if setup.metric.needs_clean_logits else None
-        for i in range(len(circuits)):
+        for i in fresh:
             if full[i] or empty[i]:
                 logits = c.clean_logits if full[i] else c.ref_logits
                 values[i, batch.rows] = setup.metric(logits, batch, clean_logits).double().cpu().numpy()
@@ -63,6 +71,11 @@ def circuit_metrics(setup: Setup, circuits: list[np.ndarray], max_rows: int | No
             values[np.ix_(todo[start:start + off.shape[0]], batch.rows)] = m
             bar.update(off.shape[0])
     bar.close()
+    for i in fresh:
+        setup._values[keys[i]] = values[i].copy()
+    for i, k in enumerate(keys):
+        if k not in known and first[k] != i:
+            values[i] = values[first[k]]
     return values if per_example else values.mean(1)
 
 

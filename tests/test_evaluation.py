@@ -90,6 +90,7 @@ def test_sparse_circuits_skip_most_nodes(models, task, monkeypatch):
     attends = {"n": 0}
     real_attend = patching._attend_at
     monkeypatch.setattr(patching, "_attend_at", lambda *a, **k: attends.__setitem__("n", attends["n"] + 1) or real_attend(*a, **k))
+    setup._values.clear()  # run it again (not from the setup's memo of evaluated circuits)
     circuit_metrics(setup, [into_logits, np.ones(g.n_edges, bool), np.zeros(g.n_edges, bool)])
     assert calls["mlp"] == 0 and attends["n"] == 0
     one = np.zeros(g.n_edges, bool)
@@ -121,3 +122,25 @@ def test_cached_runs_of_several_masks_equal_the_plain_run_at_every_start_stage(m
             want = torch.cat([run(lm.adapter, g, batch.clean, last=batch.clean_last, ref=c.ref, off=o[None]).logits
                               for o in off])
             torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
+def test_each_circuit_is_evaluated_once_per_setup(models, task, monkeypatch):
+    """A circuit given twice in one call, or again in a later call (the target search, the chosen
+    circuit and the curve share circuits), runs once; the memo returns the same numbers as running it."""
+    import discovery.patching as patching
+
+    setup = Setup(models["gpt2"], task, get_metric("logit_diff"), batch_size=4)
+    circuits = _circuits(setup.graph, seed=2)[2:6]
+    runs = {"n": 0}
+    real_run = patching.run
+    import discovery.evaluation as evaluation
+    monkeypatch.setattr(evaluation, "run", lambda *a, **k: runs.__setitem__("n", runs["n"] + 1) or real_run(*a, **k))
+    first = circuit_metrics(setup, circuits + [circuits[0]], per_example=True)
+    assert runs["n"] == 4 * 2  # 4 distinct circuits x 2 batches
+    np.testing.assert_array_equal(first[0], first[-1])
+    again = circuit_metrics(setup, [circuits[1], circuits[3]], per_example=True)
+    assert runs["n"] == 8
+    np.testing.assert_array_equal(again, first[[1, 3]])
+    fresh = Setup(models["gpt2"], task, get_metric("logit_diff"), batch_size=4)
+    np.testing.assert_allclose(circuit_metrics(fresh, circuits), first[:4].mean(1), rtol=0, atol=1e-6)
+    assert runs["n"] == 16

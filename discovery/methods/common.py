@@ -47,6 +47,9 @@ class Setup:
     graph: Graph = field(init=False)
     _mean: Activations | None = field(default=None, init=False, repr=False)
     _runs: dict = field(default_factory=dict, init=False, repr=False)
+    # each evaluated circuit's metric per example, by its edge set (and what else determines it), so
+    # that the target search, the chosen circuit and the curve evaluate a circuit once (evaluation.py)
+    _values: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
         self.metric = resolve_metric(self.metric)
