@@ -8,7 +8,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
-from discovery.names import ACDC_METHODS, METHOD_NAMES as METHODS, METRIC_NAMES as METRICS, TASK_NAMES as TASKS
+from discovery.names import ACDC_METHODS, AUTO_METHOD, LEARNED_METHODS, METHOD_NAMES, METRIC_NAMES as METRICS, \
+    TASK_NAMES as TASKS
 
 from .problems import NotFound
 from viewer.render import ASSETS, asset, page
@@ -23,11 +24,13 @@ _HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; s
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 # The submit form's starting values per shipped model, the settings the demo uses (viewer/demo.py): a
-# model with the task it was trained on, so the first job a user submits finds a meaningful circuit.
+# model with the task it was trained on, the default method (auto) and selection (the faithfulness
+# target: top-n left empty), so the first job a user submits finds a meaningful circuit.
 FORM_PRESETS = {
-    "toy:induction": {"task": "induction", "n": 32, "seed": 1, "metric": "kl", "top_n": 14},
-    "toy:ioi": {"task": "ioi", "n": 64, "seed": 1, "metric": "", "top_n": 30},
+    "toy:induction": {"task": "induction", "n": 32, "seed": 1, "metric": "", "top_n": ""},
+    "toy:ioi": {"task": "ioi", "n": 64, "seed": 1, "metric": "", "top_n": ""},
 }
+METHODS = (AUTO_METHOD,) + tuple(METHOD_NAMES) + tuple(ACDC_METHODS) + tuple(LEARNED_METHODS)  # every method
 
 
 def _page(config: dict, title: str) -> HTMLResponse:
@@ -70,7 +73,7 @@ def jobs():
 
 @router.get("/jobs/new")
 def submit():
-    return _page({"mode": "submit", "tasks": list(TASKS), "methods": list(METHODS) + list(ACDC_METHODS),
+    return _page({"mode": "submit", "tasks": list(TASKS), "methods": list(METHODS), "default_method": AUTO_METHOD,
                   "acdc": list(ACDC_METHODS), "metrics": list(METRICS), "presets": FORM_PRESETS}, "submit a job")
 
 

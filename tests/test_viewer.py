@@ -245,7 +245,7 @@ def test_ui_submit_follow_and_view(browser, service, tmp_path):
 def test_ui_form_defaults_and_methods(browser, service):
     """The form starts on a model with its own task (toy:induction with induction, as the demo), offers
     every method, and for ACDC asks for tau instead of top-n (the body it posts says so)."""
-    from discovery.names import ACDC_METHODS, METHOD_NAMES
+    from discovery.options import ALL_METHODS, DEFAULT_METHOD
 
     url, secret = service
     page = Page(browser)
@@ -259,19 +259,26 @@ def test_ui_form_defaults_and_methods(browser, service):
     page.goto(url + "/ui/jobs/new")
     page.wait_for_selector("#job-form")
     assert page.input_value("input[name=model]") == "toy:induction"
-    assert page.input_value("select[name=task]") == "induction" and page.input_value("select[name=metric]") == "kl"
+    assert page.input_value("select[name=task]") == "induction" and page.input_value("select[name=metric]") == ""
     methods = page.eval_on_selector_all("select[name=method] option", "os => os.map(o => o.value)")
-    assert methods == list(METHOD_NAMES) + list(ACDC_METHODS)
+    assert methods == list(ALL_METHODS) and page.input_value("select[name=method]") == DEFAULT_METHOD
+    assert page.input_value("input[name=top_n]") == ""  # the faithfulness target
+    page.click("#job-form button[type=submit]")  # as it starts: the demo's induction job
+    page.wait_for_url(re.compile(r".*/ui/jobs/0{36}$"))
+    assert posted[0]["method"]["name"] == DEFAULT_METHOD and posted[0]["selection"] == {}
+    assert posted[0]["method"]["metric"] is None and posted[0]["task"]["builtin"] == "induction"
+    page.goto(url + "/ui/jobs/new")
+    page.wait_for_selector("#job-form")
     assert page.is_visible("#row-top_n") and not page.is_visible("#row-tau")
     page.fill("input[name=model]", "toy:ioi")
     page.dispatch_event("input[name=model]", "change")
-    assert page.input_value("select[name=task]") == "ioi" and page.input_value("input[name=top_n]") == "30"
+    assert page.input_value("select[name=task]") == "ioi" and page.input_value("input[name=top_n]") == ""
     page.select_option("select[name=method]", "acdc")
     assert page.is_visible("#row-tau") and not page.is_visible("#row-top_n")
     page.fill("input[name=tau]", "0.02")
     page.click("#job-form button[type=submit]")
     page.wait_for_url(re.compile(r".*/ui/jobs/0{36}$"))
-    body = posted[0]
+    body = posted[1]
     assert body["method"]["name"] == "acdc" and body["method"]["tau"] == 0.02 and body["selection"] == {}
     assert body["model"]["name"] == "toy:ioi" and body["task"]["builtin"] == "ioi"
 

@@ -788,12 +788,12 @@
       seed: h("input", { name: "seed", type: "number", value: 1, min: 0 }),
       method: h("select", { name: "method" }, options(cfg.methods || ["eap-ig"])),
       metric: h("select", { name: "metric" }, [h("option", { value: "", text: "task default" })].concat(options(cfg.metrics || []))),
-      top_n: h("input", { name: "top_n", type: "number", value: 14, min: 1 }),
+      top_n: h("input", { name: "top_n", type: "number", value: "", min: 1, placeholder: "faithfulness target" }),
       tau: h("input", { name: "tau", type: "number", value: 0.01, min: 0, step: "any" }),
       curve: h("input", { name: "curve", type: "checkbox", checked: true }),
       labeling: h("select", { name: "labeling" }, options(["heuristic", "none", "openai"]))
     };
-    var hints = { top_n: "scoring methods: keep the N most important edges", tau: "acdc, eap-ig+acdc: remove an edge when the metric moves by at most tau",
+    var hints = { top_n: "empty: the smallest circuit that reaches the faithfulness target; N: keep the N most important edges", tau: "acdc, eap-ig+acdc: remove an edge when the metric moves by at most tau",
                   model: "a shipped toy model (its own task is filled in) or a model directory the server allows" };
     var rows = {};
     function apply(name) {  // a shipped model: its task and the settings the demo uses
@@ -807,7 +807,7 @@
     }
     apply(f.model.value);
     f.model.addEventListener("change", function () { apply(f.model.value.trim()); });
-    f.method.value = "eap-ig";
+    f.method.value = cfg.default_method || "auto";
     f.method.addEventListener("change", methodChanged);
     var msg = h("div", { id: "submit-result" });
     var form = h("form", { class: "job card", id: "job-form" },
@@ -825,7 +825,7 @@
       var isAcdc = acdc.indexOf(f.method.value) >= 0;
       var body = { model: { name: f.model.value.trim() }, task: { builtin: f.task.value, n: +f.n.value, seed: +f.seed.value },
         method: { name: f.method.value, metric: f.metric.value || null, curve: f.curve.checked },
-        selection: isAcdc ? {} : { top_n: +f.top_n.value }, labeling: { backend: f.labeling.value } };
+        selection: isAcdc || !f.top_n.value ? {} : { top_n: +f.top_n.value }, labeling: { backend: f.labeling.value } };
       if (isAcdc) body.method.tau = +f.tau.value;
       api("/v1/jobs", { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } })
         .then(function (j) { location.href = "/ui/jobs/" + encodeURIComponent(j.id); })
