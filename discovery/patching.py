@@ -612,7 +612,11 @@ def _run_cached(c: RunCache, start: int, off: torch.Tensor, skip: bool) -> torch
     rows = torch.arange(b, device=dev)
     at = c.last - p0  # each row's last position among the computed ones
     on_cached, diff_cached = on0[:n_cached], diff[:, :n_cached]  # the cached sources' part
-    cached = {ALL: c.stack()[..., :n_cached].unsqueeze(0), LAST: c.stack_last()[..., :n_cached].unsqueeze(0)}
+    if n_cached == 1 and c._stack is None:  # from the start: only the embedding's write, not the whole stack
+        emb = c.d_emb[:, p0:].unsqueeze(3)
+        cached = {ALL: emb.unsqueeze(0), LAST: emb[rows, at].unsqueeze(1).unsqueeze(0)}
+    else:
+        cached = {ALL: c.stack()[..., :n_cached].unsqueeze(0), LAST: c.stack_last()[..., :n_cached].unsqueeze(0)}
     # Writes (live - reference) of the sources run here: those that are the same under every mask in
     # `bufs` {ALL | LAST: [n_sources - n_cached, B, Pc | 1, d]} (source-major, so that a node's writes
     # are one contiguous copy and one product per stage mixes the in-circuit ones); those that differ among the
