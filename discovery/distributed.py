@@ -367,6 +367,13 @@ class Workers:
                "write_cache_bytes": setup.write_cache_bytes, "kv_edges": setup.kv_edges, "mean": mean, **extra}
         return [uuid.uuid4().hex, ray.put(job)]
 
+    # What the methods call on the workers they are given (discovery/methods never imports this module).
+    def score_edges(self, setup: Setup, method: str, steps: int, qk_fix: bool = False) -> torch.Tensor:
+        return score_edges_sharded(setup, method, steps, self, qk_fix=qk_fix)
+
+    def acdc_shards(self, setup: Setup, candidates: np.ndarray) -> "RemoteShards":
+        return RemoteShards(self, setup, candidates)
+
     def shards(self, n_rows: int, batch_size: int) -> list[list[int]]:
         """Contiguous row shards, one per worker, of whole data batches where there are enough."""
         if n_rows < self.n:

@@ -38,8 +38,7 @@ def score_edges(setup: Setup, method: str, steps: int = 5, workers=None, qk_fix:
             raise UserError("position-aware scoring runs in one process; drop the workers")
         if method in STEPPED and steps < 1:  # here, not as a worker's error
             raise UserError(f"--steps must be at least 1 (got {steps})")
-        from ..distributed import score_edges_sharded
-        return score_edges_sharded(setup, method, steps, workers, qk_fix=qk_fix)
+        return workers.score_edges(setup, method, steps, qk_fix=qk_fix)  # methods/ never imports distributed
     kwargs = {"qk_fix": True} if qk_fix else {}
     if method in STEPPED:
         kwargs["steps"] = steps

@@ -414,8 +414,7 @@ def acdc(setup: Setup, tau: float = DEFAULT_TAU, taus=None, candidates=None, pro
     if workers is None:
         shards = LocalShards(setup, cands)
     else:
-        from ..distributed import RemoteShards
-        shards = RemoteShards(workers, setup, cands)
+        shards = workers.acdc_shards(setup, cands)  # the workers' own shards: methods/ never imports distributed
     try:
         engine = _ACDC(setup, cands, absolute, max_rows, shards)
         states = engine.run(tau_list, setup.progress if progress is None else progress)
