@@ -61,3 +61,19 @@ def is_problem(r: httpx.Response, status: int | None = None) -> bool:
     body = r.json() if ok else {}
     return ok and 400 <= r.status_code < 500 and (status is None or r.status_code == status) \
         and isinstance(body.get("detail"), str) and body.get("status") == r.status_code
+
+
+def start_service(tmp, *, dispatcher: bool = True, **kw):
+    """The service over a fresh store under tmp (settings(...) with kw), on a loopback port, and a client
+    with a new token: (server, client, db, token id). The caller closes the client and stops the server."""
+    from service.server import BackgroundServer, build_app
+    from service.store.db import Database
+    from service.store.tokens import create_token
+
+    s = settings(tmp, make_model_root(tmp), **kw)
+    db = Database(s.resolved_database_url())
+    db.migrate()
+    token, secret = create_token(db, "tests")
+    server = BackgroundServer(build_app(s, dispatcher=dispatcher, db=db)).start()
+    client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+    return server, client, db, token

@@ -1,28 +1,16 @@
 """The service through real HTTP on loopback (uvicorn in a thread), with a real SQLite store:
 submit -> poll -> circuit, idempotency, cancellation, pagination, auth, and bad input as problem+json."""
 
-import json
 import os
-import time
 
 import httpx
 import pytest
-from service_helpers import is_problem, job_body, make_model_root, settings, wait_for
+from service_helpers import is_problem, job_body, start_service, wait_for
 
-from service.store.db import Database
-from service.server import BackgroundServer, build_app
 from service.store.tokens import create_token, revoke_token
 
 
-def _start(tmp, *, dispatcher: bool, **kw):
-    root = make_model_root(tmp)
-    s = settings(tmp, root, **kw)
-    db = Database(s.resolved_database_url())
-    db.migrate()
-    token, secret = create_token(db, "tests")
-    server = BackgroundServer(build_app(s, dispatcher=dispatcher, db=db)).start()
-    client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
-    return server, client, db, token
+_start = start_service
 
 
 @pytest.fixture(scope="module")

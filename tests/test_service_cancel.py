@@ -4,16 +4,12 @@ for the next job long before the cancelled one would have finished, and nothing 
 
 import time
 
-import httpx
 import pytest
-from service_helpers import job_body, make_model_root, settings, wait_for
+from service_helpers import job_body, start_service, wait_for
 from sqlalchemy import func, select
 
 from service.jobs.pipeline import BatchProgress
-from service.server import BackgroundServer, build_app
-from service.store.db import Database
 from service.store.tables import CircuitRow
-from service.store.tokens import create_token
 
 # EAP-IG with many steps over 48 single-row batches: tens of seconds on the tiny model
 SLOW = {**job_body(n_rows=48), "method": {"name": "eap-ig", "steps": 256, "batch_size": 1, "curve": False}}
@@ -21,12 +17,7 @@ SLOW = {**job_body(n_rows=48), "method": {"name": "eap-ig", "steps": 256, "batch
 
 @pytest.fixture()
 def svc(tmp_path):
-    s = settings(tmp_path, make_model_root(tmp_path), concurrency=1, lease_s=5.0, heartbeat_s=0.3)
-    db = Database(s.resolved_database_url())
-    db.migrate()
-    _, secret = create_token(db, "t")
-    server = BackgroundServer(build_app(s, dispatcher=True, db=db)).start()
-    client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+    server, client, db, _ = start_service(tmp_path, concurrency=1, lease_s=5.0, heartbeat_s=0.3)
     yield client, db
     client.close()
     server.stop()

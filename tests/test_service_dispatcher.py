@@ -5,17 +5,13 @@ store is unreachable and ok again after, and the result is stored exactly once."
 import threading
 import time
 
-import httpx
 import pytest
-from service_helpers import job_body, make_model_root, settings, wait_for
+from service_helpers import job_body, start_service, wait_for
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from service.jobs.queue import Queue
-from service.server import BackgroundServer, build_app
-from service.store.db import Database
 from service.store.tables import CircuitRow
-from service.store.tokens import create_token
 
 
 class Faults:
@@ -42,12 +38,7 @@ class Faults:
 
 @pytest.fixture()
 def svc(tmp_path):
-    s = settings(tmp_path, make_model_root(tmp_path), lease_s=1.0, heartbeat_s=0.2, concurrency=1)
-    db = Database(s.resolved_database_url())
-    db.migrate()
-    _, secret = create_token(db, "t")
-    server = BackgroundServer(build_app(s, dispatcher=True, db=db)).start()
-    client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+    server, client, db, _ = start_service(tmp_path, lease_s=1.0, heartbeat_s=0.2, concurrency=1)
     yield client, db
     client.close()
     server.stop()

@@ -15,14 +15,13 @@ from .common import Setup, masked_metric_sums
 
 
 @torch.no_grad()
-def exact(setup: Setup, max_rows: int = 512, edges=None):
-    graph = setup.graph
-    which = np.arange(graph.n_edges) if edges is None else np.asarray(edges, dtype=np.int64)
-    n_edges = len(which)
-    coords = tuple(torch.as_tensor(c[which]) for c in graph.edge_coords())  # (src, dst[, src_pos, dst_pos])
-    totals = torch.zeros(n_edges, dtype=torch.float64)
+def measured_effects(setup: Setup, n_items: int, masks, desc: str, max_rows: int = 512) -> torch.Tensor:
+    """Mean over examples of metric(items start..stop switched off) - metric(clean) for every item, each
+    alone: `masks(start, stop)` gives their off masks [stop - start, ...]; as many per forward pass as
+    fit in max_rows. float32 [n_items]."""
+    totals = torch.zeros(n_items, dtype=torch.float64)
     n_examples = 0
-    bar = tqdm(total=n_edges * (-(-len(setup.task) // setup.batch_size)), desc="exact", file=sys.stderr,
+    bar = tqdm(total=n_items * (-(-len(setup.task) // setup.batch_size)), desc=desc, file=sys.stderr,
                disable=not setup.progress, leave=False)
     for batch in setup.batches():
         b = len(batch.rows)
@@ -30,15 +29,26 @@ def exact(setup: Setup, max_rows: int = 512, edges=None):
         clean_logits = setup.clean_run(batch).logits
         base = setup.metric(clean_logits, batch, clean_logits).double().sum()
         per_pass = max(1, max_rows // b)
-        for start in range(0, n_edges, per_pass):
-            k = min(per_pass, n_edges - start)
-            off = torch.zeros(k, *graph.valid.shape)
-            off[(torch.arange(k),) + tuple(c[start:start + k] for c in coords)] = 1.0
-            totals[start:start + k] += (masked_metric_sums(setup, batch, ref, off, clean_logits) - base).cpu()
-            bar.update(k)
+        for start in range(0, n_items, per_pass):
+            stop = min(start + per_pass, n_items)
+            totals[start:stop] += (masked_metric_sums(setup, batch, ref, masks(start, stop), clean_logits) - base).cpu()
+            bar.update(stop - start)
         n_examples += b
     bar.close()
-    scores = (totals / n_examples).float()
+    return (totals / n_examples).float()
+
+
+def exact(setup: Setup, max_rows: int = 512, edges=None):
+    graph = setup.graph
+    which = np.arange(graph.n_edges) if edges is None else np.asarray(edges, dtype=np.int64)
+    coords = tuple(torch.as_tensor(c[which]) for c in graph.edge_coords())  # (src, dst[, src_pos, dst_pos])
+
+    def masks(start, stop):
+        off = torch.zeros(stop - start, *graph.valid.shape)
+        off[(torch.arange(stop - start),) + tuple(c[start:stop] for c in coords)] = 1.0
+        return off
+
+    scores = measured_effects(setup, len(which), masks, "exact", max_rows)
     if edges is None:
         return scores
     out = torch.full((graph.n_edges,), float("nan"))

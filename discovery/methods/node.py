@@ -27,14 +27,12 @@ Exact (nodes only): each node's outgoing edges switched to the reference togethe
 
 from __future__ import annotations
 
-import sys
-
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..patching import Activations, head_writes, source_rows
-from .common import Setup, masked_metric_sums
+from .common import Setup
+from .exact import measured_effects
 
 NODE_METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted", "exact")
 NEURON_METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted")
@@ -178,24 +176,7 @@ def node_off_rows(graph, sources) -> torch.Tensor:
     return off
 
 
-@torch.no_grad()
 def exact_nodes(setup: Setup, max_rows: int = 512) -> torch.Tensor:
     graph = setup.graph
-    totals = torch.zeros(graph.n_sources, dtype=torch.float64)
-    n_examples = 0
-    bar = tqdm(total=graph.n_sources * (-(-len(setup.task) // setup.batch_size)), desc="exact (nodes)",
-               file=sys.stderr, disable=not setup.progress, leave=False)
-    for batch in setup.batches():
-        b = len(batch.rows)
-        ref = setup.reference(batch)
-        clean_logits = setup.clean_run(batch).logits
-        base = setup.metric(clean_logits, batch, clean_logits).double().sum()
-        per_pass = max(1, max_rows // b)
-        for start in range(0, graph.n_sources, per_pass):
-            sources = list(range(start, min(start + per_pass, graph.n_sources)))
-            off = node_off_rows(graph, sources)
-            totals[sources] += (masked_metric_sums(setup, batch, ref, off, clean_logits) - base).cpu()
-            bar.update(len(sources))
-        n_examples += b
-    bar.close()
-    return (totals / n_examples).float()
+    return measured_effects(setup, graph.n_sources, lambda start, stop: node_off_rows(graph, range(start, stop)),
+                            "exact (nodes)", max_rows)
