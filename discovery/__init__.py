@@ -7,7 +7,7 @@
     circuit.save("circuit.json")
 """
 
-import importlib
+from .lazy import lazy_exports
 import sys
 import types
 
@@ -26,19 +26,7 @@ _EXPORTS = {
     "selection": ["greedy", "prune", "threshold", "top_n"],
     "tasks": ["Task", "iter_batches", "load_task", "task_from_rows"],
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'discovery' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_WHERE))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 class _Package(types.ModuleType):

@@ -7,7 +7,7 @@
 
 See docs/labeling.md."""
 
-import importlib
+from discovery.lazy import lazy_exports
 
 # name -> submodule, loaded on first use (PEP 562): `circuitry --help` imports labeling.cli without torch.
 _EXPORTS = {
@@ -17,19 +17,7 @@ _EXPORTS = {
     "llm": ["LLMClient", "LLMConfig"],
     "schema": ["LABELED_SCHEMA_VERSION", "ROLE_TAGS", "LabeledCircuit", "LabelRecord"],
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'labeling' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_WHERE))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = ["EvidenceConfig", "collect_evidence", "to_neuronpedia", "circuit_components", "label_circuit",
