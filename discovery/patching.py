@@ -627,11 +627,33 @@ def _run_cached(c: RunCache, start: int, off: torch.Tensor, skip: bool) -> torch
     chunks: list[tuple[np.ndarray, torch.Tensor, dict]] = []
     ident: dict[int, bytes | None] = {}
 
+    in_buf_t = torch.zeros(g.n_sources, dtype=dtype, device=dev)  # in_buf, as a factor
+    zeroed = np.zeros(g.n_sources, dtype=bool)  # buffer rows that stay empty, filled with zeros
+
     def buffer(mode):
         if mode not in bufs:
             bufs[mode] = torch.empty(g.n_sources - n_cached, b, p - p0 if mode == ALL else 1, c.resid[0].shape[-1],
                                      dtype=dtype, device=dev)
+            if zeroed.any():
+                bufs[mode][torch.as_tensor(np.flatnonzero(zeroed) - n_cached, device=dev)] = 0
         return bufs[mode]
+
+    def buffered(ran: np.ndarray, mode):
+        """The buffered writes of the sources `ran` (ascending): ([S', B, P', d], the sources' span (a
+        slice or an index), on0's rows for them, zero where a row of the span is not buffered). A
+        contiguous run of the buffer is a view; one with few gaps is the view with the gaps zeroed
+        (no copy), otherwise the rows are gathered."""
+        lo, hi = int(ran[0]), int(ran[-1]) + 1
+        if 2 * len(ran) < hi - lo:
+            idx = torch.as_tensor(ran, device=dev)
+            return buffer(mode)[idx - n_cached], idx, on0[idx]
+        gaps = np.flatnonzero(~in_buf[lo:hi] & ~zeroed[lo:hi]) + lo
+        if len(gaps):  # sources upstream of this stage that will never be buffered
+            for m in bufs:
+                bufs[m][torch.as_tensor(gaps - n_cached, device=dev)] = 0
+            zeroed[gaps] = True
+        span = slice(lo, hi)
+        return buffer(mode)[lo - n_cached:hi - n_cached], span, on0[span] * in_buf_t[span, None]
 
     def at_last(t):  # [kx, B, Pc, ...] -> [kx, B, 1, ...]
         return t[:, rows, at].unsqueeze(2)
@@ -688,9 +710,8 @@ def _run_cached(c: RunCache, start: int, off: torch.Tensor, skip: bool) -> torch
         n_up = g.stages[stage_idx].n_upstream  # run here, one version for all masks, in the circuit somewhere:
         ran = np.flatnonzero(in_buf[:n_up] & on_any[:n_up][:, readers].any(axis=1))
         if len(ran):
-            ran_t = torch.as_tensor(ran, device=dev)
-            writes = buffer(mode)[ran_t - n_cached]  # [S', B, P', d]
-            x = x + (on0[ran_t][:, cols].T @ writes.reshape(len(ran), -1)).view(
+            writes, span, coef = buffered(ran, mode)  # [S', B, P', d]; on0's rows for them
+            x = x + (coef[:, cols].T @ writes.reshape(len(writes), -1)).view(
                 len(readers), *writes.shape[1:]).permute(1, 2, 0, 3).unsqueeze(0)
         for src, srct, ch in chunks:
             if on_any[src][:, readers].any():
@@ -700,8 +721,8 @@ def _run_cached(c: RunCache, start: int, off: torch.Tensor, skip: bool) -> torch
             vcols = cols[torch.as_tensor(vary, device=dev)]
             corr = mix_each(cached[mode], diff_cached[:, :, vcols])
             if len(ran):
-                o = diff[:, ran_t][:, :, vcols]  # [K, S', V]
-                out = o.transpose(1, 2).reshape(-1, len(ran)) @ writes.reshape(len(ran), -1)  # [K * V, B P' d]
+                o = diff[:, span][:, :, vcols] * in_buf_t[span, None]  # [K, S', V]
+                out = o.transpose(1, 2).reshape(-1, len(writes)) @ writes.reshape(len(writes), -1)  # [K * V, B P' d]
                 corr = corr + out.view(k_masks, len(vcols), *writes.shape[1:]).permute(0, 2, 3, 1, 4)
             for src, srct, ch in chunks:
                 if on_any[src][:, readers[vary]].any():
@@ -728,6 +749,7 @@ def _run_cached(c: RunCache, start: int, off: torch.Tensor, skip: bool) -> torch
             if mode == ALL:
                 buffer(LAST)[at_cols] = w0[:, rows, at].unsqueeze(2)
             in_buf[src] = True
+            in_buf_t[torch.as_tensor(src, device=dev)] = 1
         else:
             chunks.append((src, torch.as_tensor(src, device=dev), {mode: writes}))
         keys = key if isinstance(key, list) else [key] * len(src)

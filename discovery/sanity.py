@@ -22,9 +22,9 @@ import math
 import warnings
 
 import numpy as np
-import torch
 
-from .methods.common import Setup, masked_metric_values
+from .evaluation import circuit_metrics
+from .methods.common import Setup
 
 NOISE_Z = 2.0
 
@@ -33,20 +33,13 @@ class ResultWarning(UserWarning):
     """A result that is computed correctly but means little (see discovery/sanity.py)."""
 
 
-@torch.no_grad()
 def behaviour(setup: Setup) -> np.ndarray:
-    """b_i per example (task row order): d * (m_i(full) - m_i(empty))."""
-    graph = setup.graph
-    valid = torch.as_tensor(graph.valid).float()
-    off = torch.stack([torch.zeros_like(valid), valid])  # full model, empty circuit
-    out = np.zeros(len(setup.task))
+    """b_i per example (task row order): d * (m_i(full) - m_i(empty)). The full model and the empty
+    circuit are the setup's cached runs (evaluation.circuit_metrics), shared with every evaluation."""
+    n = setup.graph.n_edges
+    values = circuit_metrics(setup, [np.ones(n, bool), np.zeros(n, bool)], per_example=True)
     sign = 1.0 if setup.metric.higher_is_better else -1.0
-    for batch in setup.batches():
-        ref = setup.reference(batch)
-        clean_logits = setup.clean_run(batch).logits if setup.metric.needs_clean_logits else None
-        values = masked_metric_values(setup, batch, ref, off, clean_logits).cpu().numpy()
-        out[batch.rows] = sign * (values[0] - values[1])
-    return out
+    return sign * (values[0] - values[1])
 
 
 def behaviour_warnings(setup: Setup, b: np.ndarray | None = None) -> list[str]:

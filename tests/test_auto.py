@@ -115,6 +115,21 @@ def _rows(n=6, seed=0):
     return token_rows(n=n, seed=seed)
 
 
+def test_behaviour_is_the_plain_models_clean_minus_corrupted_metric(models):
+    lm = models["gpt2"]
+    rows = _rows(6)
+    setup = Setup(lm, task_from_rows(rows, vocab_size=tiny.VOCAB), get_metric("logit_diff"), batch_size=4)
+    want = []
+    with torch.no_grad():  # the Hugging Face model itself, one row at a time (no padding)
+        for r in rows:
+            diffs = []
+            for key in ("clean_ids", "corrupted_ids"):
+                logits = lm.hf_model(input_ids=torch.tensor([r[key]])).logits[0, -1]
+                diffs.append(float(logits[r["answer_id"]] - logits[r["wrong_id"]]))
+            want.append(diffs[0] - diffs[1])
+    np.testing.assert_allclose(behaviour(setup), want, atol=1e-4)
+
+
 def test_a_model_that_does_not_do_the_task_gets_a_warning(models):
     lm = models["gpt2"]
     rows = _rows()
