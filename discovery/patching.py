@@ -388,7 +388,7 @@ class RunCache:
       of the circuit: the stage's residual minus every upstream source's (live - reference) write
       (for patching, the corrupted run's residual). A reader's input under any mask is this plus the
       (live - reference) writes of the sources whose edges into it are in the circuit.
-    - the (live - reference) writes of every source, stacked in source order [B, P - p0, d, S] (kept
+    - the (live - reference) writes of every source, stacked in source order [S, B, P - p0, d] (kept
       while it fits in the byte budget, else rebuilt when needed).
     - memo: the writes of nodes run once for all masks of a run, keyed by what determines them, so
       that a later run does not redo what an earlier one already did (same budget, least recently
@@ -437,7 +437,7 @@ class RunCache:
         self.p0 = min(first, int(self.last.min()))
         self._stack = None
         full = self.stack()
-        self.ref_resid = [r[:, self.p0:] - full[..., :st.n_upstream].sum(-1) for r, st in zip(self.resid, g.stages)]
+        self.ref_resid = [r[:, self.p0:] - full[:st.n_upstream].sum(0) for r, st in zip(self.resid, g.stages)]
         self._prefix_kv: dict[int, tuple] = {}
         self.memo: OrderedDict = OrderedDict()  # writes of nodes run once for all masks, by identity
         self._stack_last = None
@@ -450,17 +450,17 @@ class RunCache:
         return sum(t.untyped_storage().nbytes() for t in ts)
 
     def stack(self) -> torch.Tensor:
-        """[B, P - p0, d, n_sources] (sources last, so that mixing them is one matrix product): every
-        source's (live - reference) write."""
+        """[n_sources, B, P - p0, d] (source-major, so that mixing them into reader inputs is one
+        matrix product): every source's (live - reference) write."""
         if self._stack is not None:
             return self._stack
         a, g, p0 = self.adapter, self.graph, self.p0
-        parts = [self.d_emb[:, p0:].unsqueeze(3)]
+        parts = [self.d_emb[:, p0:].unsqueeze(0)]
         for layer in range(g.n_layers):
             w_out = a.heads(layer).out
-            parts.append(torch.einsum("bphc,hcm->bpmh", self.d_z[layer][:, p0:], w_out.to(self.d_z[layer].dtype)))
-            parts.append(self.d_mlp[layer][:, p0:].unsqueeze(3))
-        full = torch.cat(parts, dim=3)
+            parts.append(torch.einsum("bphc,hcm->hbpm", self.d_z[layer][:, p0:], w_out.to(self.d_z[layer].dtype)))
+            parts.append(self.d_mlp[layer][:, p0:].unsqueeze(0))
+        full = torch.cat(parts, dim=0)
         size = full.numel() * full.element_size()
         if self.budget[0] >= size:
             self.budget[0] -= size
@@ -468,9 +468,9 @@ class RunCache:
         return full
 
     def stack_last(self) -> torch.Tensor:
-        """[B, 1, d, n_sources]: stack() at each row's last position."""
+        """[n_sources, B, 1, d]: stack() at each row's last position."""
         if self._stack_last is None:
-            self._stack_last = self.stack()[torch.arange(len(self.last)), self.last - self.p0].unsqueeze(1)
+            self._stack_last = self.stack()[:, torch.arange(len(self.last)), self.last - self.p0].unsqueeze(2)
         return self._stack_last
 
     def remember(self, key, writes: torch.Tensor) -> None:
@@ -613,14 +613,14 @@ def _run_cached(c: RunCache, start: int, off: torch.Tensor, skip: bool) -> torch
     at = c.last - p0  # each row's last position among the computed ones
     on_cached, diff_cached = on0[:n_cached], diff[:, :n_cached]  # the cached sources' part
     if n_cached == 1 and c._stack is None:  # from the start: only the embedding's write, not the whole stack
-        emb = c.d_emb[:, p0:].unsqueeze(3)
-        cached = {ALL: emb.unsqueeze(0), LAST: emb[rows, at].unsqueeze(1).unsqueeze(0)}
+        emb = c.d_emb[:, p0:]
+        cached = {ALL: emb[None, None], LAST: emb[rows, at][None, None, :, None]}
     else:
-        cached = {ALL: c.stack()[..., :n_cached].unsqueeze(0), LAST: c.stack_last()[..., :n_cached].unsqueeze(0)}
+        cached = {ALL: c.stack()[:n_cached].unsqueeze(0), LAST: c.stack_last()[:n_cached].unsqueeze(0)}
     # Writes (live - reference) of the sources run here: those that are the same under every mask in
     # `bufs` {ALL | LAST: [n_sources - n_cached, B, Pc | 1, d]} (source-major, so that a node's writes
     # are one contiguous copy and one product per stage mixes the in-circuit ones); those that differ among the
-    # masks in `chunks` [(sources, their indices, {ALL | LAST: [K, B, Pc | 1, d, n]})]. And what
+    # masks in `chunks` [(sources, their indices, {ALL | LAST: [K, n, B, Pc | 1, d]})]. And what
     # determines each one's output (None when it depends on the mask).
     bufs: dict[int, torch.Tensor] = {}
     in_buf = np.zeros(g.n_sources, dtype=bool)
@@ -655,25 +655,21 @@ def _run_cached(c: RunCache, start: int, off: torch.Tensor, skip: bool) -> torch
         span = slice(lo, hi)
         return buffer(mode)[lo - n_cached:hi - n_cached], span, on0[span] * in_buf_t[span, None]
 
-    def at_last(t):  # [kx, B, Pc, ...] -> [kx, B, 1, ...]
-        return t[:, rows, at].unsqueeze(2)
+    def at_last(t):  # [kx, n, B, Pc, d] -> [kx, n, B, 1, d]
+        return t[:, :, rows, at].unsqueeze(3)
 
     def version(ch, mode):
         if mode not in ch:
             ch[mode] = at_last(ch[ALL])
         return ch[mode]
 
-    def mix(t, o):  # t [kx, B, P', d, S'], o [S', R] -> [kx, B, P', R, d]
-        out = t.reshape(-1, t.shape[-1]) @ o
-        return out.view(*t.shape[:-1], o.shape[-1]).transpose(-1, -2)
+    def mix(t, o):  # t [kx, S', B, P', d], o [S', R] -> [kx, R, B, P', d]
+        out = o.T @ t.reshape(t.shape[0], t.shape[1], -1)
+        return out.view(t.shape[0], o.shape[1], *t.shape[2:])
 
-    def mix_each(t, o):  # t [kx, B, P', d, S'], o [K, S', V] (per mask) -> [K, B, P', V, d]
-        kx, nv = t.shape[0], o.shape[-1]
-        if kx == 1:
-            out = t.reshape(-1, t.shape[-1]) @ o.permute(1, 0, 2).reshape(o.shape[1], -1)
-            return out.view(*t.shape[1:-1], k_masks, nv).permute(3, 0, 1, 4, 2)
-        out = torch.bmm(t.reshape(kx, -1, t.shape[-1]), o)
-        return out.view(*t.shape[:-1], nv).transpose(-1, -2)
+    def mix_each(t, o):  # t [kx, S', B, P', d], o [K, S', V] (per mask) -> [K, V, B, P', d]
+        out = o.transpose(1, 2) @ t.reshape(t.shape[0], t.shape[1], -1)
+        return out.view(k_masks, o.shape[2], *t.shape[2:])
 
     def identity(readers: np.ndarray, what) -> bytes | None:
         """What determines the output of a node with these readers: its in-circuit sources and what
@@ -699,20 +695,26 @@ def _run_cached(c: RunCache, start: int, off: torch.Tensor, skip: bool) -> torch
         return not patching or bool(on_any[:, readers].any())
 
     def inputs(stage_idx: int, readers: np.ndarray, mode: int) -> torch.Tensor:
-        """[K | 1, B, Pc | 1, len(readers), d]: each reader's input under each mask."""
+        """[K | 1, len(readers), B, Pc | 1, d] (reader-major): each reader's input under each mask."""
         cols = torch.as_tensor(readers, device=dev)
         base = c.ref_resid[stage_idx]
         base = base[rows, at].unsqueeze(1) if mode == LAST else base
-        x = base.unsqueeze(-2).unsqueeze(0)
+        flat_base = base.reshape(1, -1)
+        x = None  # [R, B * Pc * d]: the base plus every in-circuit write that is the same under every mask
+
+        def add(coef, t):  # coef [S', R], t [S', B, Pc, d]
+            nonlocal x
+            t = t.reshape(t.shape[0], -1)
+            x = torch.addmm(flat_base, coef.T, t) if x is None else x.addmm_(coef.T, t)
+
         if on_any[:n_cached, readers].any():
-            x = x + mix(cached[mode], on_cached[:, cols])
-        x = x.expand(*x.shape[:3], len(readers), x.shape[-1])
+            add(on_cached[:, cols], cached[mode][0])
         n_up = g.stages[stage_idx].n_upstream  # run here, one version for all masks, in the circuit somewhere:
         ran = np.flatnonzero(in_buf[:n_up] & on_any[:n_up][:, readers].any(axis=1))
         if len(ran):
             writes, span, coef = buffered(ran, mode)  # [S', B, P', d]; on0's rows for them
-            x = x + (coef[:, cols].T @ writes.reshape(len(writes), -1)).view(
-                len(readers), *writes.shape[1:]).permute(1, 2, 0, 3).unsqueeze(0)
+            add(coef[:, cols], writes)
+        x = (flat_base.expand(len(readers), -1) if x is None else x).view(1, len(readers), *base.shape)
         for src, srct, ch in chunks:
             if on_any[src][:, readers].any():
                 x = x + mix(version(ch, mode), on0[srct][:, cols])
@@ -722,13 +724,12 @@ def _run_cached(c: RunCache, start: int, off: torch.Tensor, skip: bool) -> torch
             corr = mix_each(cached[mode], diff_cached[:, :, vcols])
             if len(ran):
                 o = diff[:, span][:, :, vcols] * in_buf_t[span, None]  # [K, S', V]
-                out = o.transpose(1, 2).reshape(-1, len(writes)) @ writes.reshape(len(writes), -1)  # [K * V, B P' d]
-                corr = corr + out.view(k_masks, len(vcols), *writes.shape[1:]).permute(0, 2, 3, 1, 4)
+                corr = corr + mix_each(writes.unsqueeze(0), o)
             for src, srct, ch in chunks:
                 if on_any[src][:, readers[vary]].any():
                     corr = corr + mix_each(version(ch, mode), diff[:, srct][:, :, vcols])
             x = x.expand(k_masks, *x.shape[1:]).clone()
-            x[:, :, :, torch.as_tensor(vary, device=dev)] += corr
+            x[:, torch.as_tensor(vary, device=dev)] += corr
         return x
 
     def flat(t):  # [K, B, ...] -> [K*B, ...]
@@ -738,13 +739,13 @@ def _run_cached(c: RunCache, start: int, off: torch.Tensor, skip: bool) -> torch
         return t.expand(kx, *t.shape[1:])
 
     def add_chunk(src: np.ndarray, writes: torch.Tensor, mode: int, key):
-        """Writes [kx, B, Pc | 1, d, len(src)] of these sources; key: what determines them (one for
+        """Writes [kx, len(src), B, Pc | 1, d] of these sources; key: what determines them (one for
         all, or one per source)."""
         if writes.shape[0] == 1:
             lo = int(src[0]) - n_cached
             contiguous = bool((np.diff(src) == 1).all())
             at_cols = slice(lo, lo + len(src)) if contiguous else torch.as_tensor(src - n_cached, device=dev)
-            w0 = writes[0].permute(3, 0, 1, 2)  # [n, B, Pc | 1, d]
+            w0 = writes[0]  # [n, B, Pc | 1, d]
             buffer(mode)[at_cols] = w0
             if mode == ALL:
                 buffer(LAST)[at_cols] = w0[:, rows, at].unsqueeze(2)
@@ -791,20 +792,22 @@ def _run_cached(c: RunCache, start: int, off: torch.Tensor, skip: bool) -> torch
                         xq_all[m] = a.attn_norm(layer, inputs(idx, np.concatenate([t[4] for t in of_mode]), m))
                         q_at.update({t[0]: i * size for i, t in enumerate(of_mode)})
             for j, (grp, heads, mode, key, _, _, varies) in enumerate(todo):
-                xkv = xkv_all[:, :, :, 2 * j:2 * j + 2]
-                xq = xq_all[mode][:, :, :, q_at[grp]:q_at[grp] + size]
+                xkv = xkv_all[:, 2 * j:2 * j + 2]  # [K | 1, 2, B, P, d]
+                xq = xq_all[mode][:, q_at[grp]:q_at[grp] + size]  # [K | 1, size, B, Pc | 1, d]
                 if not varies:  # the same input under every mask: run once
                     xkv, xq = xkv[:1], xq[:1]
                 kx = max(xq.shape[0], xkv.shape[0])
                 kvs = slice(kv_heads[grp], kv_heads[grp] + 1)
-                k = _project(flat(xkv[:, :, :, 0]), w.k[kvs], None if w.k_bias is None else w.k_bias[kvs])
-                v = _project(flat(xkv[:, :, :, 1]), w.v[kvs], None if w.v_bias is None else w.v_bias[kvs])
+                k = _project(flat(xkv[:, 0]), w.k[kvs], None if w.k_bias is None else w.k_bias[kvs])
+                v = _project(flat(xkv[:, 1]), w.v[kvs], None if w.v_bias is None else w.v_bias[kvs])
                 if p0 > 0:
                     pk, pv = c.prefix_kv(layer)
                     k = torch.cat([flat(widen(pk[None, :, :, kvs], k.shape[0] // b)), k], dim=1)
                     v = torch.cat([flat(widen(pv[None, :, :, kvs], v.shape[0] // b)), v], dim=1)
                 hs = slice(grp * size, (grp + 1) * size)
-                q = _project(flat(widen(xq, kx)), w.q[hs], None if w.q_bias is None else w.q_bias[hs])
+                xq = widen(xq, kx)
+                xq = flat(xq[:, 0]) if size == 1 else flat(xq.permute(0, 2, 3, 1, 4))  # [kx B, Pc | 1, (size,) d]
+                q = _project(xq, w.q[hs], None if w.q_bias is None else w.q_bias[hs])
                 if k.shape[0] != q.shape[0]:
                     k, v = (flat(widen(t.view(-1, b, *t.shape[1:]), kx)) for t in (k, v))
                 q_pos = c.last.repeat(kx)[:, None] if mode == LAST else torch.arange(p0, p, device=dev)[None]
@@ -814,7 +817,7 @@ def _run_cached(c: RunCache, start: int, off: torch.Tensor, skip: bool) -> torch
                 if ref_z.shape[1] > 1:
                     ref_z = ref_z[rows, c.last].unsqueeze(1) if mode == LAST else ref_z[:, p0:]
                 d_z = z - ref_z
-                writes = torch.einsum("kbphc,hcm->kbpmh", d_z, w.out[hs].to(d_z.dtype)).contiguous()
+                writes = torch.einsum("kbphc,hcm->khbpm", d_z, w.out[hs].to(d_z.dtype)).contiguous()
                 done.append((h0 + heads, writes, mode, key if kx == 1 else None))
                 if key is not None and kx == 1:
                     c.remember(key, writes)
@@ -824,12 +827,12 @@ def _run_cached(c: RunCache, start: int, off: torch.Tensor, skip: bool) -> torch
                 if not used.all():
                     for s in src[~used]:
                         ident[int(s)] = _REF
-                    src, writes = src[used], writes[..., torch.as_tensor(np.flatnonzero(used), device=dev)]
+                    src, writes = src[used], writes[:, torch.as_tensor(np.flatnonzero(used), device=dev)]
                 if len(src):
                     by_kind.setdefault((mode, writes.shape[0]), []).append((src, writes, key))
             for (mode, _), parts in by_kind.items():
                 add_chunk(np.concatenate([s for s, _, _ in parts]),
-                          parts[0][1] if len(parts) == 1 else torch.cat([w_ for _, w_, _ in parts], dim=-1), mode,
+                          parts[0][1] if len(parts) == 1 else torch.cat([w_ for _, w_, _ in parts], dim=1), mode,
                           [k_ for s, _, k_ in parts for _ in s])
         elif stage.kind == "mlp":
             src = source_rows(g, layer)[1]
@@ -847,13 +850,13 @@ def _run_cached(c: RunCache, start: int, off: torch.Tensor, skip: bool) -> torch
             if ref_mlp.shape[1] > 1:
                 ref_mlp = ref_mlp[rows, c.last].unsqueeze(1) if mode == LAST else ref_mlp[:, p0:]
             x = inputs(idx, readers, mode)
-            out = a.mlp(layer, a.mlp_norm(layer, x[:, :, :, 0]))
-            d_out = (out - ref_mlp).unsqueeze(-1)
+            out = a.mlp(layer, a.mlp_norm(layer, x[:, 0]))
+            d_out = (out - ref_mlp).unsqueeze(1)
             add_chunk(np.array([src]), d_out, mode, key if d_out.shape[0] == 1 else None)
             if key is not None and d_out.shape[0] == 1:
                 c.remember(key, d_out)
         else:
-            x = inputs(idx, np.array([stage.start]), LAST)[:, :, 0, 0]  # [K | 1, B, d] at each row's last position
+            x = inputs(idx, np.array([stage.start]), LAST)[:, 0, :, 0]  # [K | 1, B, d] at each row's last position
             logits = a.unembed(x)
             return logits.expand(k_masks, *logits.shape[1:]).reshape(k_masks * b, -1)
     raise AssertionError("unreachable: the logits stage is last")

@@ -54,7 +54,8 @@ def test_worker_killed_mid_job_and_restarted(tmp_path):
     proc, url = _serve(tmp_path, db_url, root, "first.log")
     try:
         with httpx.Client(base_url=url, headers=auth, timeout=10) as c:
-            slow = c.post("/v1/jobs", json={**job_body(n_rows=8), "method": {"name": "eap-ig", "steps": 10}}).json()
+            # slow enough (~4 s of scoring on an idle machine) that the kill lands mid-discovery
+            slow = c.post("/v1/jobs", json={**job_body(n_rows=128), "method": {"name": "eap-ig", "steps": 100}}).json()
             queued = c.post("/v1/jobs", json=job_body(seed=7)).json()
             deadline = time.monotonic() + 60
             while not any((e["message"] or "").startswith("discovering")
