@@ -50,6 +50,30 @@ class HeadWeights:
     out_bias: torch.Tensor | None
 
 
+@dataclass
+class NormAffine:
+    """A norm of the form y -> weight * c(y) / sqrt(mean(c(y)^2) + eps) + bias over the last dim, with
+    c(y) = y - mean(y) (LayerNorm, centered) or c(y) = y (RMSNorm); bias None for none."""
+
+    centered: bool
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    eps: float
+
+
+_RMS_NORMS = {"LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm"}  # weight * y / rms(y), eps variance_epsilon
+
+
+def norm_affine(module: nn.Module) -> NormAffine | None:
+    """The module as a NormAffine, or None when it is not one we know to be of that form."""
+    if type(module) is nn.LayerNorm and len(module.normalized_shape) == 1:
+        weight = module.weight if module.weight is not None else torch.ones(module.normalized_shape[0])
+        return NormAffine(True, weight, module.bias, float(module.eps))
+    if type(module).__name__ in _RMS_NORMS and hasattr(module, "variance_epsilon"):
+        return NormAffine(False, module.weight, None, float(module.variance_epsilon))
+    return None
+
+
 class Adapter:
     """What the patching core needs from a causal LM, for one architecture family."""
 
@@ -73,8 +97,15 @@ class Adapter:
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def attn_norm(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+    def attn_norm_module(self, layer: int) -> nn.Module:
         raise NotImplementedError
+
+    def attn_norm(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        return self.attn_norm_module(layer)(x)
+
+    def attn_norm_affine(self, layer: int) -> NormAffine | None:
+        """The attention norm's weights when it is a LayerNorm or RMSNorm (methods/qk.py's fast path)."""
+        return norm_affine(self.attn_norm_module(layer))
 
     def mlp_norm(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -129,8 +160,8 @@ class GPT2Adapter(Adapter):
         pos = torch.arange(ids.shape[1], device=ids.device)
         return self.t.wte(ids) + self.t.wpe(pos)[None]
 
-    def attn_norm(self, layer, x):
-        return self.t.h[layer].ln_1(x)
+    def attn_norm_module(self, layer):
+        return self.t.h[layer].ln_1
 
     def mlp_norm(self, layer, x):
         return self.t.h[layer].ln_2(x)
@@ -171,8 +202,8 @@ class NeoXAdapter(Adapter):
     def embed(self, ids):
         return self.m.embed_in(ids)
 
-    def attn_norm(self, layer, x):
-        return self.m.layers[layer].input_layernorm(x)
+    def attn_norm_module(self, layer):
+        return self.m.layers[layer].input_layernorm
 
     def mlp_norm(self, layer, x):
         return self.m.layers[layer].post_attention_layernorm(x)
@@ -210,8 +241,8 @@ class LlamaAdapter(Adapter):
     def embed(self, ids):
         return self.m.embed_tokens(ids)
 
-    def attn_norm(self, layer, x):
-        return self.m.layers[layer].input_layernorm(x)
+    def attn_norm_module(self, layer):
+        return self.m.layers[layer].input_layernorm
 
     def mlp_norm(self, layer, x):
         return self.m.layers[layer].post_attention_layernorm(x)

@@ -131,3 +131,21 @@ def test_the_fix_applies_to_gradient_methods_only(models, task):
     setup = Setup(models["gpt2"], task, get_metric("logit_diff"))
     with pytest.raises(UserError, match="QK fix"):
         score_edges(setup, "exact", qk_fix=True)
+
+
+@pytest.mark.parametrize("family,kv_edges", [(f, "head") for f in tiny.FAMILIES] + [("llama", "grouped")])
+def test_the_norms_closed_form_gives_the_norm_modules_scores(family, kv_edges, monkeypatch):
+    """qk.py's fast path (LayerNorm / RMSNorm in closed form, head deltas through composed maps kept
+    across batches) against the general path that calls the model's own norm module."""
+    from discovery.methods import qk
+
+    hf = tiny.build(family, n_layers=3, seed=1)
+    setup = Setup(wrap_model(hf), task_from_rows(_distinct_rows(6, 6, 2), vocab_size=tiny.VOCAB),
+                  get_metric("logit_diff"), batch_size=4, kv_edges=kv_edges)  # two batches
+    assert all(setup.adapter.attn_norm_affine(layer) is not None for layer in range(3))
+    fast = score_edges(setup, "eap", qk_fix=True).numpy()
+    monkeypatch.setattr(qk, "FAST", False)
+    general = score_edges(setup, "eap", qk_fix=True).numpy()
+    qk_edges = _qk_mask(setup.graph)
+    assert np.abs(general[qk_edges]).max() > 1e-4
+    np.testing.assert_allclose(fast, general, rtol=1e-4, atol=1e-5 * np.abs(general).max())

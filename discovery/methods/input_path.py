@@ -18,7 +18,7 @@ import torch
 
 from ..patching import RunResult, run
 from .common import Setup, edge_score_hook, new_score_matrix, to_edge_scores
-from .qk import PatternGradients, add_qk_scores, qk_readers
+from .qk import ComposedMaps, PatternGradients, add_qk_scores, qk_readers
 
 
 def input_path_scores(setup: Setup, alphas: list[float], desc: str, neurons: bool = False,
@@ -32,6 +32,7 @@ def input_path_scores(setup: Setup, alphas: list[float], desc: str, neurons: boo
     make_hook = neuron_score_hook if neurons else edge_score_hook
     qk_fix = qk_fix and not neurons
     qk_scores = new_score_matrix(setup) if qk_fix else None
+    composed = ComposedMaps()  # the QK fix's per-layer maps, shared by the batches
     alphas = sorted(alphas, key=lambda a: a != 1.0)  # the clean point first: it records the clean run
     for batch in setup.batches(desc):
         ref = setup.reference(batch)
@@ -54,7 +55,7 @@ def input_path_scores(setup: Setup, alphas: list[float], desc: str, neurons: boo
             value = metric(result.logits, batch, clean.logits).sum()
             value.backward()
         if qk_fix:
-            add_qk_scores(setup, clean.acts.resid, state["delta"], patterns.grads, qk_scores)
+            add_qk_scores(setup, clean.acts.resid, state["delta"], patterns.grads, qk_scores, composed)
         n_examples += len(batch.rows)
     if neurons:
         return (scores / n_examples).cpu()
