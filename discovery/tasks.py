@@ -275,12 +275,27 @@ def _pad(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.T
     return out.to(device), mask.to(device)
 
 
-def iter_batches(task: Task, batch_size: int, device=None, pad_id: int = 0) -> Iterator[Batch]:
-    """Batches in row order; right padding keeps positions aligned with an unpadded run (causal attention)."""
+def divergence_order(task: Task) -> list[int]:
+    """Row indices ordered by the first position at which the clean and corrupted prompts differ
+    (stable), so that a batch's rows agree for as long as possible: positions before a batch's first
+    difference are the same in the clean and the corrupted run, and cached evaluations skip them
+    (patching.RunCache's p0)."""
+    def first_difference(r: int) -> int:
+        c, k = task.clean_ids[r], task.corrupted_ids[r]
+        return next((i for i, (a, b) in enumerate(zip(c, k)) if a != b), min(len(c), len(k)))
+
+    return sorted(range(len(task)), key=first_difference)
+
+
+def iter_batches(task: Task, batch_size: int, device=None, pad_id: int = 0,
+                 order: list[int] | None = None) -> Iterator[Batch]:
+    """Batches of the rows in `order` (default: row order; each batch's `rows` says which); right
+    padding keeps positions aligned with an unpadded run (causal attention)."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
+    order = list(range(len(task))) if order is None else order
     for start in range(0, len(task), batch_size):
-        rows = list(range(start, min(start + batch_size, len(task))))
+        rows = order[start:start + batch_size]
         sel = lambda xs: [xs[r] for r in rows]  # noqa: E731
         clean, _ = _pad(sel(task.clean_ids), pad_id, device)
         corrupted, _ = _pad(sel(task.corrupted_ids), pad_id, device)

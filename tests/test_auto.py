@@ -116,9 +116,15 @@ def _rows(n=6, seed=0):
 
 
 def test_behaviour_is_the_plain_models_clean_minus_corrupted_metric(models):
+    from conftest import token_rows
+    from discovery.tasks import divergence_order
+
     lm = models["gpt2"]
-    rows = _rows(6)
-    setup = Setup(lm, task_from_rows(rows, vocab_size=tiny.VOCAB), get_metric("logit_diff"), batch_size=4)
+    rows = [r for pos in (4, 1, 3) for r in token_rows(n=2, seed=pos, pos=pos)]  # corrupted at 4, 4, 1, 1, 3, 3
+    task = task_from_rows(rows, vocab_size=tiny.VOCAB)
+    assert divergence_order(task) == [2, 3, 4, 5, 0, 1]  # batched by where the prompts first differ
+    setup = Setup(lm, task, get_metric("logit_diff"), batch_size=4)
+    assert [b.rows for b in setup.batches()] == [[2, 3, 4, 5], [0, 1]]
     want = []
     with torch.no_grad():  # the Hugging Face model itself, one row at a time (no padding)
         for r in rows:

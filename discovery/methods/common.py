@@ -15,7 +15,7 @@ from ..metrics import Metric, resolve_metric
 from ..models import LoadedModel
 from ..names import INTERVENTIONS  # noqa: F401 (re-exported)
 from ..patching import Activations, RunCache, head_writes, run, source_rows
-from ..tasks import Batch, Task, check_equal_lengths, iter_batches
+from ..tasks import Batch, Task, check_equal_lengths, divergence_order, iter_batches
 
 
 @dataclass
@@ -64,6 +64,7 @@ class Setup:
             from ..positions import positional_graph
             self.graph = positional_graph(self.model.adapter, self.graph, self.task, self.position_names)
         self._runs_left, self._stack_budget = [self.run_cache_bytes], [self.write_cache_bytes]  # bytes left
+        self._order = None  # rows in batches: tasks.divergence_order
 
     @property
     def adapter(self):
@@ -74,7 +75,9 @@ class Setup:
         return self.adapter.device
 
     def batches(self, desc: str | None = None):
-        it = iter_batches(self.task, self.batch_size, device=self.device)
+        if self._order is None:
+            self._order = divergence_order(self.task)
+        it = iter_batches(self.task, self.batch_size, device=self.device, order=self._order)
         total = -(-len(self.task) // self.batch_size)
         bar = tqdm(it, total=total, desc=desc, file=sys.stderr, disable=not self.progress or desc is None,
                    leave=False)
