@@ -404,7 +404,7 @@ class RunCache:
 
     def __init__(self, adapter: Adapter, graph: Graph, ids: torch.Tensor, last: torch.Tensor, ref: Activations, *,
                  ref_is_run: bool, budget: list[int], off0: torch.Tensor | None = None,
-                 ref_logits: torch.Tensor | None = None):
+                 ref_logits: torch.Tensor | None = None, clean: RunResult | None = None):
         from .selection import _readers_of
 
         self.adapter, self.graph, self.budget = adapter, graph, budget
@@ -413,9 +413,11 @@ class RunCache:
         self.ref_logits = ref_logits  # the empty circuit's logits, when known (patching: the corrupted run)
         self.readers_of = _readers_of(g)
         self.slots = np.array([{"k": 1, "v": 2}.get(x, 0) for x in g.reader_slot])  # key/value readers > 0
-        clean = run(a, g, ids, last=last, record=off0 is None, record_resid=off0 is None)
+        self.n_forwards = 0
+        if clean is None or not clean.acts.resid:  # else: this batch's clean run, recorded by the caller
+            clean = run(a, g, ids, last=last, record=off0 is None, record_resid=off0 is None)
+            self.n_forwards = 1
         self.clean_logits = clean.logits
-        self.n_forwards = 1
         if off0 is None:
             base = clean
         else:

@@ -144,3 +144,22 @@ def test_each_circuit_is_evaluated_once_per_setup(models, task, monkeypatch):
     fresh = Setup(models["gpt2"], task, get_metric("logit_diff"), batch_size=4)
     np.testing.assert_allclose(circuit_metrics(fresh, circuits), first[:4].mean(1), rtol=0, atol=1e-6)
     assert runs["n"] == 16
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_evaluation_after_scoring_reuses_the_scoring_runs(models, task, family):
+    """A scoring pass (EAP with the QK fix records the clean run's residuals) leaves each batch's
+    clean and corrupted runs to its RunCache, which then runs neither again; the numbers equal a
+    fresh setup's and the plain core's."""
+    from discovery import score_edges
+
+    setup = Setup(models[family], task, get_metric("logit_diff"), batch_size=4)
+    score_edges(setup, "eap", qk_fix=True)
+    circuits = _circuits(setup.graph, seed=4)
+    reused = circuit_metrics(setup, circuits)
+    assert setup._runs and all(c.n_forwards == 0 for c in setup._runs.values())
+    assert not setup._recorded  # taken by the caches
+    fresh = Setup(models[family], task, get_metric("logit_diff"), batch_size=4)
+    np.testing.assert_allclose(reused, circuit_metrics(fresh, circuits), rtol=0, atol=1e-6)
+    assert all(c.n_forwards == 1 for c in fresh._runs.values())
+    np.testing.assert_allclose(reused, _plain(fresh, circuits), rtol=0, atol=1e-5)

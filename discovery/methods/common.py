@@ -65,6 +65,7 @@ class Setup:
             self.graph = positional_graph(self.model.adapter, self.graph, self.task, self.position_names)
         self._runs_left, self._stack_budget = [self.run_cache_bytes], [self.write_cache_bytes]  # bytes left
         self._order = None  # rows in batches: tasks.divergence_order
+        self._recorded: dict[tuple, dict] = {}  # batch runs kept for its RunCache (see run_cache)
 
     @property
     def adapter(self):
@@ -124,7 +125,25 @@ class Setup:
 
     @torch.no_grad()
     def corrupted_run(self, batch: Batch):
-        return run(self.adapter, self.graph, batch.corrupted, last=batch.corrupted_last, record=True)
+        kept = self._recorded.get(tuple(batch.rows), {}).get("corrupted")
+        if kept is not None:
+            return kept
+        result = run(self.adapter, self.graph, batch.corrupted, last=batch.corrupted_last, record=True)
+        if self.intervention == "patching" and self.graph.n_positions is None:
+            self.keep_run(batch, "corrupted", result)
+        return result
+
+    def keep_run(self, batch: Batch, kind: str, result) -> None:
+        """Keep a batch's recorded run ("corrupted", or "clean" with its residuals) for the batch's
+        RunCache, which then need not run it again (within run_cache_bytes; a scoring pass offers its
+        runs, the first evaluation takes them)."""
+        key = tuple(batch.rows)
+        if key in self._runs or kind in self._recorded.get(key, {}):
+            return
+        size = _acts_bytes(result.acts)
+        if size <= self._runs_left[0]:
+            self._runs_left[0] -= size
+            self._recorded.setdefault(key, {})[kind] = result
 
     def run_cache(self, batch: Batch) -> RunCache:
         """The batch's RunCache over the clean model (its clean run, reference and, with patching, the
@@ -139,9 +158,11 @@ class Setup:
             ref, ref_logits = corrupted.acts, corrupted.logits
         else:
             ref, ref_logits = self.reference(batch), None
+        kept = self._recorded.pop(key, {})
+        self._runs_left[0] += sum(_acts_bytes(r.acts) for r in kept.values())
         budget = [self._stack_budget[0]]  # what is left of the shared budget, taken only if kept
         cache = RunCache(self.adapter, self.graph, batch.clean, batch.clean_last, ref, ref_is_run=patching,
-                         budget=budget, ref_logits=ref_logits)
+                         budget=budget, ref_logits=ref_logits, clean=kept.get("clean"))
         size = cache.nbytes()
         if size <= self._runs_left[0]:
             self._runs_left[0] -= size
@@ -154,6 +175,11 @@ class Setup:
     def clean_run(self, batch: Batch, record_resid: bool = False):
         return run(self.adapter, self.graph, batch.clean, last=batch.clean_last, record=True,
                    record_resid=record_resid)
+
+
+def _acts_bytes(acts) -> int:
+    ts = [acts.embed, *acts.z, *acts.mlp, *acts.resid]
+    return sum(t.untyped_storage().nbytes() for t in ts if t is not None)
 
 
 # a forward's positional masks (K masks, repeated per example) are kept under this many bytes by

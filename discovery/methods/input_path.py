@@ -42,7 +42,8 @@ def input_path_scores(setup: Setup, alphas: list[float], desc: str, neurons: boo
         patterns = PatternGradients(graph.n_layers) if qk_fix else None
         state = {}
         for alpha in alphas:
-            embeds = (ref.embed + alpha * (clean_embed - ref.embed)).detach().requires_grad_(True)
+            point = clean_embed if alpha == 1.0 else ref.embed + alpha * (clean_embed - ref.embed)
+            embeds = point.detach().clone().requires_grad_(True)
             hook = lambda stage, first, g: state["hook"](stage, first, g)  # bound once the clean run is known
             result = run(adapter, graph, batch.clean, last=batch.clean_last, embeds=embeds,
                          record=clean is None, record_resid=qk_fix and clean is None, grad_hook=hook,
@@ -56,6 +57,8 @@ def input_path_scores(setup: Setup, alphas: list[float], desc: str, neurons: boo
             value.backward()
         if qk_fix:
             add_qk_scores(setup, clean.acts.resid, state["delta"], patterns.grads, qk_scores, composed)
+        if clean.acts.resid:  # the clean run with its residuals: the batch's RunCache need not run it again
+            setup.keep_run(batch, "clean", clean)
         n_examples += len(batch.rows)
     if neurons:
         return (scores / n_examples).cpu()
