@@ -133,12 +133,14 @@ def test_the_fix_applies_to_gradient_methods_only(models, task):
         score_edges(setup, "exact", qk_fix=True)
 
 
+@pytest.mark.parametrize("head_space", [True, False])
 @pytest.mark.parametrize("family,kv_edges", [(f, "head") for f in tiny.FAMILIES] + [("llama", "grouped")])
-def test_the_norms_closed_form_gives_the_norm_modules_scores(family, kv_edges, monkeypatch):
-    """qk.py's fast path (LayerNorm / RMSNorm in closed form, head deltas through composed maps kept
-    across batches) against the general path that calls the model's own norm module."""
+def test_the_norms_closed_form_gives_the_norm_modules_scores(family, kv_edges, head_space, monkeypatch):
+    """qk.py's fast path (LayerNorm / RMSNorm in closed form; head deltas through composed maps kept
+    across batches, or d-wide) against the general path that calls the model's own norm module."""
     from discovery.methods import qk
 
+    monkeypatch.setattr(qk, "HEAD_SPACE_TOKENS", 0 if head_space else 10**9)
     hf = tiny.build(family, n_layers=3, seed=1)
     setup = Setup(wrap_model(hf), task_from_rows(_distinct_rows(6, 6, 2), vocab_size=tiny.VOCAB),
                   get_metric("logit_diff"), batch_size=4, kv_edges=kv_edges)  # two batches

@@ -47,6 +47,7 @@ from ..patching import _causal_mask, _project, _rotate, head_writes, source_rows
 
 CHUNK_BYTES = 64 * 2**20  # per chunk of sources: the largest of the [.., S, ..] intermediates
 FAST = True  # the norm's closed form where it is known (module docstring); False: always the norm module
+HEAD_SPACE_TOKENS = 2  # composed head maps when a batch has more than this many tokens per d_head
 
 
 class PatternGradients:
@@ -251,7 +252,10 @@ def add_qk_scores(setup, clean_resid: list[torch.Tensor], delta, grads: list[tor
         # per source: [N, P, d] residual copy, q/k projections and [N, H, P, P] patterns, 3 of them
         per_source = 4 * (n * p * d + n * p * (h_all + kv) * w.q.shape[1] + 3 * n * h_all * p * p)
         chunk = max(1, CHUNK_BYTES // per_source)
-        for first, deltas, heads_of in _source_deltas(adapter, graph, delta, stage, n, p, affine is not None):
+        # head deltas through the composed maps only where that is less work than projecting them
+        # d-wide (each map costs about the projection of d_head tokens; measured slower at 64 tokens)
+        head_space = affine is not None and n * p > HEAD_SPACE_TOKENS * w.q.shape[1]
+        for first, deltas, heads_of in _source_deltas(adapter, graph, delta, stage, n, p, head_space):
             for c0 in range(0, deltas.shape[2], chunk):
                 dl = deltas[:, :, c0:c0 + chunk]
                 s = dl.shape[2]
