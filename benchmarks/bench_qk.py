@@ -1,11 +1,13 @@
 """The QK fix's cost against plain EAP (and EAP-IG with the fix against plain EAP-IG), measured in one run.
 
     python benchmarks/bench_qk.py [--batch-size 8] [--seq-len 16] [--reps 3] [--steps 5] [--shape gpt2-small|toy]
-                                  [--skip-ig]
+                                  [--skip-ig] [--paths]
 
 Same GPT-2-small-shaped random model and rows as bench_eap.py (--shape toy: toy:induction on its
 task). Each function is warmed up once, then the four run interleaved --reps times; the script prints
-the medians and the ratios fix / plain. A measurement, not a test: it always exits 0.
+the medians and the ratios fix / plain. --paths also times the fix by its general path (the model's
+own norm module per source, methods/qk.py FAST = False) against the fast path (the norm in closed
+form). A measurement, not a test: it always exits 0.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--shape", default="gpt2-small", choices=["gpt2-small", "toy"])
     ap.add_argument("--skip-ig", action="store_true", help="EAP and EAP + fix only")
+    ap.add_argument("--paths", action="store_true", help="also the fix by its general path")
     args = ap.parse_args(argv)
     setup = setup_for(args.shape, args.batch_size, args.seq_len)
     fns = {
@@ -53,6 +56,16 @@ def main(argv=None) -> None:
     }
     if args.skip_ig:
         fns = {k: v for k, v in fns.items() if not k.startswith("eap-ig")}
+    if args.paths:
+        from discovery.methods import qk
+
+        def general():
+            qk.FAST = False
+            try:
+                score_edges(setup, "eap", qk_fix=True)
+            finally:
+                qk.FAST = True
+        fns["eap+qk gen"] = general
     times = {k: [] for k in fns}
     for f in fns.values():
         f()  # warm-up
@@ -70,6 +83,8 @@ def main(argv=None) -> None:
     if not args.skip_ig:
         line += (f"; eap-ig+qk / eap-ig = {med['eap-ig+qk'] / med['eap-ig']:.2f}; "
                  f"eap-ig+qk / eap = {med['eap-ig+qk'] / med['eap']:.2f}")
+    if args.paths:
+        line += f"; general / fast path = {med['eap+qk gen'] / med['eap+qk']:.2f}"
     print(line)
 
 
