@@ -26,8 +26,8 @@ target the most faithful one evaluated is kept (and the circuit's warnings say s
    measured and EAP-IG's elsewhere (params["verified"] says how many).
 
 Cost: EAP-IG's (steps + 1 forwards and steps backwards per batch, plus the QK fix), then the
-selection's evaluations (patched forwards, several masks per pass on CUDA): |GRID| at most, plus about log2(bracket / (RESOLUTION * edges)) on CPU (7 for a 20% -> 50%
-bracket); step 3, when it runs, one patched forward per verified edge (batched).
+selection's evaluations (patched forwards, several masks per pass on CUDA): |GRID| at most, plus
+about log2(bracket / (RESOLUTION * edges)) on CPU (7 for a 20% -> 50% bracket); step 3, when it runs, one patched forward per verified edge (batched).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def smallest_faithful(setup: Setup, scores, target: float = DEFAULT_TARGET, *, a
             inner = [k for k in np.linspace(lo, hi, (REFINE if chunk > 1 else 1) + 2)[1:-1].round() if lo < k < hi]
             ascending(inner)
             hi = min(k for k in tried if lo < k <= hi and meets(tried[k][1], target))
-            lo = max(k for k in tried if lo <= k < hi) if any(lo <= k < hi for k in tried) else lo
+            lo = max([k for k in tried if lo <= k < hi], default=lo)
     good = [k for k in sorted(tried) if meets(tried[k][1], target)]
     if good:
         k = good[0]

@@ -138,17 +138,21 @@ class _AffineQK:
         self.aq, self.ak = wq * gamma, wk * gamma  # A = W diag(gamma): [H, dh, d], [kv, dh, d]
         h, dh = wq.shape[:2]
         self.h, self.group = h, h // kv
-        beta = None if affine.bias is None else affine.bias.float()
-        bq = (0 if beta is None else wq @ beta) + (0 if w.q_bias is None else w.q_bias.float())  # [H, dh]
-        bk = (0 if beta is None else wk @ beta) + (0 if w.k_bias is None else w.k_bias.float())
+        def bias(weight, own):  # W beta + b: [heads, dh], zeros when the norm and the projection have none
+            out = torch.zeros(weight.shape[:2], dtype=torch.float32, device=x.device)
+            if affine.bias is not None:
+                out = out + weight @ affine.bias.float()
+            return out if own is None else out + own.float()
+
+        bq, bk = bias(wq, w.q_bias), bias(wk, w.k_bias)
         self.rot = (lambda t: t) if rotary is None else \
             (lambda t: _rotate(t.reshape(n, p, -1, t.shape[-1]), *rotary).view(t.shape))
         self.cx = _center(affine, x)
         self.ss = self.cx.pow(2).sum(-1)  # |c x|^2 [N, P]
         uq = self.rot(torch.einsum("npm,hcm->nphc", self.cx, self.aq))  # A c(x), rotated
         uk = self.rot(torch.einsum("npm,hcm->nphc", self.cx, self.ak))
-        rbq = self.rot(torch.as_tensor(bq).expand(n, p, h, dh).contiguous())  # the bias, rotated
-        rbk = self.rot(torch.as_tensor(bk).expand(n, p, kv, dh).contiguous())
+        rbq = self.rot(bq.expand(n, p, h, dh).contiguous())  # the bias, rotated
+        rbk = self.rot(bk.expand(n, p, kv, dh).contiguous())
         sigma = torch.sqrt(self.ss / d + self.eps)  # [N, P]
         q0 = uq / sigma[..., None, None] + rbq  # the clean (rotated) queries and keys
         k0 = uk / sigma[..., None, None] + rbk
