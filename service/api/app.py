@@ -93,20 +93,24 @@ def _parse_cursor(cursor: str | None) -> int | None:
 
 
 def _local_docs(app: FastAPI) -> None:
-    """/docs: Swagger UI from the swagger-ui-bundle package's files, served here (FastAPI's default
-    loads it from a CDN, which leaves the page blank offline)."""
+    """/docs: Swagger UI 5 (it reads the OpenAPI 3.1 this app serves; Swagger UI 4 refuses it) from the
+    fastapi-offline package's files, served here (FastAPI's default loads it from a CDN, which leaves
+    the page blank offline)."""
+    from pathlib import Path
+
+    import fastapi_offline
     from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
     from starlette.staticfiles import StaticFiles
-    from swagger_ui_bundle import swagger_ui_path
 
-    app.mount("/docs/static", StaticFiles(directory=swagger_ui_path), name="swagger-ui")
+    app.mount("/docs/static", StaticFiles(directory=Path(fastapi_offline.__file__).parent / "static"),
+              name="swagger-ui")
 
     @app.get("/docs", include_in_schema=False)
     def docs():
         return get_swagger_ui_html(openapi_url="/openapi.json", title="circuitry API",
                                    swagger_js_url="/docs/static/swagger-ui-bundle.js",
                                    swagger_css_url="/docs/static/swagger-ui.css",
-                                   swagger_favicon_url="/docs/static/favicon-32x32.png",
+                                   swagger_favicon_url="/docs/static/favicon.png",
                                    oauth2_redirect_url="/docs/oauth2-redirect")
 
     @app.get("/docs/oauth2-redirect", include_in_schema=False)
