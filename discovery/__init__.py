@@ -2,8 +2,8 @@
 
     from discovery import load_model, load_task, discover
     model = load_model("path/or/hub-id")
-    task = load_task("task.jsonl", tokenizer=model.tokenizer, vocab_size=model.vocab_size)
-    circuit = discover(model, task, "eap-ig", top_n=200)
+    circuit = discover(model, "ioi", "eap-ig", top_n=200)   # a built-in task by name, or a JSONL file's path
+    task = load_task("task.jsonl", tokenizer=model.tokenizer, vocab_size=model.vocab_size)   # or load it first
     circuit.save("circuit.json")
 """
 
@@ -24,7 +24,8 @@ _EXPORTS = {
     "models": ["SUPPORTED", "LoadedModel", "load_model", "wrap_model"],
     "patching": ["Activations", "run"],
     "selection": ["greedy", "prune", "threshold", "top_n"],
-    "tasks": ["Task", "iter_batches", "load_task", "task_from_rows"],
+    "tasks": ["Task", "iter_batches", "task_from_rows"],
+    "task_library": ["load_task"],  # a JSONL file or a built-in task name (discovery.tasks.load_task: files only)
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 

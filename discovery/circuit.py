@@ -191,6 +191,29 @@ class Circuit(BaseModel):
             keep[idx] = edge.in_circuit
         return keep
 
+    def __repr__(self) -> str:
+        """One line: what was found, its size and faithfulness (the file's contents stay in its fields;
+        `model_dump_json()` for all of it)."""
+        m, sel = self.metrics, self.selection
+        picked = sel.kind if sel.value is None else f"{sel.kind} {sel.value:g}"
+        f = "n/a" if m.faithfulness is None else f"{m.faithfulness:.3f}"
+        parts = [f"{self.model.name}{'@' + self.model.revision if self.model.revision else ''}",
+                 f"{self.task.name} ({self.task.rows} rows)", f"{self.method.name}, {picked}"]
+        size = f"{m.n_edges} of {self.n_graph_edges} edges, {m.n_nodes} nodes"
+        if self.level != "edge":
+            size = f"{self.level} level: " + size + (f", {m.n_neurons} neurons" if m.n_neurons is not None else "")
+        extra = [f"{n} {what}{'s' if n != 1 else ''}" for n, what in
+                 ((len(self.warnings), "warning"), (len(getattr(self, "labels", None) or []), "label")) if n]
+        return (f"{type(self).__name__}({' · '.join(parts)}: {size}, faithfulness {f} ({m.metric})"
+                + ("; " + ", ".join(extra) if extra else "") + ")")
+
+    __str__ = __repr__
+
+    @property
+    def n_graph_edges(self) -> int:
+        """Edges of the whole graph: the file lists every one, except a large position-aware graph's."""
+        return self.positions.n_edges if self.positions is not None else len(self.edges)
+
     # --- in a notebook (discovery/notebook.py) ----------------------------------------------
     def top_edges(self, k: int = 10, *, in_circuit: bool | None = None, signed: bool = False) -> list[Edge]:
         """The k edges with the largest |score| (signed=True: by signed importance)."""
@@ -198,7 +221,9 @@ class Circuit(BaseModel):
         return top_edges(self, k, in_circuit=in_circuit, signed=signed)
 
     def top_nodes(self, k: int = 10, *, in_circuit: bool | None = None, signed: bool = False) -> list[Node]:
-        """Node and neuron levels: the k nodes with the largest |score| (signed=True: by signed importance)."""
+        """The k nodes with the largest |score| (signed=True: by signed importance). Node and neuron
+        levels: the nodes' own scores; an edge-level circuit: each node's score derived from its edges
+        (the sum of its outgoing edges' scores, notebook.node_scores_from_edges)."""
         from .notebook import top_nodes
         return top_nodes(self, k, in_circuit=in_circuit, signed=signed)
 

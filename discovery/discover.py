@@ -25,6 +25,7 @@ from .options import (DEFAULT_CANDIDATES, DEFAULT_TARGET, DEFAULT_TAU, DEFAULT_T
                       validated)
 from .selection import greedy, nodes_in_circuit, threshold, top_n
 from .selection import prune as prune_edges  # `prune` is discover()'s flag
+from .task_library import as_task
 from .tasks import Task
 
 
@@ -73,7 +74,7 @@ def select(setup: Setup, scores, *, top: int | None = None, thresh: float | None
     return keep, SelectionInfo(kind=info[0], value=info[1], absolute=absolute, pruned=do_prune), None
 
 
-def discover(model: LoadedModel, task: Task, method: str | None = None, *, options: DiscoveryOptions | None = None,
+def discover(model: LoadedModel, task: Task | str, method: str | None = None, *, options: DiscoveryOptions | None = None,
              metric=None, higher_is_better: bool | None = None, intervention: str | None = None,
              steps: int | None = None, batch_size: int | None = None, top_n: int | None = None,
              threshold: float | None = None, greedy: int | None = None, absolute: bool | None = None,
@@ -84,6 +85,9 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
              position_names: list[str] | None = None, qk_fix: bool | None = None, target: float | None = None,
              sparsity: float | None = None, lam: float | None = None, train_steps: int | None = None):
     """Find a circuit: scores for every edge, the selected circuit, its faithfulness (and curve).
+
+    task: a Task, a JSONL file's path, or a built-in task's name (built for the model's tokenizer with
+    200 rows from seed 0; `discovery.load_task(name, ..., n=, seed=)` for another size).
 
     method "auto" (the default; discovery/auto.py): EAP-IG with the QK fix, the smallest top-k that
     meets the faithfulness target (default 0.9), and exact verification of the top candidates when
@@ -135,6 +139,7 @@ def discover(model: LoadedModel, task: Task, method: str | None = None, *, optio
     started = time.perf_counter()
     if tau is not None and taus is not None:
         raise UserError("give tau or taus, not both")
+    task = as_task(task, model)
     check_context(model, task)
     own_metric = metric if metric is not None and not isinstance(metric, str) else None  # a Metric or a function
     opts = DiscoveryOptions.from_flat(options, method=method, metric=None if own_metric is not None else metric,
@@ -360,10 +365,12 @@ def _result_warnings(setup: Setup, search: dict | None = None) -> list[str]:
     return notes
 
 
-def evaluate(model: LoadedModel, task: Task, circuit: Circuit, *, metric=None, higher_is_better: bool | None = None,
+def evaluate(model: LoadedModel, task: Task | str, circuit: Circuit, *, metric=None, higher_is_better: bool | None = None,
              intervention: str | None = None, batch_size: int = 16, progress: bool = False) -> dict:
     """Evaluate exactly the edges marked in_circuit in `circuit` (metric/intervention default to the
-    file's; a circuit found with the user's own metric needs that function given again)."""
+    file's; a circuit found with the user's own metric needs that function given again). task: a Task,
+    a JSONL file's path or a built-in task's name (as in discover)."""
+    task = as_task(task, model)
     params = circuit.method.params
     if metric is None:
         metric = params.get("metric", "logit_diff")

@@ -31,12 +31,30 @@ def top_edges(circuit, k: int = 10, *, in_circuit: bool | None = None, signed: b
     return sorted(edges, key=key)[:k]
 
 
+def node_scores_from_edges(circuit) -> dict[str, float]:
+    """An edge-level circuit's node scores: a node's score is the sum of the scores of the edges out of
+    it, every listed edge in or out of the circuit. For the gradient estimates (EAP, EAP-IG) that is
+    exactly the node's own score (switching its whole output to the reference; README "Node and neuron
+    circuits"); for measured edge scores it is the first-order estimate. Nodes with no scored edge out
+    (the logits) have none. A large position-aware file lists only some edges: the sum is over those."""
+    out: dict[str, float] = {}
+    for e in circuit.edges:
+        if e.score is not None and not math.isnan(e.score):
+            out[e.source] = out.get(e.source, 0.0) + e.score
+    return out
+
+
 def top_nodes(circuit, k: int = 10, *, in_circuit: bool | None = None, signed: bool = False) -> list:
-    """Node and neuron levels: the k nodes with the largest |score| (signed as top_edges); nodes without
-    a score (edge-level circuits, the logits) are left out."""
+    """The k nodes with the largest |score| (signed as top_edges). Node and neuron levels: the nodes'
+    own scores; an edge-level circuit (no node scores): copies of its nodes with `score` derived from
+    the edges (node_scores_from_edges). Nodes without a score (the logits) are left out."""
     if k < 0:
         raise ValueError(f"k must be non-negative (got {k})")
-    nodes = [n for n in circuit.nodes if n.score is not None and (in_circuit is None or n.in_circuit == in_circuit)]
+    nodes = circuit.nodes
+    if circuit.level == "edge" and all(n.score is None for n in nodes):
+        derived = node_scores_from_edges(circuit)
+        nodes = [n.model_copy(update={"score": derived[n.id]}) for n in nodes if n.id in derived]
+    nodes = [n for n in nodes if n.score is not None and (in_circuit is None or n.in_circuit == in_circuit)]
     if signed:
         key = (lambda n: n.score) if _higher_is_better(circuit) else (lambda n: -n.score)
     else:

@@ -2,7 +2,12 @@
 
 Scores are metric changes when an edge is switched to its reference value. For a metric where higher
 means more of the behaviour (logit/prob diff) an important edge has a negative score; for KL a
-positive one. `importance` turns both into "higher is more important" for signed selection."""
+positive one. `importance` turns both into "higher is more important" for signed selection.
+
+Each selection takes the graph, or the `Setup` the scores were made with: then the direction of its
+metric is the direction of signed selection (`absolute=False`), so it cannot disagree with the metric
+(KL is lower-is-better). `higher_is_better` given explicitly must agree with that metric; with a bare
+Graph, signed selection needs it (|score| selection does not)."""
 
 from __future__ import annotations
 
@@ -21,7 +26,28 @@ def importance(scores, higher_is_better: bool = True, absolute: bool = True) -> 
     return -s if higher_is_better else s
 
 
-def top_n(graph: Graph, scores, n: int, *, higher_is_better=True, absolute=True) -> np.ndarray:
+def direction(graph_or_setup, higher_is_better: bool | None, absolute: bool) -> tuple[Graph, bool]:
+    """(graph, higher_is_better) for a selection given a Graph or a Setup (see the module docstring)."""
+    metric = getattr(graph_or_setup, "metric", None)
+    graph = graph_or_setup.graph if metric is not None else graph_or_setup
+    if metric is not None:
+        if higher_is_better is not None and bool(higher_is_better) != metric.higher_is_better:
+            raise UserError(f"higher_is_better={bool(higher_is_better)} disagrees with the setup's metric "
+                            f"'{metric.name}' ({'higher' if metric.higher_is_better else 'lower'} is better); "
+                            "drop higher_is_better: the setup's metric decides")
+        return graph, metric.higher_is_better
+    if higher_is_better is None:
+        if not absolute:
+            raise UserError("signed selection (absolute=False) needs the metric's direction: pass the Setup the "
+                            "scores were made with in place of its graph, or higher_is_better=True/False "
+                            "(False for a distance such as kl)")
+        return graph, True  # |score|: the direction does not matter
+    return graph, bool(higher_is_better)
+
+
+def top_n(graph: Graph, scores, n: int, *, higher_is_better: bool | None = None, absolute=True) -> np.ndarray:
+    """The n most important edges (bool per edge). graph: a Graph or the scores' Setup (module docstring)."""
+    graph, higher_is_better = direction(graph, higher_is_better, absolute)
     if n < 0:
         raise UserError(f"--top-n must be non-negative (got {n})")
     imp = importance(scores, higher_is_better, absolute)
@@ -30,7 +56,9 @@ def top_n(graph: Graph, scores, n: int, *, higher_is_better=True, absolute=True)
     return keep
 
 
-def threshold(graph: Graph, scores, t: float, *, higher_is_better=True, absolute=True) -> np.ndarray:
+def threshold(graph: Graph, scores, t: float, *, higher_is_better: bool | None = None, absolute=True) -> np.ndarray:
+    """Edges whose importance is at least t. graph: a Graph or the scores' Setup (module docstring)."""
+    graph, higher_is_better = direction(graph, higher_is_better, absolute)
     return importance(scores, higher_is_better, absolute) >= t
 
 
@@ -50,8 +78,10 @@ def _readers_of(graph: Graph) -> list[list[int]]:
     return out
 
 
-def greedy(graph: Graph, scores, n: int, *, higher_is_better=True, absolute=True) -> np.ndarray:
-    """Grow from the logits: repeatedly add the most important edge into a node already in the circuit."""
+def greedy(graph: Graph, scores, n: int, *, higher_is_better: bool | None = None, absolute=True) -> np.ndarray:
+    """Grow from the logits: repeatedly add the most important edge into a node already in the circuit.
+    graph: a Graph or the scores' Setup (module docstring)."""
+    graph, higher_is_better = direction(graph, higher_is_better, absolute)
     if graph.n_positions is not None:
         raise UserError("greedy selection is not position-aware; use --top-n or --threshold with --positions")
     imp = importance(scores, higher_is_better, absolute)

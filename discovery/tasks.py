@@ -84,6 +84,7 @@ class Task:
 
 def load_task(path: str | os.PathLike, tokenizer=None, vocab_size: int | None = None,
               name: str | None = None) -> Task:
+    """A JSONL task file (`discovery.load_task`, in task_library/load.py, also takes a built-in task's name)."""
     p = Path(path)
     if not p.exists():
         raise TaskError(f"task file '{path}' not found")

@@ -27,7 +27,7 @@ def test_threshold_on_importance():
     scores = np.zeros(g.n_edges)
     scores[3], scores[5] = -0.5, 0.2
     assert set(np.flatnonzero(threshold(g, scores, 0.3))) == {3}
-    assert set(np.flatnonzero(threshold(g, scores, 0.1, absolute=False))) == {3}
+    assert set(np.flatnonzero(threshold(g, scores, 0.1, higher_is_better=True, absolute=False))) == {3}
     np.testing.assert_array_equal(importance([1.0, -2.0], True, False), [-1.0, 2.0])
 
 

@@ -15,13 +15,14 @@ from ..metrics import Metric, resolve_metric
 from ..models import LoadedModel
 from ..names import INTERVENTIONS  # noqa: F401 (re-exported)
 from ..patching import Activations, RunCache, head_writes, run, source_rows
+from ..task_library import as_task
 from ..tasks import Batch, Task, check_equal_lengths, divergence_order, iter_batches
 
 
 @dataclass
 class Setup:
     model: LoadedModel
-    task: Task
+    task: Task  # also a JSONL file's path or a built-in task's name, loaded for the model
     metric: Metric  # also a built-in name or the user's function (see discovery.metrics)
     batch_size: int = 16
     intervention: str = "patching"
@@ -52,6 +53,7 @@ class Setup:
     _values: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
+        self.task = as_task(self.task, self.model)
         self.metric = resolve_metric(self.metric)
         if self.intervention not in INTERVENTIONS:
             raise UserError(f"unknown intervention '{self.intervention}'; choose one of {', '.join(INTERVENTIONS)}")

@@ -15,6 +15,7 @@ from ..errors import TaskError
 from ..tasks import Task
 from . import agreement, capitals, docstring, greater_than, induction, ioi
 from .base import BuiltinTask, Example, Lexicon, build, check_size, pieces
+from .load import as_task, load_task
 
 TASKS: dict[str, BuiltinTask] = {m.TASK.name: m.TASK for m in (ioi, greater_than, induction, docstring, agreement,
                                                               capitals)}
@@ -52,4 +53,5 @@ def _strip_slots(text: str) -> str:
     return re.sub(r"\{\w+\}", " ", text)
 
 
-__all__ = ["TASKS", "BuiltinTask", "Example", "Lexicon", "get_task", "build_task", "sample_rows", "vocabulary"]
+__all__ = ["TASKS", "BuiltinTask", "Example", "Lexicon", "get_task", "build_task", "sample_rows", "vocabulary", "load_task",
+           "as_task"]
