@@ -59,3 +59,30 @@ def find_token(db: Database, secret: str):
         row = conn.execute(select(ApiToken.id, ApiToken.max_active_jobs, ApiToken.admin).where(
             ApiToken.token_hash == hash_token(secret), ApiToken.revoked_at.is_(None))).first()
     return row
+
+
+def owner_key(db: Database, *, secret: str | None = None, name: str | None = None) -> tuple[str, str]:
+    """(owner key, who) of the live token a command acts for: by its secret (`--token`), or by its id or
+    name (`--owner`, as `circuitry tokens list` shows them). The owner key is what the API scopes rows
+    by (the token id), so what a command makes with it is that token's. UserError: no such live token,
+    or a name that several live tokens share."""
+    if secret is not None:
+        found = find_token(db, secret)
+        if found is None:
+            raise UserError("--token is not a live token of this store (unknown or revoked); see 'circuitry tokens "
+                            "list', or pass --owner NAME")
+        with db.read() as s:
+            row = s.get(ApiToken, found.id)
+        return str(row.id), f"token {row.id} ({row.name})"
+    text = (name or "").strip()
+    q = select(ApiToken).where(ApiToken.revoked_at.is_(None))
+    q = q.where(ApiToken.id == int(text)) if text.isdigit() else q.where(ApiToken.name == text)
+    with db.read() as s:
+        rows = list(s.scalars(q.order_by(ApiToken.id)))
+    if not rows:
+        raise UserError(f"--owner '{text}' is no live token's id or name; see 'circuitry tokens list' (or create one: "
+                        f"'circuitry tokens create --name {text or 'NAME'}')")
+    if len(rows) > 1:
+        raise UserError(f"--owner '{text}' names {len(rows)} live tokens (ids {', '.join(str(r.id) for r in rows)}); "
+                        "pass one id")
+    return str(rows[0].id), f"token {rows[0].id} ({rows[0].name})"

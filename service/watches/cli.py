@@ -10,6 +10,7 @@ import sys
 import time
 
 from discovery.errors import UserError
+from discovery.options import ALL_METHODS, DEFAULT_METHOD
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -31,6 +32,13 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="scan_command", required=True, parser_class=type(p))
 
     a = sub.add_parser("add", help="watch a checkpoint source")
+    whose = a.add_mutually_exclusive_group()
+    whose.add_argument("--token", default=None,
+                       help="the API token (its secret) whose watch this is: the watch and its jobs belong to that "
+                            "token's tenant, as if made with POST /v1/watches")
+    whose.add_argument("--owner", default=None,
+                       help="... or that token's id or name (see 'circuitry tokens list'); without either, the "
+                            "watch belongs to no token (seen by 'serve --no-auth' and admin tokens only)")
     a.add_argument("--source", required=True, help="toy:NAME, a directory under a model root, or a hub repo id")
     a.add_argument("--kind", choices=["auto", "toy", "dir", "hub"], default="auto")
     a.add_argument("--name", default=None)
@@ -40,7 +48,11 @@ def register(subparsers) -> None:
                    help="a built-in task, or a JSONL task file whose rows are stored with the watch (repeatable)")
     a.add_argument("--n", type=int, default=None, help="rows per built-in task (default 200)")
     a.add_argument("--seed", type=int, default=None)
-    a.add_argument("--method", default=None, help="eap-ig (default), eap, ..., acdc or eap-ig+acdc")
+    a.add_argument("--method", default=None,
+                   help=f"as 'circuitry discover --method': {DEFAULT_METHOD} (default: EAP-IG with the QK fix, the "
+                        f"smallest circuit meeting --target), {', '.join(m for m in ALL_METHODS if m != DEFAULT_METHOD)}")
+    a.add_argument("--target", type=float, default=None,
+                   help="keep the smallest top-k circuit whose faithfulness is within 1-T of 1 (default 0.9)")
     a.add_argument("--metric", default=None)
     a.add_argument("--tau", type=float, default=None, help="ACDC threshold")
     a.add_argument("--candidates", type=int, default=None, help="eap-ig+acdc: edges EAP-IG hands to ACDC")
@@ -72,6 +84,11 @@ def register(subparsers) -> None:
     t.add_argument("--chart", default=None, help="write a PNG chart (circuit size, faithfulness, behaviour)")
     s = sub.add_parser("scheduler", help="run the scheduler alone (no API, no dispatcher)")
     s.add_argument("--poll-s", type=float, default=None, help="how often to look for due watches (default 5)")
+    for each in (a, sub.choices["list"], r, n, t, s):  # the store options also after the subcommand
+        each.add_argument("--database-url", dest="sub_database_url", default=None, metavar="URL",
+                          help="as before the subcommand")
+        each.add_argument("--model-root", dest="sub_model_root", action="append", default=None, metavar="DIR",
+                          help="as before the subcommand (repeatable)")
     p.set_defaults(func=cmd_scan)
 
 
@@ -80,6 +97,9 @@ def cmd_scan(args) -> int:
     from ..problems import ApiError
     from ..store.db import Database
 
+    if args.sub_database_url:
+        args.database_url = args.sub_database_url
+    args.model_root = (args.model_root or []) + (args.sub_model_root or [])
     settings = _settings(args)
     db = Database(settings.resolved_database_url())
     db.migrate()
@@ -97,7 +117,8 @@ def _request(args):
 
     method = {k: v for k, v in dict(name=args.method, metric=args.metric, tau=args.tau, candidates=args.candidates,
                                     steps=args.steps, batch_size=args.batch_size).items() if v is not None}
-    selection = {k: v for k, v in dict(top_n=args.top_n, threshold=args.threshold).items() if v is not None}
+    selection = {k: v for k, v in dict(top_n=args.top_n, threshold=args.threshold, target=args.target).items()
+                 if v is not None}
     body = dict(source=args.source, kind=args.kind, name=args.name, pattern=args.pattern,
                 pattern_kind="regex" if args.regex else "glob",
                 tasks=[_task(t, args) for t in args.task], method=method,
@@ -139,10 +160,13 @@ def _task(text: str, args) -> dict:
 
 
 def _add(args, db, settings) -> int:
+    from ..store.tokens import owner_key
     from .store import create_watch
 
-    row = create_watch(db, settings, _request(args), owner="-")
-    print(f"watch {row.id} ({row.source_kind} {row.source}): {_schedule(row)}; first scan due now")
+    owner, who = ("-", "no token") if args.token is None and args.owner is None else \
+        owner_key(db, secret=args.token, name=args.owner)
+    row = create_watch(db, settings, _request(args), owner=owner)
+    print(f"watch {row.id} ({row.source_kind} {row.source}): {_schedule(row)}; first scan due now; owner {who}")
     return 0
 
 
@@ -151,14 +175,17 @@ def _schedule(row) -> str:
 
 
 def _list(args, db, settings) -> int:
+    from ..store.tokens import list_tokens
     from .store import list_watches, watch_view
 
+    names = {str(tok.id): f"{tok.name} (token {tok.id})" for tok in list_tokens(db)}
     for row in list_watches(db):
         v = watch_view(db, row)
         counts = ", ".join(f"{k} {n}" for k, n in sorted(v.counts.items())) or "no jobs yet"
         state = "" if row.enabled else " [disabled]"
         print(f"{row.id}\t{row.name}\t{row.source} ({row.source_kind})\t{_schedule(row)}{state}\tnext {v.next_run_at}\t"
-              f"{counts}" + (f"\tlast error: {row.last_error}" if row.last_error else ""))
+              f"{counts}\towner {names.get(row.owner, 'no token')}" +
+              (f"\tlast error: {row.last_error}" if row.last_error else ""))
     return 0
 
 

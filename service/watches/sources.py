@@ -67,9 +67,11 @@ def resolve_source(source: str, kind: str, roots: list[str]) -> tuple[str, str]:
         found = run_dir(source, roots)
         if found is not None:
             return "dir", source
-        if kind == "dir" or os.path.isabs(source):
+        if kind == "dir" or os.path.isabs(source) or os.path.isdir(source):
             raise UserError(f"'{source}' is not a directory under a configured model root "
-                            f"({', '.join(roots) or 'none configured: set CIRCUITRY_MODEL_ROOTS'})")
+                            f"({', '.join(roots) or 'none configured'}): add the directory that holds it as a model "
+                            "root (circuitry scan add --model-root DIR ..., or CIRCUITRY_MODEL_ROOTS; the server that "
+                            "runs the jobs needs the same root)")
     if kind == "toy":
         raise UserError(f"'{source}' is not a toy model; toy sources are named toy:NAME")
     if not HUB_ID.match(source) or "/" not in source:
