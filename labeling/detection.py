@@ -176,7 +176,7 @@ def llm_detection_score(client, rec: LabelRecord, other: tuple[str, str] | None,
     """(ScoreResult, usage): the LLM predicts, from the label and each position's context, where the
     component matters; AUC against the measured effect, beside another component's label."""
     from . import prompts
-    from .llm_labeler import ask_json
+    from .llm_labeler import ask_json, explain
     from .schema import Usage
     from .scoring import NEUTRAL, _order, _probabilities
 
@@ -194,7 +194,7 @@ def llm_detection_score(client, rec: LabelRecord, other: tuple[str, str] | None,
         asked = ask_json(client, msgs, prompts.DETECT_FORMAT, prompts.DETECT_VERSION + "+matters",
                          _probabilities(len(shown)))
         usage.add(asked.usage)
-        return (None, asked.error) if asked.value is None else (asked.value, None)
+        return (None, explain(asked)) if asked.value is None else (asked.value, None)
 
     probs, err = ask(rec.label, rec.description)
     value = _auc(y, probs) if probs is not None else None
@@ -203,4 +203,4 @@ def llm_detection_score(client, rec: LabelRecord, other: tuple[str, str] | None,
     base = _auc(y, bprobs) if bprobs is not None else None
     return ScoreResult(scorer=f"llm-detection:{client.config.model}", metric="roc_auc", value=value, ci_low=lo,
                        ci_high=hi, random_baseline=base, n_positive=sum(y), n_negative=len(y) - sum(y), data=data,
-                       note=err or (f"baseline: {berr}" if berr else None)), usage
+                       note=err or (f"its random-label baseline could not be scored: {berr}" if berr else None)), usage

@@ -5,7 +5,10 @@ CIRCUITRY_LLM_API_KEY or OPENAI_API_KEY; local servers need none) or from an LLM
 temperature 0, a seed and structured output (a JSON schema). Retries with exponential backoff on 429,
 5xx, timeouts and dropped connections; other 4xx answers are final (retrying cannot fix them). The
 openai client's own retries are off so that this policy is the only one. A semaphore caps the requests
-in flight. Every answer the server gave (including refusals and malformed JSON) is cached on disk,
+in flight. Before any work the endpoint is asked for a real one-token completion (LLMClient.check), so a
+wrong base URL (one without `/v1` answers 404), an unknown model or a refused key is one line at once;
+during the run, more than `max_failures` failed calls stop it (LLMStopped, a UserError: one line, exit 2)
+instead of leaving every later label `llm_failed`. Every answer the server gave (including refusals and malformed JSON) is cached on disk,
 content-addressed by model, template version and the full request, so a re-run sends nothing."""
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class LLMConfig:
     seed: int = 0
     temperature: float = 0.0
     max_tokens: int = 1000
+    max_failures: int = 3  # failed calls (after retries) tolerated in one run; the next one stops it
     cache_dir: Path | None = None  # None: default_cache_dir() at use
     use_cache: bool = True
 
@@ -76,6 +80,10 @@ class LLMError(Exception):
         self.usage = usage or Usage()
 
 
+class LLMStopped(UserError):
+    """More than max_failures calls failed: the run stops (the endpoint is down or rejects every request)."""
+
+
 @dataclass
 class ChatResult:
     content: str | None
@@ -93,7 +101,10 @@ def cache_key(model: str, template_version: str, messages: list[dict], response_
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-_REACHABLE: set[tuple] = set()  # endpoints checked in this process
+_REACHABLE: set[tuple] = set()  # (endpoint, key, model) checked in this process
+CHECK_MESSAGES = [{"role": "user", "content": "Reply with the single word OK."}]
+CHECK_TOKENS = 1
+CHECK_CONNECT_S = 5.0
 
 
 class LLMClient:
@@ -107,27 +118,48 @@ class LLMClient:
                                     max_retries=0, timeout=config.timeout_s)
         self.cache_dir = Path(config.cache_dir) if config.cache_dir is not None else default_cache_dir()
         self._slots = threading.BoundedSemaphore(max(1, config.concurrency))
+        self._failures = 0  # calls that raised LLMError in this client's run
+        self._stopped: str | None = None  # the one-line reason, once more than max_failures calls failed
+        self._lock = threading.Lock()
 
     # reachability ------------------------------------------------------------------------------
-    def check(self, timeout_s: float = 5.0) -> None:
-        """One request (GET /models, no retries, at most timeout_s) before any labelling: a UserError
-        in one line when the endpoint cannot be reached or refuses the key. Any other answer (a 404 from
-        a server without /models, say) means it is there. Checked once per endpoint and process."""
+    def check(self, connect_s: float = CHECK_CONNECT_S) -> None:
+        """Before any labelling: one real chat completion of at most CHECK_TOKENS tokens (no retries, no
+        cache; connecting within connect_s, answering within the request timeout). A UserError in one line
+        when the endpoint cannot be reached, refuses the key, answers an error status (404: usually a base
+        URL without `/v1`, or a model the server does not serve) or answers something that is not a chat
+        completion. Checked once per endpoint, model and key in a process."""
+        import httpx
+
         cfg, o = self.config, self._openai
-        if (cfg.base_url, cfg.api_key) in _REACHABLE:
+        key = (cfg.base_url, cfg.api_key, cfg.model)
+        if key in _REACHABLE:
             return
+        where = f"LLM endpoint {cfg.base_url}"
         try:
-            self.client.with_options(timeout=min(timeout_s, cfg.timeout_s), max_retries=0).models.list()
+            resp = self.client.with_options(timeout=httpx.Timeout(cfg.timeout_s, connect=min(connect_s, cfg.timeout_s)),
+                                            max_retries=0).chat.completions.create(
+                model=cfg.model, messages=CHECK_MESSAGES, max_tokens=CHECK_TOKENS, temperature=0)
         except (o.APITimeoutError, o.APIConnectionError) as exc:
             what = "timed out" if isinstance(exc, o.APITimeoutError) else "refused or unreachable"
-            raise UserError(f"LLM endpoint {cfg.base_url} is not reachable ({what}); start the server, fix "
+            raise UserError(f"{where} is not reachable ({what}); start the server, fix "
                             f"{ENV_BASE_URL} / --base-url, or use --backend heuristic") from None
         except (o.AuthenticationError, o.PermissionDeniedError) as exc:
-            raise UserError(f"LLM endpoint {cfg.base_url} refused the API key (HTTP {exc.status_code}); set "
-                            f"{ENV_KEYS[0]}") from None
-        except o.APIStatusError:
-            pass  # it answered
-        _REACHABLE.add((cfg.base_url, cfg.api_key))
+            raise UserError(f"{where} refused the API key (HTTP {exc.status_code}); set {ENV_KEYS[0]}") from None
+        except o.NotFoundError:
+            raise UserError(f"{where} answered HTTP 404 to a one-token chat completion for model '{cfg.model}': the "
+                            "base URL of an OpenAI-compatible server usually ends in /v1 (e.g. "
+                            "http://localhost:8000/v1), and the model must be one it serves (--llm-model)") from None
+        except o.APIStatusError as exc:
+            raise UserError(f"{where} answered a one-token chat completion for model '{cfg.model}' with "
+                            f"{_status_text(exc)}; fix {ENV_BASE_URL} / --base-url or --llm-model") from None
+        except o.APIResponseValidationError:
+            resp = None
+        choices = getattr(resp, "choices", None)
+        if not isinstance(choices, list) or not choices or getattr(choices[0], "message", None) is None:
+            raise UserError(f"{where} answered, but not with a chat completion (is it an OpenAI-compatible API? the "
+                            "base URL usually ends in /v1)")
+        _REACHABLE.add(key)
 
     # cache -------------------------------------------------------------------------------------
     def _path(self, key: str) -> Path:
@@ -168,8 +200,22 @@ class LLMClient:
             pass
         return delay * random.uniform(0.8, 1.0)  # jitter: concurrent workers do not retry in lockstep
 
+    def _failed(self, error: LLMError) -> LLMError:
+        """Count a failed call; past max_failures the run stops (LLMStopped) instead of going on failing."""
+        with self._lock:
+            self._failures += 1
+            if self._failures > self.config.max_failures and self._stopped is None:
+                self._stopped = (f"stopped after {self._failures} failed LLM calls to {self.config.base_url} "
+                                 f"(model '{self.config.model}'; the last: {error}); fix the endpoint or use "
+                                 "--backend heuristic")
+            if self._stopped is not None:
+                raise LLMStopped(self._stopped)
+        return error
+
     def chat(self, messages: list[dict], response_format: dict | None, template_version: str) -> ChatResult:
         cfg = self.config
+        if self._stopped is not None:
+            raise LLMStopped(self._stopped)
         key = cache_key(cfg.model, template_version, messages, response_format, cfg.temperature, cfg.seed,
                         cfg.max_tokens)
         hit = self._read(key)
@@ -191,7 +237,7 @@ class LLMClient:
             except self._openai.APIError as exc:
                 last = exc
                 if not self._retryable(exc):
-                    raise LLMError(_describe(exc), usage) from None
+                    raise self._failed(LLMError(_describe(exc, cfg.timeout_s), usage)) from None
                 continue
             if resp.usage is not None:
                 usage.prompt_tokens += resp.usage.prompt_tokens or 0
@@ -204,12 +250,44 @@ class LLMClient:
                               "usage": {"prompt_tokens": usage.prompt_tokens,
                                         "completion_tokens": usage.completion_tokens}})
             return ChatResult(content, refusal, usage, key, False)
-        raise LLMError(f"gave up after {cfg.max_retries + 1} attempts: {_describe(last)}", usage)
+        raise self._failed(LLMError(f"gave up after {cfg.max_retries + 1} attempts: "
+                                    f"{_describe(last, cfg.timeout_s)}", usage))
 
 
-def _describe(exc: Exception | None) -> str:
+def _server_message(exc) -> str | None:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        msg = err.get("message") if isinstance(err, dict) else err
+        if msg:
+            text = " ".join(str(msg).split())
+            return text if len(text) <= 160 else text[:159] + "\u2026"
+    return None
+
+
+def _status_text(exc) -> str:
+    """'HTTP 404 (Not Found: the server's message)' for an error status answer."""
+    from http import HTTPStatus
+
+    code = exc.status_code
+    try:
+        phrase = HTTPStatus(code).phrase
+    except ValueError:
+        phrase = "error"
+    msg = _server_message(exc)
+    return f"HTTP {code} ({phrase}{': ' + msg if msg else ''})"
+
+
+def _describe(exc: Exception | None, timeout_s: float | None = None) -> str:
+    """A failed request in words a person reads (no exception class names)."""
+    import openai
+
     if exc is None:
         return "no answer"
-    status = getattr(exc, "status_code", None)
-    kind = type(exc).__name__
-    return f"{kind} (HTTP {status})" if status is not None else kind
+    if isinstance(exc, openai.APITimeoutError):
+        return f"the request timed out{f' after {timeout_s:g} s' if timeout_s else ''}"
+    if isinstance(exc, openai.APIConnectionError):
+        return "the connection to the endpoint failed"
+    if isinstance(exc, openai.APIStatusError):
+        return f"the endpoint answered {_status_text(exc)}"
+    return f"the request failed ({' '.join(str(exc).split())[:160] or 'no detail'})"

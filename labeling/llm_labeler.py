@@ -49,9 +49,23 @@ def _parse(content: str | None, parse: Callable[[dict], object]) -> tuple[object
         return parse(data), None
     except ValidationError as exc:
         err = exc.errors()[0]
-        return None, f"field '{'.'.join(str(x) for x in err['loc'])}': {err['msg']}"
-    except (ValueError, KeyError, TypeError) as exc:
+        where = ".".join(str(x) for x in err["loc"])
+        return None, f"field '{where}': {err['msg']}" if where else err["msg"]
+    except KeyError as exc:
+        return None, f"the answer has no field {exc}"
+    except (ValueError, TypeError) as exc:
         return None, str(exc)
+
+
+def explain(asked: "Asked") -> str | None:
+    """Why a request gave no usable answer, as a clause a person reads (None when it did)."""
+    if asked.value is not None or asked.error is None:
+        return None
+    if asked.status == "llm_failed" and not asked.error.startswith("the model refused"):
+        return f"the LLM request failed: {asked.error}"
+    if asked.status == "llm_failed":
+        return asked.error
+    return f"the LLM's answer could not be read, even after one repair request ({asked.error})"
 
 
 def ask_json(client: LLMClient, messages: list[dict], fmt: dict, version: str,

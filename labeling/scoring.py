@@ -27,7 +27,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from . import prompts
 from .evidence import HeldOutContext, HeldOutPair
-from .llm_labeler import ask_json
+from .llm_labeler import ask_json, explain
 from .schema import ROLE_TAGS, DataRef, LabelRecord, ScoreResult
 from .stats import auc_ci, bacc_ci
 
@@ -119,12 +119,18 @@ def agreement_mlp(rec: LabelRecord, contexts: list[HeldOutContext], names, data:
 
 def _probabilities(n: int):
     def parse(data: dict) -> list[float]:
+        items = data.get("scores")
+        if not isinstance(items, list):
+            raise ValueError("the answer has no 'scores' list")
         got = {}
-        for item in data["scores"]:
-            got[int(item["id"])] = min(1.0, max(0.0, float(item["p"])))
+        for item in items:
+            try:
+                got[int(item["id"])] = min(1.0, max(0.0, float(item["p"])))
+            except (KeyError, TypeError, ValueError):
+                raise ValueError("an item of 'scores' is not {\"id\": integer, \"p\": number}") from None
         missing = [k for k in range(1, n + 1) if k not in got]
         if missing:
-            raise ValueError(f"no score for items {missing[:5]}")
+            raise ValueError(f"no score for items {', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}")
         return [got[k] for k in range(1, n + 1)]
     return parse
 
@@ -159,7 +165,7 @@ def llm_score(client, rec: LabelRecord, other: tuple[str, str] | None, pairs, co
             asked = ask_json(client, msgs, prompts.DETECT_FORMAT, prompts.DETECT_VERSION, _probabilities(len(shown)))
         usage.add(asked.usage)
         if asked.value is None:
-            return None, asked.error, None
+            return None, explain(asked), None
         if is_head:
             return _auc(y, asked.value), None, auc_ci(y, asked.value, seed)
         return _bacc(y, [p >= 0.5 for p in asked.value]), None, bacc_ci(y, asked.value, seed)
@@ -169,4 +175,4 @@ def llm_score(client, rec: LabelRecord, other: tuple[str, str] | None, pairs, co
     lo, hi = ci if value is not None and ci is not None else (None, None)
     return ScoreResult(scorer=f"llm:{client.config.model}", metric="roc_auc" if is_head else "balanced_accuracy",
                        value=value, ci_low=lo, ci_high=hi, random_baseline=base, n_positive=sum(y), n_negative=len(y) - sum(y), data=data,
-                       note=err or (f"baseline: {berr}" if berr else None)), usage, err
+                       note=err or (f"its random-label baseline could not be scored: {berr}" if berr else None)), usage, err

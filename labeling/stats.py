@@ -65,15 +65,28 @@ def bacc_ci(y, predicted, seed: int = 0):
     return _interval((tpr + tnr) / 2)
 
 
+def sentence(text: str) -> str:
+    """One sentence: capitalised, ending with a full stop."""
+    text = " ".join(str(text).split())
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
 def beats_baseline(score) -> tuple[bool, str]:
-    """(passes, why) for one ScoreResult under the MARGIN rule."""
+    """(passes, why) for one ScoreResult under the MARGIN rule; why is one sentence."""
     name = score.scorer
-    if score.value is None or score.random_baseline is None:
-        return False, f"{name}: no held-out score ({score.note or 'nothing to score'})"
-    ci = f" [95% CI {score.ci_low:.2f}-{score.ci_high:.2f}]" if score.ci_low is not None else ""
-    text = f"{name} {score.value:.2f}{ci} vs random label {score.random_baseline:.2f}"
+    note = f" ({score.note})" if score.note else ""
+    if score.value is None:
+        return False, sentence(f"no held-out {name} score: {score.note or 'there was nothing to score'}")
+    if score.random_baseline is None:
+        return False, sentence(f"the held-out {name} score {score.value:.2f} has no random-label baseline to compare "
+                               f"with{note}")
+    ci = f" (95% CI {score.ci_low:.2f}-{score.ci_high:.2f})" if score.ci_low is not None else ""
+    text = f"the held-out {name} score {score.value:.2f}{ci} vs random label {score.random_baseline:.2f}"
     if score.value - score.random_baseline < MARGIN:
-        return False, f"{text}: not {MARGIN:.2f} above it"
+        return False, sentence(f"{text} is not {MARGIN:.2f} above it{note}")
     if score.ci_low is None or score.ci_low <= score.random_baseline:
-        return False, f"{text}: the interval reaches the baseline"
-    return True, text
+        return False, sentence(f"{text}: its 95% interval reaches the baseline")
+    return True, sentence(text)

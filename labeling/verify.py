@@ -23,9 +23,11 @@ their status."""
 
 from __future__ import annotations
 
+import re
+
 from .heuristic import THRESHOLDS, _where
 from .schema import HeadEvidence, LabelRecord
-from .stats import beats_baseline
+from .stats import beats_baseline, sentence
 
 PATTERN_OF = {"previous_token": "previous_token", "duplicate_token": "duplicate_token",
               "positional": "self_attention", "attention_sink": "sink"}
@@ -44,7 +46,7 @@ def role_test(tag: str, ev, th: dict | None = None) -> tuple[bool, str]:
     if tag == "other":
         return True, "no role claimed"
     if not isinstance(ev, HeadEvidence):
-        return False, f"'{tag}' is a head role; this is an MLP"
+        return False, "it is a head role and this is an MLP"
     if tag == "induction":
         v = _repeated(ev, "induction", th)
         return v >= th["induction"], f"induction attention {v:.2f} on repeated random tokens (needs {th['induction']:.2f})"
@@ -56,7 +58,7 @@ def role_test(tag: str, ev, th: dict | None = None) -> tuple[bool, str]:
         ov, aa = ev.ov, ev.answer_attention
         direct = ev.logits.answer_minus_wrong if ev.logits is not None else None
         if ov is None or direct is None or ov.silent:
-            return False, f"'{tag}' needs the OV map and the direct write (not measured, or silent)"
+            return False, "it needs the OV map and the direct write, which were not measured or are silent"
         relative = th["ov_relative"] * ov.chance
         reads = None
         if aa is not None and aa.rows:
@@ -78,26 +80,85 @@ def role_test(tag: str, ev, th: dict | None = None) -> tuple[bool, str]:
     return False, f"no test for '{tag}' in these measurements"
 
 
+# The words that name each role in a label's text (lower case). A label may name only roles among its
+# tags: when a role test removes a tag (or an LLM names a role it did not tag), the label is replaced.
+ROLE_WORDS = {
+    "previous_token": r"prev(ious)?[- ]token",
+    "induction": r"induction",
+    "duplicate_token": r"duplicate",
+    "negative_name_mover": r"negative[- ]name[- ]mover",
+    "backup_name_mover": r"backup[- ]name[- ]mover",
+    "name_mover": r"(?<!negative )(?<!negative-)(?<!backup )(?<!backup-)name[- ]mover|copying head|copy head",
+    "copy_suppression": r"copy[- ]suppress",
+    "s_inhibition": r"\bs[- ]inhibit",
+    "attention_sink": r"\bsink\b",
+    "positional": r"positional|self[- ]attention|current[- ]token|fixed[- ]offset",
+}
+ROLE_LABELS = {"previous_token": "Previous-token head", "induction": "Induction head",
+               "duplicate_token": "Duplicate-token head", "name_mover": "Name mover head",
+               "negative_name_mover": "Negative name mover head", "backup_name_mover": "Backup name mover head",
+               "copy_suppression": "Copy-suppression head", "s_inhibition": "S-inhibition head",
+               "attention_sink": "Attention-sink head", "positional": "Positional head"}
+
+
+def roles_named(text: str) -> list[str]:
+    """The role tags whose names occur in a label's text."""
+    low = re.sub(r"'[^']*'|\"[^\"]*\"", " ", text).lower()  # quoted tokens ("MLP most active on 'sink'") are data
+    return [tag for tag, words in ROLE_WORDS.items() if re.search(words, low)]
+
+
+def _replacement(rec: LabelRecord, kept: list[str]) -> str:
+    """A label that names no role outside `kept`: the heuristic's (when the LLM's was withdrawn and the
+    heuristic's fits), else the first kept role's name, else an unclassified label."""
+    h = rec.provenance.heuristic_label
+    if h and not set(roles_named(h)) - set(kept):
+        return h
+    roles = [t for t in kept if t in ROLE_LABELS]
+    if roles:
+        return ROLE_LABELS[roles[0]]
+    return "Unclassified head: no tested pattern" if rec.kind == "head" else "MLP with no tested role"
+
+
 def verify(rec: LabelRecord, thresholds: dict | None = None) -> LabelRecord:
-    """The record with failing role tags removed and its final status and reason."""
+    """The record with failing role tags removed, its label made to agree with its tags, and its final
+    status and reason (status_reason: sentences)."""
     if rec.status in ("llm_failed", "unparsed", "skipped"):
-        reasons = [rec.provenance.error or rec.status]
-        return rec.model_copy(update={"status_reason": "; ".join(reasons)})
-    kept, reasons = [], []
+        err = rec.provenance.error
+        if rec.status == "skipped":
+            why = "Not labeled here: " + (err or rec.description)
+        elif rec.status == "llm_failed":
+            why = f"The LLM gave no label ({err or 'no answer'}), so the heuristic label is kept"
+        else:
+            why = (f"The LLM's answer could not be read, even after one repair request ({err or 'no detail'}), so "
+                   "the heuristic label is kept")
+        return rec.model_copy(update={"status_reason": sentence(why)})
+    kept, reasons, failed = [], [], {}
     for tag in rec.role_tags:
         ok, what = role_test(tag, rec.evidence, thresholds)
         if ok:
             kept.append(tag)
         else:
-            reasons.append(f"role '{tag}' removed: its test failed ({what})")
+            failed[tag] = what
+            reasons.append(sentence(f"role '{tag}' removed: its test failed ({what})"))
     kept = [t for t in kept if t != "other"] or ["other"]
+    update = {}
+    unsupported = [t for t in roles_named(rec.label) if t not in kept]
+    if unsupported:
+        new = _replacement(rec, kept)
+        why = " and ".join(f"'{t}', {'whose test failed' if t in failed else 'which is not among its tags'}"
+                           for t in unsupported)
+        reasons.append(sentence(f"the label '{rec.label}' named the role {why}, so it was replaced by '{new}'"))
+        update = {"label": new, "confidence": 0.0,
+                  "description": sentence(f"The label '{rec.label}' was withdrawn: it named the role {why}") + " " +
+                  rec.description}
     for score in rec.scores.values():
         ok, why = beats_baseline(score)
         if not ok:
             reasons.append(why)
     if not rec.scores:
-        reasons.append("no held-out score")
+        reasons.append("No held-out score was computed.")
     status = "ok" if not reasons else "unverified"
-    return rec.model_copy(update={"role_tags": kept, "status": status,
-                                  "status_reason": "; ".join(reasons) if reasons else None,
-                                  "confidence": rec.confidence if status == "ok" else min(rec.confidence, 0.5)})
+    confidence = update.get("confidence", rec.confidence)
+    return rec.model_copy(update={**update, "role_tags": kept, "status": status,
+                                  "status_reason": " ".join(reasons) if reasons else None,
+                                  "confidence": confidence if status == "ok" else min(confidence, 0.5)})

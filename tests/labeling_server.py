@@ -1,5 +1,7 @@
 """A chat-completions server on loopback for the LLM labeler tests: the real `openai` client talks HTTP to it.
 
+Like a real OpenAI-compatible server it answers chat completions only at `/v1/chat/completions` (404
+elsewhere, e.g. for a base URL without `/v1`); `requests` holds the bodies of those it answered.
 Each request takes the next behaviour from `script` (FIFO; "ok" when empty): "ok", "429", "500", "400",
 "timeout" (answers only after `sleep_s`), "malformed" (200 with content that is not JSON) or "refusal".
 An "ok" answer comes from `responder(body) -> str`, by default a schema-valid canned answer chosen by
@@ -54,6 +56,9 @@ class FakeLLM:
             def do_POST(self):
                 length = int(self.headers.get("content-length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
+                if self.path.rstrip("/") != "/v1/chat/completions":
+                    fake._send(self, 404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+                    return
                 with fake._lock:
                     fake.requests.append(body)
                     behaviour = fake.script.pop(0) if fake.script else "ok"

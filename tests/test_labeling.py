@@ -133,7 +133,7 @@ def test_honest_labels_when_no_role_fits(labeled):
     for node in ("m0", "m1"):  # the toy model's MLPs write exactly nothing
         rec = by[node]
         assert rec.evidence.silent and rec.label == "Silent MLP: writes nothing" and rec.status == "unverified"
-        assert "no held-out score" in rec.status_reason
+        assert "No held-out evidence_agreement score" in rec.status_reason
         assert rec.scores["evidence_agreement"].value is None
 
 

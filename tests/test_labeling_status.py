@@ -85,7 +85,7 @@ def test_a_role_whose_own_test_fails_is_not_assigned():
     claimed = recs["a0.h3"].model_copy(update={"role_tags": ["previous_token", "induction"], "scores": {}})
     out = verify(claimed)
     assert out.role_tags == ["previous_token"] and out.status == "unverified"
-    assert "role 'induction' removed" in out.status_reason and "repeated random tokens" in out.status_reason
+    assert "Role 'induction' removed" in out.status_reason and "repeated random tokens" in out.status_reason
     # the real induction head passes the same test
     assert role_test("induction", recs["a1.h0"].evidence)[0]
     assert not role_test("s_inhibition", recs["a1.h0"].evidence)[0]  # no test: never kept
