@@ -358,6 +358,32 @@ def test_neuronpedia_graph_folder_for_circuit_tracer(work, capsys, tmp_path):
     assert index["graphs"][1]["prompt_tokens"] == g["metadata"]["prompt_tokens"]
 
 
+@pytest.mark.parametrize("name", ["gpt2", "llama", "grouped", "labeled", "positional"])
+def test_neuronpedia_graph_is_drawable_by_circuit_tracers_frontend(work, name):
+    """The rules of circuit-tracer's frontend (its formatData; the browser test is
+    tests/test_neuronpedia_frontend.py): every node kept, every link drawn on load (its ends pinned)."""
+    from discovery.export.neuronpedia import frontend_problems
+
+    g = json.loads(export(_doc(work, name), "neuronpedia"))
+    assert frontend_problems(g) == []
+    assert set(g["qParams"]["pinnedIds"]) == {n["node_id"] for n in g["nodes"]}
+    # each rule can fail
+    for broken, why in [({"pins": []}, "not drawn on load"), ({"influence": 1.5}, "above node_threshold"),
+                        ({"feature": 0}, "share a layer_feature_ctx id"), ({"clerp": "John"}, "clerp")]:
+        h = json.loads(json.dumps(g))
+        if "pins" in broken:
+            h["qParams"]["pinnedIds"] = []
+        heads = [n for n in h["nodes"] if n["feature_type"] == "attention head"]
+        for key in ("influence", "feature"):
+            if key in broken:
+                for n in heads[:2] if key == "feature" else heads[:1]:
+                    n[key] = broken[key]
+                    n["layer"], n["ctx_idx"] = heads[0]["layer"], heads[0]["ctx_idx"]
+        if "clerp" in broken:
+            next(n for n in h["nodes"] if n["feature_type"] == "logit")["clerp"] = broken["clerp"]
+        assert any(why in p for p in frontend_problems(h)), (broken, frontend_problems(h))
+
+
 def test_neuronpedia_schema_catches_the_old_export(work):
     """The schema check can fail: the export before this issue (null threshold) does not pass."""
     g = json.loads(export(_doc(work, "gpt2"), "neuronpedia"))

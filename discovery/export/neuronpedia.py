@@ -26,6 +26,16 @@ frontends read it:
   are summed into one link, because the frontends key links by their two ends. `weight`: -score for
   metrics where higher is better (logit/probability differences), +score for KL: positive weight =
   the edge carries the behaviour. `scores` keeps each slot's raw circuitry score.
+- `qParams.pinnedIds`: the circuit's nodes (the PINNED most influential when there are more), so
+  circuit-tracer's frontend draws the circuit's links and its subgraph panel on load (it draws links
+  only between pinned nodes, or of the clicked one: a graph with nothing pinned shows bare nodes).
+
+What circuit-tracer's local frontend (`frontend/assets/attribution_graph/util-cg.js`, `formatData`)
+needs to draw every node, checked without a browser by `frontend_problems` (and in Chromium by
+tests/test_neuronpedia_frontend.py): `influence` at most `node_threshold` (it hides the rest),
+`{layer}_{feature}_{ctx_idx}` unique (it merges equal ids and drops ids on more than 2/3 of the
+tokens), links between listed nodes only, the logit node's clerp `Output "<token>" (p=<prob>)`, and
+every link's ends pinned.
 """
 
 from __future__ import annotations
@@ -35,6 +45,8 @@ from datetime import datetime
 
 from ..errors import UserError
 from .common import labels, loss_sign, model_shape
+
+PINNED = 300  # nodes pinned on load at most (the frontend lays the pinned subgraph out with dagre)
 
 FEATURE_TYPES = {"input": "embedding", "logits": "logit", "attention": "attention head", "kv_head": "attention head",
                  "mlp": "mlp"}
@@ -160,7 +172,8 @@ def to_neuronpedia(data: dict, scan: str | None = None, slug: str | None = None)
                           "metric": metrics.get("metric"), "faithfulness": metrics.get("faithfulness"),
                           "schema_version": data.get("schema_version"), "example_row": example.get("row", 0)},
         },
-        "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
+        "qParams": {"pinnedIds": [n["node_id"] for n in sorted(nodes, key=lambda n: n["influence"])[:PINNED]],
+                    "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
         "nodes": nodes,
         "links": list(links.values()),
     }
@@ -185,7 +198,45 @@ def write_graph_dir(graph: dict, directory) -> "Path":
         graphs = [g for g in index.get("graphs", []) if isinstance(g, dict) and g.get("slug") != meta["slug"]]
     except (ValueError, AttributeError):
         raise UserError(f"{index_path} is not a graph index ({{\"graphs\": [...]}}); give another folder") from None
-    graphs.append({"slug": meta["slug"], "scan": meta["scan"], "prompt_tokens": meta["prompt_tokens"],
-                   "prompt": meta["prompt"], "title_prefix": ""})
+    graphs.append({"slug": meta["slug"], "scan": meta["scan"], "transcoder_list": meta["transcoder_list"],
+                   "prompt_tokens": meta["prompt_tokens"], "prompt": meta["prompt"],
+                   "node_threshold": meta["node_threshold"], "schema_version": meta["schema_version"],
+                   "title_prefix": ""})
     index_path.write_text(json.dumps({"graphs": graphs}, indent=1))
     return path
+
+
+def frontend_problems(graph: dict) -> list[str]:
+    """Why circuit-tracer's frontend would not draw all of `graph` (empty: it draws every node, and every
+    link once the page loads); its formatData rules, in the module docstring."""
+    problems, meta = [], graph["metadata"]
+    nodes, links = graph["nodes"], graph["links"]
+    ids = {n["node_id"] for n in nodes}
+    threshold = meta.get("node_threshold")
+    if not isinstance(threshold, (int, float)):
+        problems.append("metadata.node_threshold is not a number")
+    else:
+        hidden = [n["node_id"] for n in nodes if n["feature_type"] not in ("embedding", "logit")
+                  and not (n.get("influence") is not None and n["influence"] <= threshold)]
+        if hidden:
+            problems.append(f"influence above node_threshold {threshold} (hidden): {hidden[:3]}")
+    keys: dict[str, int] = {}
+    for n in nodes:
+        key = f"{n['layer']}_{n['feature']}_{n['ctx_idx']}"
+        keys[key] = keys.get(key, 0) + 1
+    merged = [k for k, c in keys.items() if c > 1]
+    if merged:
+        problems.append(f"nodes share a layer_feature_ctx id (merged or dropped): {merged[:3]}")
+    if any(c > len(meta["prompt_tokens"]) * 2 / 3 for c in keys.values()):
+        problems.append("a layer_feature_ctx id is on more than 2/3 of the tokens (dropped as too common)")
+    dangling = [(k["source"], k["target"]) for k in links if k["source"] not in ids or k["target"] not in ids]
+    if dangling:
+        problems.append(f"links to unlisted nodes: {dangling[:3]}")
+    for n in nodes:
+        if n["feature_type"] == "logit" and not re.fullmatch(r'Output "[^"]*" \(p=[0-9.e-]+\)', n.get("clerp", "")):
+            problems.append(f"logit node {n['node_id']}: clerp {n.get('clerp')!r} is not 'Output \"<token>\" (p=<prob>)'")
+    pinned = set(graph.get("qParams", {}).get("pinnedIds") or [])
+    unpinned = [(k["source"], k["target"]) for k in links if not {k["source"], k["target"]} <= pinned]
+    if unpinned and len(ids) <= PINNED:
+        problems.append(f"links not drawn on load (an end not pinned): {unpinned[:3]}")
+    return problems
