@@ -107,8 +107,18 @@ class Adapter:
         """The attention norm's weights when it is a LayerNorm or RMSNorm (methods/qk.py's fast path)."""
         return norm_affine(self.attn_norm_module(layer))
 
-    def mlp_norm(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+    def mlp_norm_module(self, layer: int) -> nn.Module:
         raise NotImplementedError
+
+    def mlp_norm(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp_norm_module(layer)(x)
+
+    def final_norm_module(self) -> nn.Module:
+        raise NotImplementedError
+
+    def token_embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """The token embedding alone (no learned positions): the embedding nodes of a feature graph."""
+        return self.model.get_input_embeddings()(ids)
 
     def mlp(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         return self.blocks()[layer].mlp(x)
@@ -163,8 +173,11 @@ class GPT2Adapter(Adapter):
     def attn_norm_module(self, layer):
         return self.t.h[layer].ln_1
 
-    def mlp_norm(self, layer, x):
-        return self.t.h[layer].ln_2(x)
+    def mlp_norm_module(self, layer):
+        return self.t.h[layer].ln_2
+
+    def final_norm_module(self):
+        return self.t.ln_f
 
     def unembed(self, x):
         return self.model.lm_head(self.t.ln_f(x))
@@ -205,8 +218,11 @@ class NeoXAdapter(Adapter):
     def attn_norm_module(self, layer):
         return self.m.layers[layer].input_layernorm
 
-    def mlp_norm(self, layer, x):
-        return self.m.layers[layer].post_attention_layernorm(x)
+    def mlp_norm_module(self, layer):
+        return self.m.layers[layer].post_attention_layernorm
+
+    def final_norm_module(self):
+        return self.m.final_layer_norm
 
     def unembed(self, x):
         return self.model.get_output_embeddings()(self.m.final_layer_norm(x))
@@ -244,8 +260,11 @@ class LlamaAdapter(Adapter):
     def attn_norm_module(self, layer):
         return self.m.layers[layer].input_layernorm
 
-    def mlp_norm(self, layer, x):
-        return self.m.layers[layer].post_attention_layernorm(x)
+    def mlp_norm_module(self, layer):
+        return self.m.layers[layer].post_attention_layernorm
+
+    def final_norm_module(self):
+        return self.m.norm
 
     def unembed(self, x):
         return self.model.lm_head(self.m.norm(x))
