@@ -155,6 +155,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --mib-submission: nine thresholded circuits (0.1%%..50%% of edges) instead of one "
                         "importance-score file")
 
+    at = sub.add_parser("attribute", help="attribution graph of one prompt over transcoder features (graph JSON)")
+    at.add_argument("--model", required=True, help="local HF model directory, hub id or toy:NAME")
+    at.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    at.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16 (sums stay float32)")
+    at.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    at.add_argument("--transcoders", required=True,
+                    help="transcoder folder (circuit-tracer's formats or sparsify's), toy:NAME or a hub id")
+    src = at.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", default=None, help="the prompt text (BOS prepended as circuit-tracer does)")
+    src.add_argument("--prompt-ids", default=None, help="the prompt as token ids: '1,2,3' or '[1, 2, 3]'")
+    at.add_argument("--out", required=True, help="graph JSON file to write (docs/graph-format.md)")
+    at.add_argument("--no-prune", action="store_true", help="keep every node and every nonzero edge")
+    at.add_argument("--node-threshold", type=float, default=0.8, help="keep nodes holding this share of influence")
+    at.add_argument("--edge-threshold", type=float, default=0.98, help="keep edges holding this share of influence")
+    at.add_argument("--max-feature-nodes", type=int, default=None, help="attribute at most this many features")
+    at.add_argument("--desired-logit-prob", type=float, default=0.95,
+                    help="logit nodes: the top logits until their cumulative probability reaches this")
+    at.add_argument("--max-logits", type=int, default=10, help="at most this many logit nodes")
+    at.add_argument("--batch-size", type=int, default=256, help="targets per backward pass (cut to the budget)")
+    at.add_argument("--memory-budget", type=float, default=2.0, help="GiB for one backward batch's working set")
+    at.add_argument("--check", type=int, default=10, metavar="N",
+                    help="intervention check on the N most influential features (0: none)")
+    at.add_argument("--quiet", action="store_true", help="no progress bar")
+
     t = sub.add_parser("tasks", help="list the built-in tasks; 'tasks show NAME' prints sample rows")
     tsub = t.add_subparsers(dest="tasks_command", parser_class=_Parser)
     s = tsub.add_parser("show", help="print rows of a built-in task as JSONL (a valid task file)")
@@ -452,6 +476,55 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _prompt_ids(text: str) -> list[int]:
+    try:
+        ids = json.loads(text if text.strip().startswith("[") else f"[{text}]")
+    except json.JSONDecodeError:
+        raise UserError(f"--prompt-ids '{text}' is not a list of token ids such as 1,2,3") from None
+    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise UserError(f"--prompt-ids '{text}' is not a list of token ids such as 1,2,3")
+    return ids
+
+
+def cmd_attribute(args) -> int:
+    _check_out(args.out)
+    ids = _prompt_ids(args.prompt_ids) if args.prompt_ids is not None else None
+    for name in ("node_threshold", "edge_threshold"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise UserError(f"--{name.replace('_', '-')} must be between 0 and 1")
+    if args.memory_budget <= 0 or args.batch_size < 1 or args.check < 0:
+        raise UserError("--memory-budget must be positive, --batch-size at least 1 and --check at least 0")
+    from tqdm.auto import tqdm
+
+    from .features.graph_file import graph_document, save_graph
+    from .features.run import run_attribution
+    from .models import load_model
+
+    model = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
+    bar = tqdm(total=0, desc="attribution", unit="row", file=sys.stderr, disable=args.quiet)
+
+    def progress(done, total):
+        bar.total = total
+        bar.update(done - bar.n)
+
+    doc = run_attribution(model, args.transcoders, prompt=args.prompt, prompt_ids=ids,
+                          desired_logit_prob=args.desired_logit_prob, max_logits=args.max_logits,
+                          max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size,
+                          memory_budget=int(args.memory_budget * (1 << 30)), node_threshold=args.node_threshold,
+                          edge_threshold=args.edge_threshold, no_prune=args.no_prune, check=args.check,
+                          progress=progress)
+    bar.close()
+    save_graph(doc, args.out)
+    sc = doc["scores"]
+    line = (f"graph: {sc['n_nodes_kept']} nodes, {sc['n_edges_kept']} edges ({sc['n_active_features']} active "
+            f"features); replacement {sc['replacement']:.3f}, completeness {sc['completeness']:.3f}")
+    check = doc.get("intervention")
+    if check:
+        line += f"; intervention check r = {_fmt(check.get('correlation'))} over {len(check['features'])} features"
+    print(f"{line} -> {args.out}")
+    return 0
+
+
 def cmd_tasks(args) -> int:
     from .names import TASK_NAMES
 
@@ -505,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
             from transformers.utils import logging as hf_logging
             hf_logging.disable_progress_bar()
         commands = {"discover": cmd_discover, "evaluate": cmd_evaluate, "diff": cmd_diff, "timeline": cmd_timeline,
-                    "tasks": cmd_tasks, "export": cmd_export}
+                    "tasks": cmd_tasks, "export": cmd_export, "attribute": cmd_attribute}
         handler = commands.get(args.command) or args.func
         return handler(args)
     except UserError as exc:

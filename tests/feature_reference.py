@@ -32,6 +32,14 @@ class TinyTranscoders(torch.nn.Module):
         self.W_skip = torch.randn(n_layers, d_model, d_model, generator=g) * 0.1 if skip else None
         self.threshold = torch.rand(n_layers, n_features, generator=g) * 0.3
 
+    def as_transcoders(self):
+        """The same weights as discovery's Transcoders module (what attribute() is given)."""
+        from discovery.features.transcoders import Transcoders
+
+        return Transcoders(self.W_enc, self.b_enc, self.W_dec, self.b_dec, W_skip=self.W_skip,
+                           threshold=self.threshold, activation=self.activation, cross_layer=self.cross_layer,
+                           input_hook=self.input_hook, output_hook=self.output_hook)
+
     def pre_activation(self, layer, x):
         return x.float() @ self.W_enc[layer].T + self.b_enc[layer]
 

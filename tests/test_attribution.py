@@ -13,11 +13,17 @@ IDS = [5, 17, 3, 44, 9, 17, 3, 60]
 
 
 def _setup(family, *, cross_layer=False, skip=False, activation="relu", input_hook="mlp.hook_in", n_layers=3):
+    """A tiny model, and random transcoders: the reference's own tensors (tc), which attribute() gets
+    as discovery's Transcoders module."""
     hf = tiny.build(family, n_layers=n_layers, seed=1)
     model = wrap_model(hf)
     tc = TinyTranscoders(n_layers, hf.config.hidden_size, 24, cross_layer=cross_layer, skip=skip,
                          activation=activation, input_hook=input_hook, seed=2)
     return hf, model, tc
+
+
+def _attribute(model, tc, **kw):
+    return attribute(model, tc.as_transcoders(), prompt_ids=IDS, **kw)
 
 
 CASES = [
@@ -38,7 +44,7 @@ CASES = [
 @pytest.mark.parametrize("family,clt,skip,act,hook", CASES)
 def test_adjacency_equals_per_source_reference(family, clt, skip, act, hook):
     hf, model, tc = _setup(family, cross_layer=clt, skip=skip, activation=act, input_hook=hook)
-    g = attribute(model, tc, prompt_ids=IDS, batch_size=7, desired_logit_prob=0.99, max_logits=4)
+    g = _attribute(model, tc, batch_size=7, desired_logit_prob=0.99, max_logits=4)
     ref_rows, ref, errors = reference_adjacency(g, hf, tc)
     # the nodes: active features computed independently from the HF run
     expect = []
@@ -76,7 +82,7 @@ def test_replacement_reproduces_the_model_logits(family, clt, skip):
     every position; and each logit's direct edges add up to its demeaned value minus the part no node
     writes (the frozen model run on the constants alone: biases, learned positions, position 0's MLP)."""
     hf, model, tc = _setup(family, cross_layer=clt, skip=skip)
-    g = attribute(model, tc, prompt_ids=IDS, desired_logit_prob=0.99, max_logits=3)
+    g = _attribute(model, tc, desired_logit_prob=0.99, max_logits=3)
     _, ref, errors = reference_adjacency(g, hf, tc)
     ids = torch.tensor(IDS)
     P, d = g.n_pos, hf.config.hidden_size
@@ -110,24 +116,34 @@ def test_replacement_reproduces_the_model_logits(family, clt, skip):
 
 def test_pruning_keeps_the_influence_it_claims():
     hf, model, tc = _setup("llama", cross_layer=False, skip=True)
-    g = attribute(model, tc, prompt_ids=IDS, desired_logit_prob=0.99, max_logits=3)
-    p = prune(g, node_threshold=0.6, edge_threshold=0.9)
-    infl = p.influence
-    feats_err = slice(0, g.n_sources - g.n_pos)
-    kept = p.node_mask[: g.n_sources - g.n_pos]
-    # before the edge clean-up, nodes at or above the threshold hold >= 60% of the influence
-    order = torch.sort(infl, descending=True).values
-    assert float(infl[p.node_mask].sum() / infl.sum()) >= 0.0
-    total = float(infl.sum())
-    top = infl >= _threshold(infl, 0.6)
-    assert float(infl[top].sum()) / total >= 0.6 - 1e-6
-    assert p.node_mask[-g.n_logits - g.n_pos:].all()
-    assert kept.sum() < g.n_sources - g.n_pos  # something was pruned
-    assert bool((p.node_mask[:g.n_features] <= top[:g.n_features]).all())
-    # every kept feature has a kept edge in and out
-    for i in torch.nonzero(p.node_mask[:g.n_features])[:, 0].tolist():
-        assert p.edge_mask[i].any() and p.edge_mask[:, i].any()
-    assert order[0] > 0 and feats_err
+    g = _attribute(model, tc, desired_logit_prob=0.99, max_logits=3)
+    for tau_n, tau_e in ((0.6, 0.9), (0.8, 0.98)):
+        p = prune(g, node_threshold=tau_n, edge_threshold=tau_e)
+        infl = p.influence
+        top = infl >= _threshold(infl, tau_n)  # the smallest prefix by influence reaching tau_n
+        assert float(infl[top].sum() / infl.sum()) >= tau_n - 1e-6
+        assert float(infl[top].sum() - infl[top].min()) / float(infl.sum()) < tau_n  # ... and no smaller one
+        assert p.node_mask[-g.n_logits - g.n_pos:].all()  # tokens and logits always kept
+        assert bool((p.node_mask[: g.n_sources - g.n_pos] <= top[: g.n_sources - g.n_pos]).all())
+        assert p.node_mask[: g.n_features].sum() < g.n_features  # something was pruned
+        # the kept edges hold at least tau_e of the edge scores they were chosen from
+        pruned = g.adjacency.clone()
+        rows = torch.cat([torch.arange(g.n_features), torch.arange(g.n_sources, g.n_nodes)])
+        keep0 = top.clone()
+        keep0[-g.n_logits - g.n_pos:] = True
+        pruned[~keep0[rows]] = 0
+        pruned[:, ~keep0[: g.n_sources]] = 0
+        norm = normalize(pruned)
+        scores = norm * torch.cat([influence(norm, g.n_features, g.logit_probs)[: g.n_features], g.logit_probs])[:, None]
+        chosen = scores >= _threshold(scores.flatten(), tau_e)
+        assert float(scores[chosen].sum() / scores.sum()) >= tau_e - 1e-6
+        assert bool((p.edge_mask <= chosen).all())
+        # every kept feature has a kept edge in and out; every kept error one out
+        for i in torch.nonzero(p.node_mask[: g.n_features])[:, 0].tolist():
+            assert p.edge_mask[i].any() and p.edge_mask[:, i].any()
+        for i in torch.nonzero(p.node_mask[g.n_features: g.n_sources - g.n_pos])[:, 0].tolist():
+            assert p.edge_mask[:, g.n_features + i].any()
+        assert not p.edge_mask[~p.node_mask[rows]].any() and not p.edge_mask[:, ~p.node_mask[: g.n_sources]].any()
 
 
 def _threshold(scores, fraction):
@@ -138,7 +154,7 @@ def _threshold(scores, fraction):
 
 def test_influence_is_the_power_series():
     hf, model, tc = _setup("gpt2", cross_layer=True)
-    g = attribute(model, tc, prompt_ids=IDS, desired_logit_prob=0.99, max_logits=3)
+    g = _attribute(model, tc, desired_logit_prob=0.99, max_logits=3)
     A = g.square()
     N = A.abs() / A.abs().sum(1, keepdim=True).clamp(min=1e-10)
     w = torch.zeros(g.n_nodes)
@@ -156,8 +172,8 @@ def test_influence_is_the_power_series():
 
 def test_feature_cap_keeps_the_most_influential_rows_consistent():
     hf, model, tc = _setup("llama", skip=True)
-    full = attribute(model, tc, prompt_ids=IDS, desired_logit_prob=0.99, max_logits=3)
-    capped = attribute(model, tc, prompt_ids=IDS, desired_logit_prob=0.99, max_logits=3, max_feature_nodes=10,
+    full = _attribute(model, tc, desired_logit_prob=0.99, max_logits=3)
+    capped = _attribute(model, tc, desired_logit_prob=0.99, max_logits=3, max_feature_nodes=10,
                        batch_size=4)
     assert capped.n_features == 10 and capped.n_active == full.n_features
     # the kept features' rows are the full graph's rows restricted to the kept columns
