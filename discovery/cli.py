@@ -411,7 +411,7 @@ def cmd_timeline(args) -> int:
     _check_files(args.circuits)
     from labeling.schema import LabeledCircuit  # plain and labeled files alike; labels give the roles
 
-    from .timeline import plot_timeline, timeline
+    from .timeline import plot_timeline, point_line, timeline
 
     circuits = [(path, LabeledCircuit.load(path)) for path in args.circuits]
     tasks = {c.task.content_hash for _, c in circuits}
@@ -422,10 +422,7 @@ def cmd_timeline(args) -> int:
         if args.json:
             print(p.model_dump_json())
         else:
-            moved = " ".join(["+" + c for c in p.entered] + ["-" + c for c in p.left])
-            roles = "; ".join(f"{tag}: {','.join(comps)}" for tag, comps in p.roles.items())
-            print(f"{p.revision or '-':<14} edges {p.n_edges:4d}  faithfulness {_fmt(p.faithfulness)}  "
-                  f"behaviour ({p.metric}) {_fmt(p.behaviour)}  {moved}" + (f"  [{roles}]" if roles else ""))
+            print(f"{p.revision or '-':<14} {point_line(p)}")
     if args.chart:
         print(f"chart -> {plot_timeline(points, args.chart, title=circuits[0][1].model.name)}", file=sys.stderr)
     return 0

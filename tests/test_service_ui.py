@@ -91,3 +91,36 @@ def test_docs_page_shows_every_operation(browser, service, shots):
     block.locator(".parameters").wait_for()
     assert "cursor" in block.inner_text() and "422" in block.inner_text()
     assert outside == [] and page.errors == [], (outside, page.errors)
+
+
+# ------------------------------------------------------------------------------------- a watch's timeline
+def test_watch_page_marks_points_with_warnings(browser, service, shots):
+    """/ui/watches/{id} draws a point whose circuit has warnings hollow in red with the warning's name,
+    and lists the warnings and the signed behaviour per checkpoint (the body as the API answers it:
+    service.watches.schemas.WatchTimeline)."""
+    from discovery.timeline import TimelinePoint
+    from service.watches.schemas import WatchTimeline
+
+    url, _, _ = service
+
+    def point(step, n_edges, faithfulness, behaviour, warnings):
+        return TimelinePoint(revision=f"step-{step}", step=step, n_edges=n_edges, n_nodes=3, faithfulness=faithfulness,
+                             clean_metric=1.0, behaviour=behaviour, metric="logit_diff", components=["a0.h1"],
+                             entered=[], left=[], circuit_id=f"c{step}", warnings=warnings)
+    points = [point(100, 9, 1.196, -0.7, ["no behaviour: the full model's logit_diff is not better"]),
+              point(200, 12, 1.370, 0.05, ["behaviour within noise: by 0.05 +- 0.1"]),
+              point(300, 14, 0.93, 7.0, [])]
+    body = json.loads(WatchTimeline(watch_id="w1", source="run", tasks=[
+        {"task": "toks", "checkpoints": [], "points": [json.loads(p.model_dump_json()) for p in points]}]).model_dump_json())
+    page, outside = offline_page(browser, url)
+    page.route("**/v1/watches/w1/timeline", lambda route: route.fulfill(json=body))
+    page.goto(url + "/ui/watches/w1")
+    page.wait_for_selector("#timeline")
+    assert page.locator("#timeline circle.point").count() == 3
+    assert page.locator("#timeline rect.fpoint.flagged").count() == 2 and page.locator("#timeline rect.fpoint").count() == 3
+    assert page.locator("#timeline text.flag").all_text_contents() == ["no behaviour", "behaviour within noise"]
+    rows = page.locator("table tbody tr").all_inner_texts()
+    assert "no behaviour" in rows[0] and "-0.700" in rows[0] and "behaviour within noise" in rows[1]
+    assert "no behaviour" not in rows[2] and "within noise" not in rows[2]
+    page.screenshot(path=str(shots / "service-timeline-warnings.png"), full_page=True)
+    assert outside == [] and page.errors == [], (outside, page.errors)

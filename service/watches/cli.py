@@ -231,12 +231,8 @@ def _run_now(args, db, settings) -> int:
     return 0 if all(r.status == "succeeded" for r in rows) else 1
 
 
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
-
-
 def _timeline(args, db, settings) -> int:
-    from discovery.timeline import plot_timeline
+    from discovery.timeline import plot_timeline, point_line
 
     from .store import watch_timeline
 
@@ -255,10 +251,7 @@ def _timeline(args, db, settings) -> int:
                 if p is None or c.status != "succeeded":
                     print(f"  {c.checkpoint:<14} {c.status}" + (f": {c.error}" if c.error else ""))
                     continue
-                moved = " ".join(["+" + x for x in p.entered] + ["-" + x for x in p.left])
-                roles = "; ".join(f"{tag}: {','.join(comps)}" for tag, comps in p.roles.items())
-                print(f"  {c.checkpoint:<14} edges {p.n_edges:4d}  faithfulness {_fmt(p.faithfulness)}  "
-                      f"behaviour ({p.metric}) {_fmt(p.behaviour)}  {moved}" + (f"  [{roles}]" if roles else ""))
+                print(f"  {c.checkpoint:<14} {point_line(p)}")
         if args.chart:
             if not t.points:
                 raise UserError(f"task {t.task} has no finished circuits yet; nothing to chart")

@@ -673,13 +673,22 @@
     append(svg, s("polyline", { fill: "none", stroke: "#2166ac", "stroke-width": 2, points: points.map(function (p, i) { return X(xs[i]) + "," + YE(p.n_edges); }).join(" ") }),
       s("polyline", { fill: "none", stroke: "#e08b00", "stroke-width": 2, "stroke-dasharray": "5 3",
         points: points.filter(function (p) { return p.faithfulness !== null; }).map(function (p) { return X(xs[points.indexOf(p)]) + "," + YF(p.faithfulness); }).join(" ") }));
+    function flags(p) { return (p.warnings || []).map(function (w) { return w.split(":")[0]; }); }
     points.forEach(function (p, i) {
+      var warn = flags(p).join("; ");
       append(svg, s("circle", { class: "point", cx: X(xs[i]), cy: YE(p.n_edges), r: 4, fill: "#2166ac" },
-        s("title", { text: pointName(p, i) + ": " + p.n_edges + " edges, faithfulness " + fmt(p.faithfulness) })));
-      if (p.faithfulness !== null && p.faithfulness !== undefined)
-        append(svg, s("rect", { class: "fpoint", x: X(xs[i]) - 3.5, y: YF(p.faithfulness) - 3.5, width: 7, height: 7, fill: "#e08b00" }));
+        s("title", { text: pointName(p, i) + ": " + p.n_edges + " edges, faithfulness " + fmt(p.faithfulness) + (warn ? " (warning: " + warn + ")" : "") })));
+      if (p.faithfulness !== null && p.faithfulness !== undefined) {
+        if (warn) {  // a warning: this faithfulness measures little; drawn hollow in red and named
+          append(svg, s("rect", { class: "fpoint flagged", x: X(xs[i]) - 5, y: YF(p.faithfulness) - 5, width: 10, height: 10, fill: "#fff", stroke: "#c0142c", "stroke-width": 2 },
+            s("title", { text: (p.warnings || []).join("\n") })),
+            s("text", { class: "flag", x: X(xs[i]), y: YF(p.faithfulness) + 17, "text-anchor": "middle", fill: "#c0142c", "font-size": 10, text: warn }));
+        } else append(svg, s("rect", { class: "fpoint", x: X(xs[i]) - 3.5, y: YF(p.faithfulness) - 3.5, width: 7, height: 7, fill: "#e08b00" }));
+      }
     });
-    append(root, legend([["#2166ac", "edges in the circuit (left axis)"], ["#e08b00", "faithfulness (right axis, dashed)"]]), h("div", { class: "card" }, svg));
+    var legendItems = [["#2166ac", "edges in the circuit (left axis)"], ["#e08b00", "faithfulness (right axis, dashed)"]];
+    if (points.some(function (p) { return flags(p).length; })) legendItems.push(["#c0142c", "warning: the faithfulness there means little"]);
+    append(root, legend(legendItems), h("div", { class: "card" }, svg));
     var rows = points.map(function (p, i) {
       var link = null;
       if (server && p.circuit_id) {
@@ -689,11 +698,12 @@
       }
       var roles = Object.keys(p.roles || {}).map(function (t) { return t + ": " + p.roles[t].join(" "); }).join("; ");
       return [pointName(p, i), p.step === null || p.step === undefined ? "" : String(p.step), String(p.n_edges), String(p.n_nodes),
-        fmt(p.faithfulness), fmt(p.behaviour), h("span", { class: "entered", text: (p.entered || []).join(" ") }),
+        fmt(p.faithfulness), fmt(p.behaviour), h("span", { class: "warning", title: (p.warnings || []).join("\n"), text: flags(p).join("; ") }),
+        h("span", { class: "entered", text: (p.entered || []).join(" ") }),
         h("span", { class: "left", text: (p.left || []).join(" ") }), roles, link];
     });
     append(root, h("h2", { text: "Checkpoints" }), h("div", { class: "card" }, table(
-      ["revision", "step", "edges", "nodes", "faithfulness", "behaviour", "entered", "left", "roles", ""], rows, [1, 2, 3, 4, 5])));
+      ["revision", "step", "edges", "nodes", "faithfulness", "behaviour (signed)", "warnings", "entered", "left", "roles", ""], rows, [1, 2, 3, 4, 5])));
   }
 
   // ------------------------------------------------------------------ job pages (server only)
