@@ -88,7 +88,8 @@ class AttributionGraph:
 
 def tokenize(tokenizer, prompt: str | None, prompt_ids: list[int] | None, vocab_size: int) -> list[int]:
     """Token ids as circuit-tracer makes them: the text without special tokens, then the tokenizer's
-    BOS (else its pad, eos or first special token) prepended unless the first token is special."""
+    BOS (else its pad, eos or first special token; the first nonzero id among them) prepended unless
+    the first token is already a special token. Token ids get the same prefix."""
     if (prompt is None) == (prompt_ids is None):
         raise UserError("give exactly one of a prompt text (--prompt) and token ids (--prompt-ids)")
     if prompt is not None:
@@ -102,7 +103,7 @@ def tokenize(tokenizer, prompt: str | None, prompt_ids: list[int] | None, vocab_
     if tokenizer is not None and ids[0] not in set(tokenizer.all_special_ids):
         candidates = [tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id,
                       *tokenizer.all_special_ids]
-        first = next((c for c in candidates if c is not None), None)
+        first = next((c for c in candidates if c), None)  # its filter(None, ...): a 0 id is passed over
         if first is not None:
             ids = [int(first)] + ids
     bad = [i for i in ids if not 0 <= i < vocab_size]
