@@ -18,6 +18,7 @@ EXTENSION_MODULES = [
     "labeling.cli",
     "service.cli",
     "viewer.cli",  # `circuitry view` and `circuitry demo`
+    "discovery.cli_transcoders",  # `circuitry transcoders train|show`
 ]
 
 
