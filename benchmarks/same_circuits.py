@@ -9,8 +9,8 @@ positions, the interventions, grouped k/v edges, `evaluate --json` and every exp
 shipped toys (`toy:induction`, `toy:ioi`, `toy:llama-induction`) with a small fixed `--n`. It then
 compares, case by case (position-aware runs on a fixed token-id task of one layout): the exit code, stdout with the wall time masked, the last stderr line, and the
 written files. Circuit JSON is compared apart from the fields that record when, how long, how much
-memory and which commit (`created_at`, `wall_time_s`, `peak_memory_bytes`, `code_version`, and any
-`*_s` timing inside `method.params`); everything else (schema, edge order, names, scores, metrics) must
+memory and which commit (`created_at`, `create_time_ms`, `wall_time_s`, `peak_memory_bytes`, `code_version`,
+any numeric `*_s` timing, and the `+gSHA` of a version string); everything else (schema, edge order, names, scores, metrics) must
 be equal exactly. Other exported files must be byte-identical apart from the same fields where JSON.
 Exit 0 when every case is equal, 1 otherwise (each difference listed).
 
@@ -80,7 +80,7 @@ for toy in toys:
     for name, args in cases:
         if "TEMPLATE" in args:  # position-aware runs need rows of one token layout: a token-id task
             args = [a for a in args if a != "TEMPLATE"]
-            path = os.path.join(out, "template.jsonl")
+            path = os.path.join(os.path.dirname(out), "template.jsonl")  # one path for both trees
             with open(path, "w") as f:
                 for i in range(int(n)):
                     s = [10 + (7 * i + 3 * j) % 40 for j in range(6)]
@@ -116,6 +116,8 @@ def _scrub(x):
                 if k not in VOLATILE and not (k.endswith("_s") and isinstance(v, (int, float)))}
     if isinstance(x, list):
         return [_scrub(v) for v in x]
+    if isinstance(x, str):  # a version string carries the commit: 0.1.0+gba6fc0f
+        return re.sub(r"\+g[0-9a-f]{7,}", "+gCOMMIT", x)
     return x
 
 
