@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_eap import build  # noqa: E402
 
 from discovery import Setup, evaluate_circuit, faithfulness_curves, score_edges  # noqa: E402
-from discovery.selection import prune, top_n  # noqa: E402
+from discovery.pipeline.selection import prune, top_n  # noqa: E402
 
 FLOOR_SCRIPT = r"""
 import json, sys, torch

@@ -27,8 +27,8 @@ import torch  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from discovery import Setup, get_metric, score_edges, task_from_rows, wrap_model  # noqa: E402
-from discovery.evaluation import evaluate_circuit  # noqa: E402
-from discovery.selection import top_n  # noqa: E402
+from discovery.pipeline.evaluation import evaluate_circuit  # noqa: E402
+from discovery.pipeline.selection import top_n  # noqa: E402
 
 
 def main() -> None:

@@ -32,8 +32,8 @@ def child(mode: str, rows: int, length: int, batch: int) -> dict:
     from transformers import AutoModelForCausalLM, GPT2Config
 
     from discovery import Setup, score_edges, task_from_rows, wrap_model
-    from discovery.levels import neuron_circuit_metrics, node_edges
-    from discovery.evaluation import circuit_metrics
+    from discovery.pipeline.levels import neuron_circuit_metrics, node_edges
+    from discovery.pipeline.evaluation import circuit_metrics
     from discovery.methods.node import neuron_scores, node_scores
 
     torch.set_num_threads(1)

@@ -25,8 +25,8 @@ import torch  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from discovery import Setup, get_metric, score_edges, task_from_rows, wrap_model  # noqa: E402
-from discovery.evaluation import evaluate_circuit  # noqa: E402
-from discovery.selection import prune, top_n  # noqa: E402
+from discovery.pipeline.evaluation import evaluate_circuit  # noqa: E402
+from discovery.pipeline.selection import prune, top_n  # noqa: E402
 
 
 def _rss() -> int:

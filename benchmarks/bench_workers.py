@@ -40,7 +40,7 @@ import bench_acdc  # noqa: E402
 import bench_eap  # noqa: E402
 
 from discovery import score_edges  # noqa: E402
-from discovery.distributed import Workers  # noqa: E402
+from discovery.pipeline.distributed import Workers  # noqa: E402
 from discovery.methods.acdc import acdc  # noqa: E402
 
 

@@ -47,8 +47,8 @@ def make(out):
     import torch
 
     from discovery.features.transcoders import Transcoders, save_transcoders
-    from discovery.models import load_model
-    from discovery.names import toy_model_dir
+    from discovery.model.adapters import load_model
+    from discovery.core.names import toy_model_dir
 
     os.makedirs(out, exist_ok=True)
     for name, toy in (("gpt2", "toy:ioi"), ("smallllama", "toy:llama-induction")):
@@ -121,7 +121,7 @@ def compare(out):
     from discovery.features.attribution import attribute
     from discovery.features.pruning import graph_scores
     from discovery.features.transcoders import load_transcoders
-    from discovery.models import load_model
+    from discovery.model.adapters import load_model
 
     rows = []
     worst = 0.0

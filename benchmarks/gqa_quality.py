@@ -28,8 +28,8 @@ import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from discovery import Setup, get_metric, load_model, score_edges  # noqa: E402
-from discovery.evaluation import circuit_metrics, faithfulness  # noqa: E402
-from discovery.selection import prune, top_n  # noqa: E402
+from discovery.pipeline.evaluation import circuit_metrics, faithfulness  # noqa: E402
+from discovery.pipeline.selection import prune, top_n  # noqa: E402
 from discovery.task_library import build_task  # noqa: E402
 
 

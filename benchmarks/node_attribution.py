@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from discovery import Setup, load_model  # noqa: E402
 from discovery.methods.node import node_scores  # noqa: E402
-from discovery.metrics import get_metric  # noqa: E402
+from discovery.model.metrics import get_metric  # noqa: E402
 from discovery.task_library import build_task  # noqa: E402
-from discovery.tasks import iter_batches  # noqa: E402
+from discovery.model.tasks import iter_batches  # noqa: E402
 from node_reference import library_node_scores  # noqa: E402
 
 

@@ -26,14 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from discovery import Graph, Setup, get_metric, load_model, score_edges  # noqa: E402
-from discovery.evaluation import edge_auc, evaluate_circuit, faithfulness_curves  # noqa: E402
+from discovery.pipeline.evaluation import edge_auc, evaluate_circuit, faithfulness_curves  # noqa: E402
 from discovery.methods.acdc import acdc  # noqa: E402
 from discovery.methods.edge_pruning import edge_pruning  # noqa: E402
-from discovery.models import toy_model_dir  # noqa: E402
+from discovery.model.adapters import toy_model_dir  # noqa: E402
 from discovery.task_library import build_task  # noqa: E402
 from discovery.toy.planted import plant  # noqa: E402
 
-# "+qk": with the QK fix (discovery/methods/qk.py); "auto": the default pipeline (discovery/auto.py)
+# "+qk": with the QK fix (discovery/methods/qk.py); "auto": the default pipeline (discovery/pipeline/auto.py)
 METHODS = ["eap", "eap+qk", "eap-ig", "eap-ig+qk", "clean-corrupted", "clean-corrupted+qk", "exact", "acdc",
            "edge-pruning", "auto"]
 EP_SPARSITY, EP_STEPS = 0.8, 200  # edge-pruning: keep 20% of the edges, 200 steps (lr 0.3)
@@ -98,7 +98,7 @@ def measure(case: dict, method: str, steps: int, bootstrap: int, curve: bool = T
         result = edge_pruning(setup, sparsity=EP_SPARSITY, steps=EP_STEPS, lr=0.3)
         scores = result.scores
     elif method == "auto":  # scores: EAP-IG's with the fix (exact effects where it verified)
-        from discovery.auto import auto
+        from discovery.pipeline.auto import auto
         scores, kept, params = auto(setup)
     else:
         scores = score_edges(setup, base, steps=steps, qk_fix=qk).numpy()
@@ -106,12 +106,12 @@ def measure(case: dict, method: str, steps: int, bootstrap: int, curve: bool = T
     row = {"case": case["name"], "method": method, "wall_s": wall, "n_edges": setup.graph.n_edges,
            "auc": edge_auc(scores, case["truth"]) if case["truth"] is not None else None}
     if method == "auto":  # its circuit itself (evaluated with the curve's rows)
-        from discovery.evaluation import evaluate_circuit
+        from discovery.pipeline.evaluation import evaluate_circuit
         row["auto"] = {"kept": int(kept.sum()), "fraction": float(kept.sum() / setup.graph.n_edges),
                        "faithfulness": evaluate_circuit(setup, kept)["faithfulness"], "verified": params["verified"]}
     elif method != "acdc" and curve:  # the top 40% of the ranking alone (pruned)
-        from discovery.evaluation import evaluate_circuit
-        from discovery.selection import prune, top_n
+        from discovery.pipeline.evaluation import evaluate_circuit
+        from discovery.pipeline.selection import prune, top_n
         top = prune(setup.graph, top_n(setup.graph, scores, int(0.4 * setup.graph.n_edges)))
         row["f40"] = evaluate_circuit(setup, top)["faithfulness"]
     if method == "acdc" and case["truth"] is not None:  # its circuit itself, against the truth

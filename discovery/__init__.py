@@ -7,40 +7,27 @@
     circuit.save("circuit.json")
 """
 
-from .lazy import lazy_exports
-import sys
-import types
+from .core.lazy import lazy_exports
 
+# The engine's layers (docs/architecture.md): core < model (and task_library) < engine < methods <
+# pipeline < io (and toy) < cli; each sub-package imports only the ones before it (tests/test_layering.py).
 # name -> submodule; loaded on first use (PEP 562), so `import discovery` (and the CLI's --help) stays
 # light: torch and transformers load only when a name that needs them is used.
 _EXPORTS = {
-    "circuit": ["SCHEMA_VERSION", "Circuit"],
-    "discover": ["discover", "evaluate"],
-    "errors": ["TaskError", "UnsupportedModelError", "UserError"],
-    "evaluation": ["circuit_metrics", "evaluate_circuit", "faithfulness", "faithfulness_curves"],
-    "graph": ["Graph"],
+    "core.circuit": ["SCHEMA_VERSION", "Circuit"],
+    "pipeline.discover": ["discover", "evaluate"],
+    "core.errors": ["TaskError", "UnsupportedModelError", "UserError"],
+    "pipeline.evaluation": ["circuit_metrics", "evaluate_circuit", "faithfulness", "faithfulness_curves"],
+    "core.graph": ["Graph"],
     "methods": ["INTERVENTIONS", "METHODS", "Setup", "score_edges"],
-    "metrics": ["METRICS", "Metric", "get_metric", "resolve_metric"],
-    "models": ["SUPPORTED", "LoadedModel", "load_model", "wrap_model"],
-    "patching": ["Activations", "run"],
-    "selection": ["greedy", "prune", "threshold", "top_n"],
-    "tasks": ["Task", "iter_batches", "task_from_rows"],
-    "task_library": ["load_task"],  # a JSONL file or a built-in task name (discovery.tasks.load_task: files only)
+    "model.metrics": ["METRICS", "Metric", "get_metric", "resolve_metric"],
+    "model.adapters": ["SUPPORTED", "LoadedModel", "load_model", "wrap_model"],
+    "engine.patching": ["Activations", "run"],
+    "pipeline.selection": ["greedy", "prune", "threshold", "top_n"],
+    "model.tasks": ["Task", "iter_batches", "task_from_rows"],
+    "task_library": ["load_task"],  # a JSONL file or a built-in task name (discovery.model.tasks.load_task: files only)
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
-
-
-class _Package(types.ModuleType):
-    """Importing the submodule discovery.discover sets the package attribute `discover` to that module;
-    the name belongs to the function, so that assignment is ignored."""
-
-    def __setattr__(self, name, value):
-        if name == "discover" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [

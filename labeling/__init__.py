@@ -7,7 +7,7 @@
 
 See docs/labeling.md."""
 
-from discovery.lazy import lazy_exports
+from discovery.core.lazy import lazy_exports
 
 # name -> submodule, loaded on first use (PEP 562): `circuitry --help` imports labeling.cli without torch.
 _EXPORTS = {

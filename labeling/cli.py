@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from urllib.parse import parse_qs, urlparse
 
-from discovery.errors import UserError
+from discovery.core.errors import UserError
 
 
 def register(subparsers) -> None:
@@ -50,7 +50,7 @@ def _builtin_from_source(source: str):
 
 def _task(args, circuit, model):
     from discovery.task_library import TASKS, build_task
-    from discovery.tasks import load_task
+    from discovery.model.tasks import load_task
 
     source = args.task or circuit.task.source
     if os.path.isfile(source):
@@ -67,7 +67,7 @@ def _task(args, circuit, model):
 
 
 def cmd_label(args) -> int:
-    from discovery.names import TASK_NAMES, check_model_ref
+    from discovery.core.names import TASK_NAMES, check_model_ref
 
     if not os.path.isfile(args.circuit):  # path and argument errors before torch loads
         raise UserError(f"circuit file '{args.circuit}' not found")
@@ -91,7 +91,7 @@ def cmd_label(args) -> int:
         raise UserError(f"the circuit file names no loadable model ({name}); give --model")
     revision = args.revision if args.model else circuit.model.revision
     check_model_ref(name, revision)
-    from discovery.models import load_model
+    from discovery.model.adapters import load_model
 
     from .export import save_neuronpedia
     from .label import label_circuit

@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 from discovery.methods.common import Setup
-from discovery.patching import head_writes, run
-from discovery.tasks import iter_batches
+from discovery.engine.patching import head_writes, run
+from discovery.model.tasks import iter_batches
 
 from .schema import ROLE_TAGS, DataRef, LabelRecord, ScoreResult
 from .scoring import quoted_tokens

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from discovery.circuit import Circuit
-from discovery.graph import Graph
-from discovery.models import LoadedModel
-from discovery.patching import run
-from discovery.tasks import Task, iter_batches
+from discovery.core.circuit import Circuit
+from discovery.core.graph import Graph
+from discovery.model.adapters import LoadedModel
+from discovery.engine.patching import run
+from discovery.model.tasks import Task, iter_batches
 from discovery.toy.ground_truth import attention_patterns, repeated_sequences
 
 from .schema import (AnswerAttention, AttentionPair, Context, DataRef, DirectLogits, HeadEvidence, Importance, MLPEvidence,

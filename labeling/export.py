@@ -1,5 +1,5 @@
 """A labeled circuit as a Neuronpedia / circuit-tracer attribution graph: a thin wrapper over
-`discovery.export.neuronpedia` (which reads the label records from the circuit document itself, so
+`discovery.io.export.neuronpedia` (which reads the label records from the circuit document itself, so
 discovery never imports labeling). The format is described there and in docs/circuit-format.md."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import json
 import os
 from pathlib import Path
 
-from discovery.circuit import Circuit
-from discovery.export.neuronpedia import to_neuronpedia as _to_neuronpedia
+from discovery.core.circuit import Circuit
+from discovery.io.export.neuronpedia import to_neuronpedia as _to_neuronpedia
 
 from .schema import LabeledCircuit
 

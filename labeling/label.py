@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tqdm.auto import tqdm
 
-from discovery.circuit import Circuit
-from discovery.errors import TaskError, UserError
-from discovery.models import LoadedModel
-from discovery.tasks import Task
+from discovery.core.circuit import Circuit
+from discovery.core.errors import TaskError, UserError
+from discovery.model.adapters import LoadedModel
+from discovery.model.tasks import Task
 
 from . import heuristic, prompts
 from .detection import detection_score, heldout_positions, llm_detection_score, measured_effects
@@ -59,8 +59,8 @@ def _check(circuit: Circuit, model: LoadedModel, components: list[str]) -> None:
 
 def _detection_metric(circuit: Circuit):
     """(metric, intervention) the circuit was found with, or (None, why) when they cannot be rebuilt."""
-    from discovery.errors import UserError as _UE
-    from discovery.metrics import resolve_metric
+    from discovery.core.errors import UserError as _UE
+    from discovery.model.metrics import resolve_metric
 
     params = circuit.method.params or {}
     name = params.get("metric") or circuit.metrics.metric

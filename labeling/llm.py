@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from discovery.errors import UserError
+from discovery.core.errors import UserError
 
 from .schema import Usage
 

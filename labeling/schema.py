@@ -1,7 +1,7 @@
 """The labeled circuit file (the circuit's own schema_version, 1.1 and later): the circuit JSON plus one label record per labeled
 component, the in-circuit edges with their endpoints' labels, and how the labels were made.
 
-Discovery never imports this module; `LabeledCircuit` extends `discovery.circuit.Circuit` with optional
+Discovery never imports this module; `LabeledCircuit` extends `discovery.core.circuit.Circuit` with optional
 fields only (a minor version), so every 1.x reader still reads a labeled file and `LabeledCircuit.load`
 reads plain 1.0 circuits (with no labels)."""
 
@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from discovery.circuit import SCHEMA_VERSION, Circuit
+from discovery.core.circuit import SCHEMA_VERSION, Circuit
 
-# plain and labeled files share one version line (discovery/circuit.py); labels are optional fields
+# plain and labeled files share one version line (discovery/core/circuit.py); labels are optional fields
 LABELED_SCHEMA_VERSION = SCHEMA_VERSION
 
 # The fixed role vocabulary. "name_mover" is the issue's "copy/name_mover": a head that copies the

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from discovery.errors import UserError
+from discovery.core.errors import UserError
 
 from .config import settings_from_args
 

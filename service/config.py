@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from discovery.errors import UserError
+from discovery.core.errors import UserError
 
 
 def _env_float(name: str, default: float, minimum: float = 0.0) -> float:

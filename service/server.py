@@ -68,7 +68,7 @@ def serve(settings: Settings, host: str, port: int, *, dispatcher: bool = True, 
           announce=print) -> None:
     """`circuitry serve`: the store migrated and the port bound first (a problem with either is one
     UserError line), then the URL and how to get a token, then uvicorn until interrupted."""
-    from discovery.errors import UserError
+    from discovery.core.errors import UserError
 
     db = Database(settings.resolved_database_url())
     db.migrate()

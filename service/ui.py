@@ -8,7 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
-from discovery.names import ACDC_METHODS, AUTO_METHOD, LEARNED_METHODS, METHOD_NAMES, METRIC_NAMES as METRICS, \
+from discovery.core.names import ACDC_METHODS, AUTO_METHOD, LEARNED_METHODS, METHOD_NAMES, METRIC_NAMES as METRICS, \
     TASK_NAMES as TASKS
 
 from .problems import NotFound
@@ -84,5 +84,5 @@ def job(job_id: str):
 
 @router.get("/watches/{watch_id}")
 def watch(watch_id: str):
-    """Draws GET /v1/watches/{id}/timeline (a list of discovery.timeline points, or {points: [...]})."""
+    """Draws GET /v1/watches/{id}/timeline (a list of discovery.io.timeline points, or {points: [...]})."""
     return _page({"mode": "timeline", "watch": watch_id}, f"watch {watch_id[:8]}")

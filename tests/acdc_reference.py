@@ -10,7 +10,7 @@ import math
 import numpy as np
 import torch
 
-from discovery.patching import run
+from discovery.engine.patching import run
 
 
 def _consumers(graph, reader: int) -> list[str]:

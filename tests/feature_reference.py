@@ -84,7 +84,7 @@ def _parts(hf):
     return hf.model.layers, "input_layernorm", "post_attention_layernorm", "self_attn", hf.model.norm, False
 
 
-def _values_out(hf, attn, x, pattern):
+def values_out(hf, attn, x, pattern):
     """The attention's output with a given pattern [H, P, P] on inputs x [S, P, d], via its own modules."""
     t, cfg = hf.config.model_type, hf.config
     d, h = cfg.hidden_size, cfg.num_attention_heads
@@ -153,7 +153,7 @@ class FrozenReference:
 
     def attn_linear(self, layer, x):
         attn = getattr(self.blocks[layer], self.attn_name)
-        return _values_out(self.hf, attn, x, self.patterns[layer]) - _values_out(
+        return values_out(self.hf, attn, x, self.patterns[layer]) - values_out(
             self.hf, attn, torch.zeros_like(x[:1]), self.patterns[layer])
 
     def run(self, writes, embed=None):

@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from discovery.circuit import Circuit, MethodInfo, Metrics, SelectionInfo, TaskInfo, build_edges, build_nodes
-from discovery.discover import model_info
-from discovery.example_row import representative_row
-from discovery.graph import Graph
+from discovery.core.circuit import Circuit, MethodInfo, Metrics, SelectionInfo, TaskInfo, build_edges, build_nodes
+from discovery.pipeline.discover import model_info
+from discovery.model.example_row import representative_row
+from discovery.core.graph import Graph
 
 # The toy induction model's expected circuit (its ground_truth.json) plus an edge through the silent MLP.
 INDUCTION_EDGES = ["input->a0.h3<v>", "input->a0.h1<v>", "a0.h3->a1.h0<k>", "input->a1.h0<v>", "a0.h1->a1.h0<v>",

@@ -9,7 +9,7 @@ import torch
 from discovery.cli import main
 from discovery.features.graph_file import load_graph
 from discovery.features.transcoders import Transcoders, save_transcoders
-from discovery.errors import UserError
+from discovery.core.errors import UserError
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 

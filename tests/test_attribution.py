@@ -5,9 +5,9 @@ import torch
 
 from discovery.features.attribution import attribute
 from discovery.features.pruning import graph_scores, influence, normalize, prune
-from discovery.models import wrap_model
+from discovery.model.adapters import wrap_model
 from tests import tiny
-from tests.feature_reference import TinyTranscoders, _values_out, reference_adjacency
+from tests.feature_reference import TinyTranscoders, values_out, reference_adjacency
 
 IDS = [5, 17, 3, 44, 9, 17, 3, 60]
 
@@ -67,7 +67,7 @@ def _affine_run(hf, ref, tc, emb, mlp_out):
     r = emb
     for layer in range(len(ref.blocks)):
         n1, b1 = ref.n1[layer]
-        a = _values_out(hf, getattr(ref.blocks[layer], ref.attn_name), n1(r) + b1, ref.patterns[layer])
+        a = values_out(hf, getattr(ref.blocks[layer], ref.attn_name), n1(r) + b1, ref.patterns[layer])
         mid = r if ref.parallel else r + a
         n2, b2 = ref.n2[layer]
         xin = mid if "resid_mid" in tc.input_hook else n2(mid) + b2

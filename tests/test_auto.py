@@ -1,5 +1,5 @@
-"""The default pipeline (discovery/auto.py) and the faithfulness-target selection, on the trained toy
-models whose mechanisms are known; the result warnings (discovery/sanity.py)."""
+"""The default pipeline (discovery/pipeline/auto.py) and the faithfulness-target selection, on the trained toy
+models whose mechanisms are known; the result warnings (discovery/pipeline/sanity.py)."""
 
 import json
 import warnings
@@ -11,11 +11,11 @@ import torch
 import tiny
 from discovery import Setup, discover, evaluate, get_metric, load_model, score_edges, task_from_rows, wrap_model
 from discovery import auto as auto_module
-from discovery.evaluation import evaluate_circuit
+from discovery.pipeline.evaluation import evaluate_circuit
 from discovery.methods.exact import exact
-from discovery.models import toy_model_dir
-from discovery.sanity import ResultWarning, behaviour
-from discovery.selection import prune, top_n
+from discovery.model.adapters import toy_model_dir
+from discovery.pipeline.sanity import ResultWarning, behaviour
+from discovery.pipeline.selection import prune, top_n
 from discovery.task_library import build_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -117,7 +117,7 @@ def _rows(n=6, seed=0):
 
 def test_behaviour_is_the_plain_models_clean_minus_corrupted_metric(models):
     from conftest import token_rows
-    from discovery.tasks import divergence_order
+    from discovery.model.tasks import divergence_order
 
     lm = models["gpt2"]
     rows = [r for pos in (4, 1, 3) for r in token_rows(n=2, seed=pos, pos=pos)]  # corrupted at 4, 4, 1, 1, 3, 3

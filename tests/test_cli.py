@@ -168,19 +168,19 @@ def test_console_entry_point_exit_code():
 
 
 def test_light_names_match_the_heavy_tables():
-    """The CLI checks names from discovery/names.py without importing torch; they must be the real tables'."""
+    """The CLI checks names from discovery/core/names.py without importing torch; they must be the real tables'."""
     from discovery.methods import METHODS
-    from discovery.metrics import METRICS
+    from discovery.model.metrics import METRICS
     from discovery.methods.common import INTERVENTIONS
-    from discovery.names import INTERVENTIONS as LIGHT_INTERVENTIONS, METHOD_NAMES, METRIC_NAMES, TASK_NAMES
+    from discovery.core.names import INTERVENTIONS as LIGHT_INTERVENTIONS, METHOD_NAMES, METRIC_NAMES, TASK_NAMES
     from discovery.task_library import TASKS
 
     assert tuple(METHODS) == METHOD_NAMES
     assert tuple(METRICS) == METRIC_NAMES
     assert tuple(INTERVENTIONS) == LIGHT_INTERVENTIONS
     assert tuple(TASKS) == TASK_NAMES
-    from discovery.names import AUTO_METHOD
-    from discovery.options import DEFAULT_METHOD
+    from discovery.core.names import AUTO_METHOD
+    from discovery.pipeline.options import DEFAULT_METHOD
     assert DEFAULT_METHOD == AUTO_METHOD  # what --help names as the default
 
 

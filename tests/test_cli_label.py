@@ -1,6 +1,6 @@
 """`circuitry discover --label`: the circuit file gains labels (same schema version line), and the edges stay as found."""
 
-from discovery.circuit import SCHEMA_VERSION
+from discovery.core.circuit import SCHEMA_VERSION
 import json
 
 from discovery.cli import main

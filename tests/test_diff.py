@@ -7,11 +7,11 @@ import pytest
 
 import tiny
 from discovery import Graph, wrap_model
-from discovery.circuit import Circuit, MethodInfo, Metrics, ModelInfo, SelectionInfo, TaskInfo, build_edges, build_nodes
+from discovery.core.circuit import Circuit, MethodInfo, Metrics, ModelInfo, SelectionInfo, TaskInfo, build_edges, build_nodes
 from discovery.cli import main
-from discovery.diff import diff_circuits
-from discovery.discover import model_info
-from discovery.selection import nodes_in_circuit
+from discovery.io.diff import diff_circuits
+from discovery.pipeline.discover import model_info
+from discovery.pipeline.selection import nodes_in_circuit
 
 
 class WithLabels(Circuit):  # stands in for labeling's LabeledCircuit: only `labels` matters to the diff

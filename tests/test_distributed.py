@@ -17,7 +17,7 @@ from discovery import Setup, UserError, get_metric, score_edges, task_from_rows,
 from discovery.methods.acdc import acdc
 
 ray = pytest.importorskip("ray")
-from discovery.distributed import Workers, WorkerError  # noqa: E402
+from discovery.pipeline.distributed import Workers, WorkerError  # noqa: E402
 
 # ACDC decisions closer than this to tau could go either way between differently summed runs (see
 # tests/test_acdc.py); the thresholds used are this far from every decision.
@@ -122,7 +122,7 @@ def test_sharded_acdc_against_the_reference_with_candidates_and_mean_ablation(wo
 
 def test_a_loaded_model_is_loaded_by_name_on_the_workers(workers):
     from discovery import load_model
-    from discovery.distributed import model_spec
+    from discovery.pipeline.distributed import model_spec
 
     lm = load_model("toy:ioi", device="cpu")
     assert "load" in model_spec(lm, ray) and "weights" not in model_spec(lm, ray)

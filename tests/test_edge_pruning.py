@@ -77,6 +77,6 @@ def test_discover_and_the_cli_record_the_parameters_and_final_sparsity(induction
 
 def test_the_options_model_and_the_method_share_their_defaults():
     from discovery.methods import edge_pruning as ep
-    from discovery.options import DEFAULT_SPARSITY, DEFAULT_TRAIN_STEPS
+    from discovery.pipeline.options import DEFAULT_SPARSITY, DEFAULT_TRAIN_STEPS
 
     assert (DEFAULT_SPARSITY, DEFAULT_TRAIN_STEPS) == (ep.DEFAULT_SPARSITY, ep.DEFAULT_STEPS)

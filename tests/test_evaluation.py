@@ -11,7 +11,7 @@ import tiny
 from conftest import token_rows
 from discovery import Setup, circuit_metrics, get_metric, task_from_rows
 from discovery.methods.common import masked_metric_values
-from discovery.patching import run
+from discovery.engine.patching import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,7 +73,7 @@ def test_sparse_circuits_skip_most_nodes(models, task, monkeypatch):
     """The cost follows the circuit: with only edges into the logits kept, no head or MLP is run
     (each sees the corrupted residual, so it writes its corrupted output); the full and empty
     circuits run nothing beyond the batch's clean and corrupted runs, made once per setup."""
-    import discovery.patching as patching
+    import discovery.engine.patching as patching
 
     setup = Setup(models["gpt2"], task, get_metric("logit_diff"), batch_size=6)
     g = setup.graph
@@ -127,13 +127,13 @@ def test_cached_runs_of_several_masks_equal_the_plain_run_at_every_start_stage(m
 def test_each_circuit_is_evaluated_once_per_setup(models, task, monkeypatch):
     """A circuit given twice in one call, or again in a later call (the target search, the chosen
     circuit and the curve share circuits), runs once; the memo returns the same numbers as running it."""
-    import discovery.patching as patching
+    import discovery.engine.patching as patching
 
     setup = Setup(models["gpt2"], task, get_metric("logit_diff"), batch_size=4)
     circuits = _circuits(setup.graph, seed=2)[2:6]
     runs = {"n": 0}
     real_run = patching.run
-    import discovery.evaluation as evaluation
+    import discovery.pipeline.evaluation as evaluation
     monkeypatch.setattr(evaluation, "run", lambda *a, **k: runs.__setitem__("n", runs["n"] + 1) or real_run(*a, **k))
     first = circuit_metrics(setup, circuits + [circuits[0]], per_example=True)
     assert runs["n"] == 4 * 2  # 4 distinct circuits x 2 batches

@@ -14,11 +14,11 @@ import torch
 
 import tiny
 from conftest import token_rows
-from discovery.circuit import Circuit, build_edges, build_nodes
+from discovery.core.circuit import Circuit, build_edges, build_nodes
 from discovery.cli import main
-from discovery.export import export
-from discovery.export.mib_submission import PERCENTAGES
-from discovery.graph import Graph
+from discovery.io.export import export
+from discovery.io.export.mib_submission import PERCENTAGES
+from discovery.core.graph import Graph
 from eap_ig_reference import RefGraph
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -180,7 +180,7 @@ def test_mib_import_refuses_another_shape(work, capsys):
 
 
 def test_grouped_graph_refuses_a_split_group(work):
-    from discovery.export.mib_import import read_mib
+    from discovery.io.export.mib_import import read_mib
 
     raw = json.loads(export(_doc(work, "llama"), "mib"))
     for name in raw["edges"]:
@@ -221,7 +221,7 @@ def test_mib_submission_importances_and_circuits(tmp_path, capsys):
     doc = _gpt2_small_doc()
     src = tmp_path / "c.json"
     src.write_text(json.dumps(doc))
-    from discovery.export.mib_submission import write_submission
+    from discovery.io.export.mib_submission import write_submission
 
     [imp] = write_submission(doc, tmp_path / "sub", "ioi", "gpt2")
     assert imp == tmp_path / "sub" / "ioi_gpt2" / "importances.json"
@@ -362,7 +362,7 @@ def test_neuronpedia_graph_folder_for_circuit_tracer(work, capsys, tmp_path):
 def test_neuronpedia_graph_is_drawable_by_circuit_tracers_frontend(work, name):
     """The rules of circuit-tracer's frontend (its formatData; the browser test is
     tests/test_neuronpedia_frontend.py): every node kept, every link drawn on load (its ends pinned)."""
-    from discovery.export.neuronpedia import frontend_problems
+    from discovery.io.export.neuronpedia import frontend_problems
 
     g = json.loads(export(_doc(work, name), "neuronpedia"))
     assert frontend_problems(g) == []
@@ -478,7 +478,7 @@ def test_export_errors_answer_before_torch_loads(tmp_path):
 
 
 def test_service_renderer(work):
-    from discovery.errors import UserError
+    from discovery.core.errors import UserError
     from service.api.formats import FORMATS, render
 
     content = (work / "labeled.json").read_bytes()

@@ -1,14 +1,14 @@
 """The labeling stage offline: evidence against independent computations, the heuristic labels on the
 shipped induction model and on planted models, the labeled file, the CLI and the Neuronpedia export."""
 
-from discovery.circuit import SCHEMA_VERSION
+from discovery.core.circuit import SCHEMA_VERSION
 import json
 
 import pytest
 import torch
 from labeling_helpers import INDUCTION_EDGES, hand_circuit, induction_setup
 
-from discovery.circuit import Circuit
+from discovery.core.circuit import Circuit
 from discovery.cli import main
 from discovery.toy.ground_truth import head_scores, repeated_sequences
 from discovery.toy.planted import plant
@@ -244,7 +244,7 @@ def test_cli_user_errors(tmp_path, induction, capsys, monkeypatch):
 
 
 def test_neuronpedia_export(labeled, induction):
-    from discovery.example_row import representative_row
+    from discovery.model.example_row import representative_row
 
     model, task, _ = induction  # the hand circuit has no representative row; discover() writes one
     example = representative_row(model, task)
@@ -263,7 +263,7 @@ def test_neuronpedia_export(labeled, induction):
 # --- heads that read the answer (or the wrong answer) at the prediction position -------------------
 
 def test_answer_positions_by_hand():
-    from discovery.tasks import Batch
+    from discovery.model.tasks import Batch
     from labeling.evidence import answer_positions
 
     ids = torch.tensor([[0, 5, 6, 7, 6, 9], [0, 8, 8, 8, 8, 8]])
@@ -311,7 +311,7 @@ def test_ioi_copy_suppression_heads():
     """toy:ioi: a0.h3 and a2.h1 attend from the last token to the subject's earlier positions and
     suppress it. The attention share is checked against the HF model's own attention weights."""
     from discovery.toy.ground_truth import attention_patterns
-    from discovery.tasks import iter_batches
+    from discovery.model.tasks import iter_batches
 
     model = load_model("toy:ioi", device="cpu")
     task = build_task("ioi", tokenizer=model.tokenizer, vocab_size=model.vocab_size, n=16, seed=1)

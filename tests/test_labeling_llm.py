@@ -8,9 +8,9 @@ import pytest
 from labeling_helpers import induction_setup
 from labeling_server import FakeLLM, canned
 
-from discovery.circuit import Circuit
+from discovery.core.circuit import Circuit
 from discovery.cli import main
-from discovery.errors import UserError
+from discovery.core.errors import UserError
 from labeling import EvidenceConfig, LLMClient, LLMConfig, collect_evidence, label_circuit
 from labeling.heuristic import heuristic_labels
 from labeling.llm_labeler import llm_label

@@ -28,8 +28,8 @@ SMALL = EvidenceConfig(seed=0, n_repeated=32, max_task_rows=32, ov_tokens=256)
 @pytest.fixture(scope="module")
 def ioi():
     """toy:ioi's circuit as the demo finds it (seed 1 rows, top 30 edges; EAP, the cheapest scorer), labeled."""
-    from discovery.discover import discover
-    from discovery.models import load_model
+    from discovery.pipeline.discover import discover
+    from discovery.model.adapters import load_model
     from discovery.task_library import build_task
 
     torch.set_num_threads(1)
@@ -181,7 +181,7 @@ def test_labeled_file_keeps_status_reason_and_intervals(ioi, tmp_path):
 
 def test_label_circuit_checks_the_endpoint_before_any_work(tmp_path):
     """The library path (discover --label, the service) fails the same way, before collecting evidence."""
-    from discovery.errors import UserError
+    from discovery.core.errors import UserError
     from labeling.llm import LLMConfig
 
     model, task, circuit = induction_setup(n=8, seed=7)

@@ -1,6 +1,6 @@
 """Node- and neuron-level circuits: scores, exact patching, neuron masks, files and the CLI."""
 
-from discovery.circuit import SCHEMA_VERSION
+from discovery.core.circuit import SCHEMA_VERSION
 import json
 
 import numpy as np
@@ -11,9 +11,9 @@ import tiny
 from conftest import token_rows
 from discovery import Circuit, Setup, UserError, discover, evaluate, score_edges, task_from_rows, wrap_model
 from discovery.cli import main
-from discovery.levels import neuron_circuit_metrics, node_edges
+from discovery.pipeline.levels import neuron_circuit_metrics, node_edges
 from discovery.methods.node import neuron_scores, node_scores
-from discovery.evaluation import circuit_metrics
+from discovery.pipeline.evaluation import circuit_metrics
 from node_reference import library_node_scores, patched_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -223,7 +223,7 @@ def test_cli_level(tmp_path, capsys):
 
 @pytest.mark.parametrize("level", ["node", "neuron"])
 def test_node_and_neuron_circuits_export_to_every_format(level):
-    from discovery.export import FORMATS, export
+    from discovery.io.export import FORMATS, export
 
     lm = wrap_model(tiny.build("gpt2", seed=5))
     c = discover(lm, _task(token_rows(n=4, seed=3)), "eap", level=level, top_n=4 if level == "node" else 40,

@@ -15,7 +15,7 @@ import pytest
 
 from ct_frontend import Frontend, available, route_offline, wait_drawn
 from discovery.cli import main
-from discovery.export.neuronpedia import frontend_problems
+from discovery.io.export.neuronpedia import frontend_problems
 from viewer_browser import Page, chromium_path, launch
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"

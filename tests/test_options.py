@@ -1,4 +1,4 @@
-"""One job configuration (discovery/options.py): the same bounds and defaults in discover(), the CLI,
+"""One job configuration (discovery/pipeline/options.py): the same bounds and defaults in discover(), the CLI,
 the API's job request and watches; the job travels as the model."""
 
 import json
@@ -9,11 +9,11 @@ from pydantic import ValidationError
 import tiny
 from conftest import token_rows
 from discovery.cli import build_parser, discovery_options, flag, main
-from discovery.discover import discover
-from discovery.errors import UserError
+from discovery.pipeline.discover import discover
+from discovery.core.errors import UserError
 from discovery import wrap_model
-from discovery.options import FLAT, DiscoveryOptions, LABEL_BACKENDS, LABEL_SCORERS
-from discovery.tasks import task_from_rows
+from discovery.pipeline.options import FLAT, DiscoveryOptions, LABEL_BACKENDS, LABEL_SCORERS
+from discovery.model.tasks import task_from_rows
 from service.jobs.spec import JobRequest, TaskSpec
 from service.watches.schemas import WatchRequest
 
@@ -144,6 +144,6 @@ def test_the_job_travels_as_the_model(tmp_path):
 
 def test_light_defaults_match_the_methods():
     from discovery.methods.acdc import DEFAULT_TAU as ACDC_TAU
-    from discovery.options import DEFAULT_TAU
+    from discovery.pipeline.options import DEFAULT_TAU
 
     assert DEFAULT_TAU == ACDC_TAU

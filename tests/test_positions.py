@@ -1,7 +1,7 @@
-"""Position-aware edges (discovery/positions.py): counts, the patched forward's end points, scores that
+"""Position-aware edges (discovery/engine/positions.py): counts, the patched forward's end points, scores that
 sum to the non-positional ones, exact patching against a hand-written re-run, pruning, the file."""
 
-from discovery.circuit import SCHEMA_VERSION
+from discovery.core.circuit import SCHEMA_VERSION
 import json
 
 import numpy as np
@@ -14,8 +14,8 @@ from conftest import token_rows
 from discovery import Circuit, Graph, Setup, UserError, discover, evaluate, get_metric, run, score_edges, task_from_rows
 from discovery import circuit as circuit_module
 from discovery.cli import main
-from discovery.positions import PositionalGraph
-from discovery.selection import prune
+from discovery.engine.positions import PositionalGraph
+from discovery.pipeline.selection import prune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -320,7 +320,7 @@ def test_positions_with_grouped_kv_edges_and_other_interventions(models, task, k
 
 def test_a_positional_circuit_can_be_labeled_and_diffed(models, task, tmp_path):
     from labeling import label_circuit
-    from discovery.diff import diff_circuits
+    from discovery.io.diff import diff_circuits
 
     lm = models["llama"]
     c = discover(lm, task, "eap", top_n=20, positions=True, curve=False)

@@ -11,7 +11,7 @@ import tiny
 from conftest import token_rows
 from discovery import (Circuit, Graph, Setup, UserError, discover, evaluate, load_model, load_task, score_edges,
                        task_from_rows, threshold, top_n, wrap_model)
-from discovery.errors import TaskError
+from discovery.core.errors import TaskError
 from discovery.task_library import build_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -83,7 +83,7 @@ def test_top_n_takes_the_direction_from_the_setups_metric():
 
 def test_repr_is_one_short_line():
     g = Graph(12, 12)  # a GPT-2-small-shaped file: 32,491 edges (its pydantic repr was 231 KB)
-    from discovery.circuit import MethodInfo, Metrics, ModelInfo, SelectionInfo, TaskInfo, build_edges, build_nodes
+    from discovery.core.circuit import MethodInfo, Metrics, ModelInfo, SelectionInfo, TaskInfo, build_edges, build_nodes
     scores = np.linspace(-1, 1, g.n_edges)
     keep = np.zeros(g.n_edges, bool)
     keep[:40] = True

@@ -111,7 +111,7 @@ def test_model_root_after_add_and_placement_error(store, capsys, tmp_path, monke
 
 
 def test_add_help_default_method_is_discovers(capsys):
-    from discovery.options import DEFAULT_METHOD
+    from discovery.pipeline.options import DEFAULT_METHOD
 
     for argv in (["scan", "add", "--help"], ["discover", "--help"]):
         with pytest.raises(SystemExit):

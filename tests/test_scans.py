@@ -298,7 +298,7 @@ def test_timeline_in_training_order(api, scanned):
 
 
 def test_diff_endpoint_is_diff_circuits(api, scanned):
-    from discovery.diff import diff_circuits
+    from discovery.io.diff import diff_circuits
     from service.watches.store import load_circuit
 
     client, db, root = api
@@ -406,7 +406,7 @@ def test_absolute_source_inside_a_root_is_scanned(store):
 
 def test_every_checkpoint_refused_sets_last_error(store, monkeypatch):
     import service.watches.scheduler as scheduler
-    from discovery.errors import UserError
+    from discovery.core.errors import UserError
 
     s, db, root = store
     _checkpoint(root, "refused", "step-1")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from discovery import Graph, Setup, circuit_metrics, faithfulness_curves, get_metric, greedy, prune, threshold, top_n
-from discovery.selection import importance
+from discovery.pipeline.selection import importance
 
 
 def _edges(g, *names):
@@ -115,7 +115,7 @@ def test_bootstrap_intervals(models, task):
 
 
 def test_edge_auc_is_the_pairwise_ranking_probability():
-    from discovery.evaluation import edge_auc
+    from discovery.pipeline.evaluation import edge_auc
 
     rng = np.random.default_rng(3)
     scores = rng.normal(size=40)

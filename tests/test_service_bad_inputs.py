@@ -15,7 +15,7 @@ from conftest import token_rows
 from service_helpers import free_port, is_problem, job_body, make_model_root, settings
 
 import tiny
-from discovery.circuit import Circuit
+from discovery.core.circuit import Circuit
 from discovery.cli import main
 from service.server import BackgroundServer, build_app
 from service.store.db import Database
@@ -141,7 +141,7 @@ def test_cli_bad_inputs(tmp_path, capsys, model_dir, monkeypatch):
 def test_circuit_files_are_written_atomically(tmp_path, monkeypatch):
     from conftest import token_rows as rows
     from discovery import task_from_rows, wrap_model
-    from discovery.discover import discover
+    from discovery.pipeline.discover import discover
 
     c = discover(wrap_model(tiny.build("gpt2", n_layers=1)), task_from_rows(rows(n=2), vocab_size=tiny.VOCAB),
                  "eap", curve=False)

@@ -13,7 +13,7 @@ import pytest
 from conftest import token_rows
 from service_helpers import is_problem, job_body, make_model_root, settings, wait_for
 
-from discovery.export import FORMATS
+from discovery.io.export import FORMATS
 from service.server import BackgroundServer, build_app
 from service.store.db import Database
 from service.store.tokens import create_token

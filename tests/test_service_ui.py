@@ -98,7 +98,7 @@ def test_watch_page_marks_points_with_warnings(browser, service, shots):
     """/ui/watches/{id} draws a point whose circuit has warnings hollow in red with the warning's name,
     and lists the warnings and the signed behaviour per checkpoint (the body as the API answers it:
     service.watches.schemas.WatchTimeline)."""
-    from discovery.timeline import TimelinePoint
+    from discovery.io.timeline import TimelinePoint
     from service.watches.schemas import WatchTimeline
 
     url, _, _ = service

@@ -7,8 +7,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from discovery.errors import TaskError, UserError
-from discovery.tasks import Batch, Task, check_equal_lengths, iter_batches, load_task, task_from_rows
+from discovery.core.errors import TaskError, UserError
+from discovery.model.tasks import Batch, Task, check_equal_lengths, iter_batches, load_task, task_from_rows
 
 WORDS = "[UNK] [PAD] <s> When Mary and John went to the store , gave a drink Smith Bob".split()
 V = {w: i for i, w in enumerate(WORDS)}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from discovery.cli import main
-from discovery.timeline import plot_timeline, step_of, timeline
+from discovery.io.timeline import plot_timeline, step_of, timeline
 from test_diff import graph_and_info, make  # noqa: F401  (fixture and hand-made circuits)
 
 

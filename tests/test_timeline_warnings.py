@@ -1,5 +1,5 @@
 """Timelines keep each checkpoint's warnings and plot the signed behaviour: a point whose circuit says
-"no behaviour" / "behaviour within noise" carries that warning in the timeline (discovery.timeline), in
+"no behaviour" / "behaviour within noise" carries that warning in the timeline (discovery.io.timeline), in
 `circuitry timeline` and `circuitry scan timeline` text, in the chart (a hollow red marker named by the
 warning) and in the API (GET /v1/watches/{id}/timeline, every point as its stored circuit says); the
 behaviour is d * (clean - corrupted), negative when the corrupted prompts score better."""
@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from discovery.cli import main
-from discovery.metrics import METRICS
-from discovery.sanity import behaviour_warnings
-from discovery.timeline import timeline, timeline_figure
+from discovery.model.metrics import METRICS
+from discovery.pipeline.sanity import behaviour_warnings
+from discovery.io.timeline import timeline, timeline_figure
 from service_helpers import make_model_root, settings, wait_for
 from test_diff import graph_and_info, make  # noqa: F401  (fixture and hand-made circuits)
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from discovery import Graph, UserError, load_model
-from discovery.models import TOY_MODELS
+from discovery.model.adapters import TOY_MODELS
 from discovery.task_library import build_task, vocabulary
 from discovery.toy.ground_truth import attention_patterns, head_scores, repeated_sequences
 from discovery.toy.train import induction_accuracy, ioi_accuracy, train

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from discovery.errors import UserError
+from discovery.core.errors import UserError
 from discovery.features import Transcoders, load_transcoders, save_transcoders
 from tests.tiny import build
-from discovery.models import wrap_model
+from discovery.model.adapters import wrap_model
 
 L, F, D = 3, 24, 16
 PEER = "/work/peers/ct/venv/bin/python"

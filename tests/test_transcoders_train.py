@@ -12,7 +12,7 @@ from discovery.cli import main
 from discovery.features import load_transcoders
 from discovery.features.mlp_data import load_sequences, mlp_activations
 from discovery.features.train import STATE, TrainConfig, train_transcoders
-from discovery.models import load_model, wrap_model
+from discovery.model.adapters import load_model, wrap_model
 from tests.tiny import build
 
 FVU_BOUND = 0.1  # topk, 64 features, k 8, 150 steps on toy:ioi's own task (measured: 0.02-0.05 per layer)

@@ -161,8 +161,8 @@ def test_cli_lower_is_better_is_for_user_metrics(capsys, cli_files):
 def test_a_metric_from_a_file_runs_on_ray_workers(ray_local, lm, task, tmp_path):
     """The function is shipped to the workers by value (its file's module is not importable there)."""
     pytest.importorskip("ray")
-    from discovery.distributed import Workers
-    from discovery.metrics import parse_metric
+    from discovery.pipeline.distributed import Workers
+    from discovery.model.metrics import parse_metric
 
     (tmp_path / "remote_metric.py").write_text(
         "import torch\n"

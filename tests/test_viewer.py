@@ -24,8 +24,8 @@ HOSTILE = '</script><script>alert("x")</script><b>bold</b>'
 def circuits(tmp_path_factory):
     """A labeled circuit of toy:induction (with its faithfulness curve), and a copy B of it with one
     edge taken out and one put in (a diff with exactly one gained and one lost edge)."""
-    from discovery.discover import discover
-    from discovery.models import load_model
+    from discovery.pipeline.discover import discover
+    from discovery.model.adapters import load_model
     from discovery.task_library import build_task
     from labeling import label_circuit
 
@@ -245,7 +245,7 @@ def test_ui_submit_follow_and_view(browser, service, tmp_path):
 def test_ui_form_defaults_and_methods(browser, service):
     """The form starts on a model with its own task (toy:induction with induction, as the demo), offers
     every method, and for ACDC asks for tau instead of top-n (the body it posts says so)."""
-    from discovery.options import ALL_METHODS, DEFAULT_METHOD
+    from discovery.pipeline.options import ALL_METHODS, DEFAULT_METHOD
 
     url, secret = service
     page = Page(browser)
@@ -286,8 +286,8 @@ def test_ui_form_defaults_and_methods(browser, service):
 def test_ui_watch_timeline(browser, service, circuits):
     """The watch page draws GET /v1/watches/{id}/timeline (answered here by the test, in the shape of
     service.watches.schemas.WatchTimeline)."""
-    from discovery.circuit import Circuit
-    from discovery.timeline import timeline
+    from discovery.core.circuit import Circuit
+    from discovery.io.timeline import timeline
 
     url, _ = service
     c = Circuit.model_validate(circuits["a"])

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from discovery.circuit import (Circuit, MethodInfo, Metrics, ModelInfo, SelectionInfo, TaskInfo, build_edges,
+from discovery.core.circuit import (Circuit, MethodInfo, Metrics, ModelInfo, SelectionInfo, TaskInfo, build_edges,
                                build_nodes)
 from discovery.cli import main
-from discovery.graph import Graph
-from discovery.selection import nodes_in_circuit, prune, top_n
+from discovery.core.graph import Graph
+from discovery.pipeline.selection import nodes_in_circuit, prune, top_n
 from viewer_browser import Page, chromium_path, launch
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -72,8 +72,8 @@ def ioi_labeled(tmp_path_factory):
     """toy:ioi's circuit (EAP, top 30, curve on), labeled offline."""
     import torch
 
-    from discovery.discover import discover
-    from discovery.models import load_model
+    from discovery.pipeline.discover import discover
+    from discovery.model.adapters import load_model
     from discovery.task_library import build_task
     from labeling import label_circuit
 

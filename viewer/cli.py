@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from discovery.errors import UserError
+from discovery.core.errors import UserError
 
 
 def register(subparsers) -> None:
@@ -33,7 +33,7 @@ def _load(path: str):
     from labeling.schema import LabeledCircuit
 
     _check(path)
-    from discovery.export.load import mib_as_circuit
+    from discovery.io.export.load import mib_as_circuit
 
     imported = mib_as_circuit(path)  # a MIB / EAP-IG graph (json or pt) someone else found
     if imported is not None:
@@ -52,7 +52,7 @@ def cmd_view(args) -> int:
         _check(p)  # every path before anything loads
     circuits = [_load(p) for p in args.circuits]
     if args.timeline:
-        from discovery.timeline import timeline
+        from discovery.io.timeline import timeline
 
         text = render_timeline(timeline(list(zip(args.circuits, circuits))),
                                title=f"{circuits[0].model.name} · {circuits[0].task.name}")

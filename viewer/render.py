@@ -85,7 +85,7 @@ def render_diff(a, b, names: tuple[str, str] = ("A", "B")) -> str:
 
 
 def render_timeline(points, title: str = "Circuit timeline") -> str:
-    """`points`: discovery.timeline.TimelinePoint objects (or their dicts)."""
+    """`points`: discovery.io.timeline.TimelinePoint objects (or their dicts)."""
     data = [json.loads(p.model_dump_json()) if hasattr(p, "model_dump_json") else p for p in points]
     return page({"mode": "timeline", "data": {"points": data, "title": title}}, title=title, standalone=True)
 

@@ -33,8 +33,8 @@ from typing import Callable
 
 import torch
 
-from ..errors import UserError
-from ..models import LoadedModel
+from ..core.errors import UserError
+from ..model.adapters import LoadedModel
 from . import replacement as rep
 from .pruning import partial_influences
 

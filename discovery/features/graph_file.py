@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .pruning import graph_scores, prune
 
 SCHEMA_VERSION = 1

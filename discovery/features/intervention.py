@@ -31,7 +31,7 @@ import contextlib
 
 import torch
 
-from ..models import LoadedModel
+from ..model.adapters import LoadedModel
 from . import replacement as rep
 from .attribution import reads_pre_norm, tokenize  # noqa: F401 (tokenize: the same ids as the graph)
 

@@ -24,7 +24,7 @@ import os
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 def _tokenize(texts: list[str], tokenizer, source: str, max_len: int) -> list[list[int]]:
@@ -68,7 +68,7 @@ def _jsonl(path: str, loaded, max_len: int) -> list[list[int]]:
                 raise UserError(f"'{path}' row {n}: '{key}' must be a non-empty list of token ids")
             seqs.append(ids[:max_len])
         return seqs
-    from ..tasks import load_task  # task rows: clean / corrupted prompts
+    from ..model.tasks import load_task  # task rows: clean / corrupted prompts
 
     task = load_task(path, tokenizer=loaded.tokenizer, vocab_size=loaded.vocab_size)
     return [s[:max_len] for pair in zip(task.clean_ids, task.corrupted_ids) for s in pair]
@@ -76,7 +76,7 @@ def _jsonl(path: str, loaded, max_len: int) -> list[list[int]]:
 
 def load_sequences(data: str, loaded, *, n: int | None = None, seed: int = 0, max_len: int = 128) -> list[list[int]]:
     """Token sequences for training (see the module docstring)."""
-    from ..names import TASK_NAMES
+    from ..core.names import TASK_NAMES
 
     data = os.fspath(data)
     if os.path.isfile(data):

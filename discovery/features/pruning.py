@@ -81,7 +81,7 @@ class Pruned:
 def prune(graph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Pruned:
     for name, t in (("node", node_threshold), ("edge", edge_threshold)):
         if not 0.0 <= t <= 1.0:
-            from ..errors import UserError
+            from ..core.errors import UserError
 
             raise UserError(f"the {name} threshold must be between 0 and 1, not {t}")
     nf, nl, ns, npos = graph.n_features, graph.n_logits, graph.n_sources, graph.n_pos

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import UserError
-from ..models import LoadedModel, norm_affine
-from ..patching import attend, attention_output, project_qkv
+from ..core.errors import UserError
+from ..model.adapters import LoadedModel, norm_affine
+from ..engine.patching import attend, attention_output, project_qkv
 
 PRE_NORM_HOOKS = ("hook_resid_mid", "resid_mid")  # transcoder input hooks that read the residual itself
 

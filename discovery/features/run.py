@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..models import LoadedModel
+from ..model.adapters import LoadedModel
 from .attribution import DEFAULT_BUDGET, attribute
 from .graph_file import graph_document
 

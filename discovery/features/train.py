@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .mlp_data import MLPTap, fingerprint, load_sequences, mlp_activations, pad_batch, pad_id_of
 from .transcoder_files import CONFIG
 from .transcoders import Transcoders, save_transcoders

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 CONFIG = "config.yaml"
 MLP_IN, MLP_OUT = "mlp.hook_in", "mlp.hook_out"  # circuit-tracer's hooks for the MLP's input (after its norm) / output

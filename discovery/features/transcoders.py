@@ -26,7 +26,7 @@ import os
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .transcoder_files import (CONFIG, MLP_IN, MLP_OUT, RawTranscoders, download_hub_transcoders, read_transcoders,
                                write_clt_files, write_config, write_layer_file)
 
@@ -191,7 +191,7 @@ def resolve_source(source: str, revision: str | None = None) -> str:
     reference `owner/repo[/subfolder][@revision]` (downloaded)."""
     source = os.fspath(source)
     if source.startswith("toy:"):
-        from ..names import toy_model_dir
+        from ..core.names import toy_model_dir
 
         folder = os.path.join(toy_model_dir(source), TOY_TRANSCODERS)
         if not os.path.isdir(folder):
@@ -210,7 +210,7 @@ def load_transcoders(source, *, model=None, device=None, dtype=None, revision=No
     transcoder_set or cross_layer_transcoder, or sparsify). With `model` (LoadedModel, Adapter or HF model)
     every tensor is checked against its layer count and d_model. `device`: default the model's, else CUDA
     when present; `dtype`: default the files' own."""
-    from ..models import default_device
+    from ..model.adapters import default_device
 
     folder = resolve_source(source, revision)
     raw = read_transcoders(folder)

@@ -3,7 +3,7 @@
 Every method returns per-edge scores in the graph's edge order: the estimated (for `exact`, measured)
 change of the metric when that one edge is switched to its reference value, mean over examples."""
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .clean_corrupted import clean_corrupted
 from .common import INTERVENTIONS, Setup
 from .eap import eap
@@ -23,7 +23,7 @@ QK_FIX_METHODS = {"eap", "eap-ig", "clean-corrupted"}  # gradient methods the QK
 
 
 def score_edges(setup: Setup, method: str, steps: int = 5, workers=None, qk_fix: bool = False):
-    """Per-edge scores (float32 [n_edges]). workers: a discovery.distributed.Workers to shard the
+    """Per-edge scores (float32 [n_edges]). workers: a discovery.pipeline.distributed.Workers to shard the
     examples over (each scores its shard; the means are combined weighted by row counts).
     qk_fix: score q/k edges through the exact attention pattern (qk.py; QK_FIX_METHODS only). Off
     here, so that the plain names are the published estimators; discover() turns it on by default."""

@@ -68,9 +68,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import UserError
-from ..patching import RunCache, alive_nodes, run
-from ..selection import _readers_of
+from ..core.errors import UserError
+from ..engine.patching import RunCache, alive_nodes, run
+from ..pipeline.selection import _readers_of
 from .common import Setup
 
 DEFAULT_TAU = 0.01
@@ -138,7 +138,7 @@ class _TauRun:
 class MaskEvaluator:
     """The metric sums of edge masks over one set of rows: the data batches' caches, and evaluate().
 
-    The whole task in a single process; one shard of its rows in a Ray worker (discovery.distributed).
+    The whole task in a single process; one shard of its rows in a Ray worker (discovery.pipeline.distributed).
     Sums, not means, so that the driver can add the shards' sums (float64) and divide by the task's
     row count: the decisions then need not know where the rows live."""
 
@@ -195,7 +195,7 @@ class MaskEvaluator:
 
 
 class LocalShards:
-    """All rows in this process: one MaskEvaluator. (discovery.distributed.RemoteShards has the same
+    """All rows in this process: one MaskEvaluator. (discovery.pipeline.distributed.RemoteShards has the same
     interface over Ray workers.)"""
 
     def __init__(self, setup: Setup, candidates: np.ndarray):
@@ -395,7 +395,7 @@ def acdc(setup: Setup, tau: float = DEFAULT_TAU, taus=None, candidates=None, pro
     it are removed up front and never decided. absolute: decide on |score| instead of the signed loss.
     max_rows: rows (masks x examples of a data batch) per forward pass; at most one batch's rows turns
     speculation off (one mask, one measured edge per forward). progress: default
-    setup.progress. workers: a discovery.distributed.Workers to shard the rows over (each round's
+    setup.progress. workers: a discovery.pipeline.distributed.Workers to shard the rows over (each round's
     masks are evaluated by every shard; the decisions stay here). Returns an ACDCResult (a list of
     them when taus is given)."""
     t0 = time.perf_counter()

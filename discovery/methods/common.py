@@ -9,21 +9,21 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import UserError
-from ..graph import Graph
-from ..metrics import Metric, resolve_metric
-from ..models import LoadedModel
-from ..names import INTERVENTIONS  # noqa: F401 (re-exported)
-from ..patching import Activations, RunCache, head_writes, run, source_rows
+from ..core.errors import UserError
+from ..core.graph import Graph
+from ..model.metrics import Metric, resolve_metric
+from ..model.adapters import LoadedModel
+from ..core.names import INTERVENTIONS  # noqa: F401 (re-exported)
+from ..engine.patching import Activations, RunCache, head_writes, run, source_rows
 from ..task_library import as_task
-from ..tasks import Batch, Task, check_equal_lengths, divergence_order, iter_batches
+from ..model.tasks import Batch, Task, check_equal_lengths, divergence_order, iter_batches
 
 
 @dataclass
 class Setup:
     model: LoadedModel
     task: Task  # also a JSONL file's path or a built-in task's name, loaded for the model
-    metric: Metric  # also a built-in name or the user's function (see discovery.metrics)
+    metric: Metric  # also a built-in name or the user's function (see discovery.model.metrics)
     batch_size: int = 16
     intervention: str = "patching"
     progress: bool = False
@@ -32,13 +32,13 @@ class Setup:
     # problems, bounded memory on large ones.
     write_cache_bytes: int = 256 * 2**20
     # k/v edges of a grouped-query model: per query head ("head", MIB's names) or per key/value head
-    # ("grouped"); see discovery/graph.py
+    # ("grouped"); see discovery/core/graph.py
     kv_edges: str = "head"
     # on_batch(done, total, desc): called before each batch a method or evaluation works on (done of
     # total in this pass; desc names the pass, None for evaluations) and once at the pass's end; it
-    # may raise (discovery.errors.Cancelled) to stop the run within one batch. Progress, cancellation.
+    # may raise (discovery.core.errors.Cancelled) to stop the run within one batch. Progress, cancellation.
     on_batch: Callable[[int, int, str | None], None] | None = field(default=None, repr=False)
-    # position-aware edges (discovery/positions.py): every edge once per (src_pos, dst_pos) pair; the
+    # position-aware edges (discovery/engine/positions.py): every edge once per (src_pos, dst_pos) pair; the
     # task's rows must share one token layout. position_names: optional names of the P positions
     positions: bool = False
     position_names: list[str] | None = None
@@ -63,7 +63,7 @@ class Setup:
             check_equal_lengths(self.task)  # a corrupted activation replaces the clean one position by position
         self.graph = Graph.from_adapter(self.model.adapter, kv_edges=self.kv_edges)
         if self.positions:
-            from ..positions import positional_graph
+            from ..engine.positions import positional_graph
             self.graph = positional_graph(self.model.adapter, self.graph, self.task, self.position_names)
         self._runs_left, self._stack_budget = [self.run_cache_bytes], [self.write_cache_bytes]  # bytes left
         self._order = None  # rows in batches: tasks.divergence_order
@@ -240,7 +240,7 @@ def edge_score_hook(setup: Setup, delta: Activations, scores: torch.Tensor, weig
     Accumulated in fp32 whatever the model dtype."""
     graph, adapter = setup.graph, setup.adapter
     if graph.n_positions is not None:
-        from ..positions import positional_score_hook
+        from ..engine.positions import positional_score_hook
         return positional_score_hook(setup, delta, scores, weight, head_writes, source_rows)
     cache, cached_bytes = {}, [0]
 

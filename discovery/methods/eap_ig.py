@@ -1,7 +1,7 @@
 """EAP-IG over inputs (Hanna et al. 2024): gradients averaged over embeddings interpolated from the
 corrupted to the clean input. qk_fix: edges into q/k slots through the exact attention pattern (qk.py)."""
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .common import Setup
 from .input_path import input_path_scores
 

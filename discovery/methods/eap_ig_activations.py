@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UserError
-from ..patching import run
+from ..core.errors import UserError
+from ..engine.patching import run
 from .common import Setup, edge_score_hook, new_score_matrix, reference_residuals, to_edge_scores
 
 

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..errors import UserError
-from ..patching import run
+from ..core.errors import UserError
+from ..engine.patching import run
 from .common import Setup
 
 BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1

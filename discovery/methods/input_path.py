@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..patching import RunResult, run
+from ..engine.patching import RunResult, run
 from .common import Setup, edge_score_hook, new_score_matrix, to_edge_scores
 from .qk import ComposedMaps, PatternGradients, add_qk_scores, qk_readers
 

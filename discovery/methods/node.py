@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UserError
-from ..patching import Activations, head_writes, source_rows
+from ..core.errors import UserError
+from ..engine.patching import Activations, head_writes, source_rows
 from .common import Setup
 from .exact import measured_effects
 
@@ -124,7 +124,7 @@ def source_delta(setup: Setup, delta: Activations, s: int) -> torch.Tensor:
 def activation_path_scores(setup: Setup, steps: int, max_rows: int = 256) -> torch.Tensor:
     """[n_sources, d_model] EAP-IG-activations neuron scores: per source, its output interpolated from
     the reference to clean on all its edges (fractional `off`), several sources per pass."""
-    from ..patching import run
+    from ..engine.patching import run
 
     if steps < 1:
         raise UserError(f"--steps must be at least 1 (got {steps})")

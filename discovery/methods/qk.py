@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import torch
 
-from ..patching import _causal_mask, _project, _rotate, head_writes, source_rows
+from ..engine.patching import _causal_mask, _project, _rotate, head_writes, source_rows
 
 CHUNK_BYTES = 64 * 2**20  # per chunk of sources: the largest of the [.., S, ..] intermediates
 FAST = True  # the norm's closed form where it is known (module docstring); False: always the norm module

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 
-from ..errors import TaskError
-from ..tasks import Task
+from ..core.errors import TaskError
+from ..model.tasks import Task
 from . import agreement, capitals, docstring, greater_than, induction, ioi
 from .base import BuiltinTask, Example, Lexicon, build, check_size, pieces
 from .load import as_task, load_task

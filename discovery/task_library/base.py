@@ -7,8 +7,8 @@ import random
 import re
 from dataclasses import dataclass, field, replace
 
-from ..errors import TaskError
-from ..tasks import Task, task_from_rows
+from ..core.errors import TaskError
+from ..model.tasks import Task, task_from_rows
 
 
 @dataclass(frozen=True)

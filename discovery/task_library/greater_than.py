@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import TaskError
+from ..core.errors import TaskError
 from .base import BuiltinTask, Example, Lexicon
 from .words import EVENTS
 

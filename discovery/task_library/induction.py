@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import TaskError
+from ..core.errors import TaskError
 from .base import BuiltinTask, Example, Lexicon
 
 SEGMENT = 10  # tokens in S; the repeat covers 3..SEGMENT-1 of them

@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import TaskError
-from ..tasks import Task
-from ..tasks import load_task as load_task_file
+from ..core.errors import TaskError
+from ..model.tasks import Task
+from ..model.tasks import load_task as load_task_file
 from .base import build
 
 DEFAULT_ROWS = 200

@@ -51,7 +51,7 @@ def _hf_model(model):
     if isinstance(model, (str, os.PathLike)):
         path = str(model)
         if path.startswith("toy:"):
-            from ..models import toy_model_dir
+            from ..model.adapters import toy_model_dir
             path = toy_model_dir(path)
         return AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
     hf = getattr(model, "hf_model", model)

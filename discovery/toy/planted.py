@@ -14,7 +14,7 @@ equal length, so every position differs and every edge of the circuit carries a 
 and wrong tokens are the noise-0 model's top next token on the clean and on the corrupted prompt. It
 depends on the seed and the circuit only, so a noise sweep compares one task across noise levels.
 
-Node ids are those of `discovery.graph`: `a{L}.h{H}` (query head H of layer L) and `m{L}` (an MLP).
+Node ids are those of `discovery.core.graph`: `a{L}.h{H}` (query head H of layer L) and `m{L}` (an MLP).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
-from ..graph import Graph
-from ..models import LoadedModel, check_supported, wrap_model
-from ..tasks import Task, task_from_rows
+from ..core.errors import UserError
+from ..core.graph import Graph
+from ..model.adapters import LoadedModel, check_supported, wrap_model
+from ..model.tasks import Task, task_from_rows
 
 FAMILIES = ("gpt2", "neox", "llama", "qwen2", "mistral")
 _ALIASES = {"gpt_neox": "neox"}

@@ -247,8 +247,11 @@ def crosscheck(model_dir: Path, gt: dict, n: int = 64, seed: int = HELDOUT_SEED_
     the ground truth itself never uses the discovery methods)."""
     import numpy as np
 
-    from discovery import Setup, circuit_metrics, get_metric, load_model, score_edges
-    from discovery.task_library import build_task
+    from ..methods import Setup, score_edges
+    from ..model.adapters import load_model
+    from ..model.metrics import get_metric
+    from ..pipeline.evaluation import circuit_metrics
+    from ..task_library import build_task
 
     lm = load_model(str(model_dir), device="cpu")
     task = build_task("induction", tokenizer=lm.tokenizer, vocab_size=lm.vocab_size, n=n, seed=seed)

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from discovery.errors import UserError
+from discovery.core.errors import UserError
 
 from ..config import Settings
 from ..jobs.checks import validate_model, validate_task
@@ -127,9 +127,9 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await run_in_threadpool(db.migrate)
-        # what a submission's checks import (task rows use discovery.tasks, hence torch): loaded now, so
+        # what a submission's checks import (task rows use discovery.model.tasks, hence torch): loaded now, so
         # the first request is not the one that waits seconds for it
-        await run_in_threadpool(importlib.import_module, "discovery.tasks")
+        await run_in_threadpool(importlib.import_module, "discovery.model.tasks")
         dispatcher = dispatcher_factory(queue).start() if dispatcher_factory else None
         app.state.dispatcher = dispatcher
         try:

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
-from discovery.errors import UserError
+from discovery.core.errors import UserError
 
 from ..config import Settings
 from ..jobs.queue import Queue

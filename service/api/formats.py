@@ -1,12 +1,12 @@
 """Other shapes of a stored circuit for `GET /v1/circuits/{id}?format=`: the formats of
-`discovery.export` (MIB / EAP-IG JSON and .pt, Neuronpedia / circuit-tracer graph, networkx
+`discovery.io.export` (MIB / EAP-IG JSON and .pt, Neuronpedia / circuit-tracer graph, networkx
 node-link, GraphML), rendered from the stored circuit document (its labels included)."""
 
 from __future__ import annotations
 
 import json
 
-from discovery.export import FORMATS, export
+from discovery.io.export import FORMATS, export
 
 __all__ = ["FORMATS", "render"]
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from discovery.diff import CircuitDiff, diff_circuits
+from discovery.io.diff import CircuitDiff, diff_circuits
 
 from ..watches import schemas as ws
 from ..watches import store as watch_store

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 
-from discovery.errors import UserError
+from discovery.core.errors import UserError
 
 from ..config import Settings
 from ..problems import Unprocessable
@@ -25,7 +25,7 @@ class _StubTokenizer:
 
 
 def validate_task(task: TaskSpec, settings: Settings) -> None:
-    from discovery.tasks import check_equal_lengths, task_from_rows
+    from discovery.model.tasks import check_equal_lengths, task_from_rows
 
     if task.builtin is not None:
         if task.n > settings.max_rows:
@@ -74,7 +74,7 @@ def _read_config(path: str, stamp: int) -> dict:
 @functools.lru_cache(maxsize=256)
 def _toy_dir(name: str, revision: str | None) -> str:
     """A shipped toy model's directory (shipped files: they do not change while the server runs)."""
-    from discovery.names import toy_model_dir
+    from discovery.core.names import toy_model_dir
 
     return toy_model_dir(name, revision)
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from discovery.errors import UserError
+from discovery.core.errors import UserError
 
 from ..background import BackgroundLoop
 from ..store.results import store_circuit
@@ -207,5 +207,5 @@ class Dispatcher(BackgroundLoop):
 
 
 def _result_warnings(result: JobResult) -> list[str]:
-    """The warnings the circuit records (discovery/sanity.py): shown with the job and as its events."""
+    """The warnings the circuit records (discovery/pipeline/sanity.py): shown with the job and as its events."""
     return [str(w) for w in (json.loads(result.circuit_json).get("warnings") or [])]

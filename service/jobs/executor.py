@@ -27,5 +27,5 @@ def make_executor(settings: Settings):
     if settings.executor == "ray":
         from .ray_executor import RayExecutor
         return RayExecutor(settings)
-    from discovery.errors import UserError
+    from discovery.core.errors import UserError
     raise UserError(f"unknown executor '{settings.executor}'; use 'ray' or 'inline'")

@@ -1,13 +1,13 @@
 """Which models a job may load: shipped toy models, hub ids, and directories under the configured
 model roots. Nothing else: no absolute paths outside a root, no `..`, no symlinks out of a root, and
-(in discovery.models.load_model) never remote code."""
+(in discovery.model.adapters.load_model) never remote code."""
 
 from __future__ import annotations
 
 import os
 import re
 
-from discovery.errors import UserError
+from discovery.core.errors import UserError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 
@@ -15,7 +15,7 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-
 def resolve_model(name: str, roots: list[str]) -> str:
     """What to pass to load_model for the requested model `name`; a UserError says why it is refused."""
     if name.startswith("toy:"):
-        from discovery.names import toy_model_dir
+        from discovery.core.names import toy_model_dir
         toy_model_dir(name)  # an unknown toy name is refused now, with the list of known ones
         return name
     parts = name.replace("\\", "/").split("/")

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
-from discovery.errors import UserError
+from discovery.core.errors import UserError
 
 from .models_access import resolve_model
 from .spec import JobRequest
@@ -62,7 +62,7 @@ def model_key(job: JobRequest, device: str | None) -> tuple:
 
 
 def load_for(job: JobRequest, roots: list[str], device: str | None):
-    from discovery.models import load_model
+    from discovery.model.adapters import load_model
 
     m = job.model
     path = resolve_model(m.name, roots)
@@ -76,12 +76,12 @@ def build_task(job: JobRequest, model):
     if t.builtin:
         from discovery.task_library import build_task as build
         return build(t.builtin, tokenizer=model.tokenizer, vocab_size=model.vocab_size, n=t.n, seed=t.seed)
-    from discovery.tasks import task_from_rows
+    from discovery.model.tasks import task_from_rows
     return task_from_rows(t.rows, tokenizer=model.tokenizer, vocab_size=model.vocab_size, name=t.name)
 
 
 def discover_circuit(job: JobRequest, model, task, on_batch=None) -> str:
-    from discovery.discover import discover
+    from discovery.pipeline.discover import discover
 
     circuit = discover(model, task, options=job.options, progress=False, on_batch=on_batch)
     return circuit.model_dump_json()
@@ -95,7 +95,7 @@ def label(job: JobRequest, circuit_json: str, model, task) -> JobResult:
     except ImportError:
         raise UserError(f"labeling backend '{backend}' was requested but this server has no labeling "
                         "package; submit with labeling backend 'none'") from None
-    from discovery.circuit import Circuit
+    from discovery.core.circuit import Circuit
 
     circuit = Circuit.model_validate_json(circuit_json)
     labeled = label_circuit(circuit, model, task, backend=backend, **job.labeling.options.model_dump())

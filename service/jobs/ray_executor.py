@@ -11,8 +11,8 @@ from collections import OrderedDict
 
 import ray
 
-from discovery.distributed import connect_ray
-from discovery.errors import Cancelled, UserError
+from discovery.pipeline.distributed import connect_ray
+from discovery.core.errors import Cancelled, UserError
 
 from ..config import Settings
 from .pipeline import (BatchProgress, JobResult, LeaseLost, ModelCache, Report, RetryableError, build_task,

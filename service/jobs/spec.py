@@ -1,5 +1,5 @@
 """A job as it is submitted, stored and run: the model, the task and the discovery options
-(discovery/options.py's DiscoveryOptions, which JobRequest extends). The API, watches, the queue and
+(discovery/pipeline/options.py's DiscoveryOptions, which JobRequest extends). The API, watches, the queue and
 the executors all pass this one model."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ from typing import Any, Literal
 
 from pydantic import Field, HttpUrl, model_validator
 
-from discovery.names import TASK_NAMES
-from discovery.options import (DEFAULT_BUILTIN_ROWS, DiscoveryOptions, LabelingOptions, MethodOptions, Rows, Seed,
+from discovery.core.names import TASK_NAMES
+from discovery.pipeline.options import (DEFAULT_BUILTIN_ROWS, DiscoveryOptions, LabelingOptions, MethodOptions, Rows, Seed,
                                SelectionOptions, _Strict)
 
 TaskName = Literal[TASK_NAMES]  # type: ignore[valid-type]
 JobStatus = Literal["queued", "running", "labeling", "succeeded", "failed", "cancelled"]
-# the job body's groups are discovery/options.py's: one set of bounds and defaults for CLI, API and watches
+# the job body's groups are discovery/pipeline/options.py's: one set of bounds and defaults for CLI, API and watches
 MethodSpec, SelectionSpec, LabelingSpec = MethodOptions, SelectionOptions, LabelingOptions
 
 
@@ -50,7 +50,7 @@ class TaskSpec(_Strict):
 
 
 class JobRequest(DiscoveryOptions):
-    """A job: the model, the task, and the discovery options (discovery/options.py's DiscoveryOptions)."""
+    """A job: the model, the task, and the discovery options (discovery/pipeline/options.py's DiscoveryOptions)."""
     model: ModelSpec
     task: TaskSpec
     callback_url: HttpUrl | None = Field(None, description="POSTed the job when it finishes (signed; see docs)")

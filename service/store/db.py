@@ -12,7 +12,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
-from discovery.errors import UserError
+from discovery.core.errors import UserError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 

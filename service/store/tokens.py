@@ -9,7 +9,7 @@ import time
 
 from sqlalchemy import select
 
-from discovery.errors import UserError
+from discovery.core.errors import UserError
 
 from .db import Database
 from .tables import ApiToken

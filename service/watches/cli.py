@@ -9,8 +9,8 @@ import re
 import sys
 import time
 
-from discovery.errors import UserError
-from discovery.options import ALL_METHODS, DEFAULT_METHOD
+from discovery.core.errors import UserError
+from discovery.pipeline.options import ALL_METHODS, DEFAULT_METHOD
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -138,7 +138,7 @@ def _task(text: str, args) -> dict:
     import json
     import os
 
-    from discovery.names import TASK_NAMES
+    from discovery.core.names import TASK_NAMES
 
     if not os.path.isfile(text) and text in TASK_NAMES:
         size = {k: v for k, v in (("n", args.n), ("seed", args.seed)) if v is not None}
@@ -232,7 +232,7 @@ def _run_now(args, db, settings) -> int:
 
 
 def _timeline(args, db, settings) -> int:
-    from discovery.timeline import plot_timeline, point_line
+    from discovery.io.timeline import plot_timeline, point_line
 
     from .store import watch_timeline
 

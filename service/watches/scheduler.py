@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import select, update
 
-from discovery.errors import UserError
+from discovery.core.errors import UserError
 
 from ..background import BackgroundLoop
 from ..config import Settings

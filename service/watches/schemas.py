@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from discovery.options import DiscoveryOptions
-from discovery.timeline import TimelinePoint
+from discovery.pipeline.options import DiscoveryOptions
+from discovery.io.timeline import TimelinePoint
 
 from ..jobs.spec import JobStatus, LabelingSpec, MethodSpec, SelectionSpec, TaskSpec
 
@@ -17,7 +17,7 @@ _NAME = r"^[^\x00-\x1f]+$"
 
 class WatchRequest(DiscoveryOptions):
     """A checkpoint source, the jobs to run on each new checkpoint (the discovery options of
-    discovery/options.py, the same as a job's), and a schedule (exactly one of `interval_s` and `cron`)."""
+    discovery/pipeline/options.py, the same as a job's), and a schedule (exactly one of `interval_s` and `cron`)."""
     source: str = Field(min_length=1, max_length=512, pattern=_NAME,
                         description="toy:NAME (a toy model's checkpoints), a directory under a model root whose "
                                     "subdirectories are checkpoints, or a hub repository id (its branches and tags)")

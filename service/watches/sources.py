@@ -24,8 +24,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from discovery.errors import UserError
-from discovery.timeline import step_of
+from discovery.core.errors import UserError
+from discovery.io.timeline import step_of
 
 from ..jobs.models_access import HUB_ID, resolve_model
 
@@ -94,7 +94,7 @@ def run_dir(source: str, roots: list[str]) -> str | None:
 
 
 def _toy_checkpoints(name: str) -> str:
-    from discovery.models import toy_model_dir
+    from discovery.model.adapters import toy_model_dir
     return os.path.join(toy_model_dir(name), "checkpoints")
 
 

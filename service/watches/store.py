@@ -8,8 +8,8 @@ import uuid
 
 from sqlalchemy import delete, func, select
 
-from discovery.errors import UserError
-from discovery.timeline import timeline
+from discovery.core.errors import UserError
+from discovery.io.timeline import timeline
 
 from ..config import Settings
 from ..problems import NotFound
@@ -113,7 +113,7 @@ def load_circuit(db: Database, circuit_id: str, owner: str | None = None):
     try:
         from labeling.schema import LabeledCircuit as Model
     except ImportError:  # a server without the labeling package: plain circuits
-        from discovery.circuit import Circuit as Model
+        from discovery.core.circuit import Circuit as Model
     with db.read() as s:
         row = s.scalar(owned_circuit(circuit_id, owner))
         digest = row.artifact_sha256 if row is not None else None

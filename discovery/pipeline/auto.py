@@ -1,0 +1,148 @@
+"""The default pipeline (`--method auto`): a small faithful circuit without choosing a method, and the
+faithfulness-target selection every scoring method uses by default.
+
+Faithfulness-target selection (`smallest_faithful`): rank edges by |score|; the circuit is the
+smallest top-k, pruned, whose faithfulness f = (m(C) - m(empty)) / (m(full) - m(empty)) is within
+1 - target of 1 (|1 - f| <= 1 - target; default target 0.9, so 0.9 <= f <= 1.1). k is searched over
+a grid of edge fractions (GRID: the faithfulness curve's fractions from 1%, so that with the curve on
+the grid costs nothing extra), smallest first, stopping at the first size that meets the target; then
+the bracket between the largest size that missed below it and that size is narrowed until it is at
+most RESOLUTION of the edges (at least one edge) wide: by bisection on CPU (one circuit per pass),
+REFINE evenly spaced sizes per round on CUDA (one call, several circuits per pass; smallest first).
+The result is the smallest size that meets the target among those evaluated, with a size at most
+one bracket width below it that misses. Each distinct circuit is evaluated once per setup
+(circuit_metrics' memo), so the chosen circuit's evaluation and the curve's shared sizes cost
+nothing more. Sizes are fractions of the graph,
+so the selection can never keep a whole small graph by an absolute count; if no size meets the
+target the most faithful one evaluated is kept (and the circuit's warnings say so).
+
+`auto`:
+1. Score every edge with EAP-IG (5 steps) with the QK fix (methods/qk.py).
+2. Select by the faithfulness target as above.
+3. Only if that needs more than MAX_FRACTION of the edges (or misses the target): measure the top
+   candidates (2x the edges step 2 kept, at most MAX_VERIFY) by exact single-edge patching, rank them
+   by the measured effect ahead of the rest, and select again; the smaller circuit that meets the
+   target wins (else the more faithful). The circuit's scores are then the measured effects where
+   measured and EAP-IG's elsewhere (params["verified"] says how many).
+
+Cost: EAP-IG's (steps + 1 forwards and steps backwards per batch, plus the QK fix), then the
+selection's evaluations (patched forwards, several masks per pass on CUDA): |GRID| at most, plus
+about log2(bracket / (RESOLUTION * edges)) on CPU (7 for a 20% -> 50% bracket); step 3, when it runs, one patched forward per verified edge (batched).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .evaluation import circuit_metrics, faithfulness
+from ..methods import Setup, score_edges
+from .options import DEFAULT_TARGET
+from .selection import prune as prune_edges
+from .selection import top_n
+GRID = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # evaluation.CURVE_PERCENTS from 1%, as fractions
+REFINE = 4  # sizes per refinement round on CUDA (CPU: 1, bisection)
+RESOLUTION = 0.005  # the refinement stops at a bracket of this fraction of the edges
+MAX_FRACTION = 0.4
+MAX_VERIFY = 2000
+AUTO_STEPS = 5
+
+
+def meets(f: float, target: float) -> bool:
+    return f == f and abs(1.0 - f) <= 1.0 - target + 1e-12
+
+
+def smallest_faithful(setup: Setup, scores, target: float = DEFAULT_TARGET, *, absolute: bool = True,
+                      prune: bool = True) -> tuple[np.ndarray, dict]:
+    """(in_circuit, info): the smallest top-k (pruned) meeting the target; info has the target,
+    whether it was met, k, the kept edge count, the faithfulness and every evaluated point."""
+    graph, hib = setup.graph, setup.metric.higher_is_better
+    n_edges = graph.n_edges
+    scores = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0)
+    tried: dict[int, tuple[np.ndarray, float]] = {}
+    base: list[float] = []
+    chunk = 1 if setup.device.type == "cpu" else len(GRID)  # sizes per call (CUDA: several per pass)
+
+    def evaluate(ks):
+        ks = sorted({int(k) for k in ks if 1 <= k <= n_edges and k not in tried})
+        if not ks:
+            return
+        circuits = []
+        for k in ks:
+            c = top_n(graph, scores, k, higher_is_better=hib, absolute=absolute)
+            circuits.append(prune_edges(graph, c) if prune else c)
+        extra = [] if base else [np.ones(n_edges, bool), np.zeros(n_edges, bool)]
+        means = circuit_metrics(setup, extra + circuits)
+        if not base:
+            base.extend(means[:2])
+            means = means[2:]
+        for k, c, m in zip(ks, circuits, means):
+            tried[k] = (c, faithfulness(m, base[0], base[1]))
+
+    def ascending(ks):  # smallest first, stopping at the first size that meets the target
+        ks = sorted({int(k) for k in ks})
+        for lo in range(0, len(ks), chunk):
+            evaluate(ks[lo:lo + chunk])
+            if any(meets(tried[k][1], target) for k in ks[:lo + chunk] if k in tried):
+                return
+
+    ascending(max(1, int(round(f * n_edges))) for f in GRID)
+    good = [k for k in sorted(tried) if meets(tried[k][1], target)]
+    if good:  # narrow the bracket (lo: a size that missed or 0, hi: the smallest that met)
+        hi = good[0]
+        lo = max([k for k in tried if k < hi], default=0)
+        width = max(1, int(np.ceil(RESOLUTION * n_edges)))
+        while hi - lo > width:
+            inner = [k for k in np.linspace(lo, hi, (REFINE if chunk > 1 else 1) + 2)[1:-1].round() if lo < k < hi]
+            ascending(inner)
+            hi = min(k for k in tried if lo < k <= hi and meets(tried[k][1], target))
+            lo = max([k for k in tried if lo <= k < hi], default=lo)
+    good = [k for k in sorted(tried) if meets(tried[k][1], target)]
+    if good:
+        k = good[0]
+    else:  # nothing meets the target: the most faithful (closest to 1)
+        k = min(tried, key=lambda j: (abs(1.0 - tried[j][1]) if tried[j][1] == tried[j][1] else np.inf, j))
+    keep, f = tried[k]
+    info = {"target": target, "met": bool(good), "k": int(k), "n_edges": int(keep.sum()), "faithfulness": float(f),
+            "evaluated": [{"k": int(j), "n_edges": int(tried[j][0].sum()), "faithfulness": float(tried[j][1])}
+                          for j in sorted(tried)]}
+    return keep, info
+
+
+def _verified_scores(setup: Setup, scores: np.ndarray, n_verify: int) -> np.ndarray:
+    """EAP-IG's scores with the top n_verify (by |score|) replaced by their exact effects, ranked ahead
+    of every unverified edge (an unverified edge's |score| is capped below the smallest verified one)."""
+    from ..methods.exact import exact
+
+    order = np.argsort(-np.abs(scores), kind="stable")[:n_verify]
+    measured = exact(setup, edges=order).numpy().astype(np.float64)[order]
+    out = scores.astype(np.float64).copy()
+    rest = np.ones(len(out), bool)
+    rest[order] = False
+    floor = np.abs(measured).min()
+    if rest.any() and np.abs(out[rest]).max() >= floor:  # keep the verified edges first in the ranking
+        out[rest] *= 0.5 * floor / np.abs(out[rest]).max() if floor > 0 else 0.0
+    out[order] = measured
+    return out
+
+
+def auto(setup: Setup, *, target: float = DEFAULT_TARGET, qk_fix: bool = True, prune: bool = True, workers=None,
+         steps: int = AUTO_STEPS) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(scores, in_circuit, params) of the default pipeline (module docstring)."""
+    scores = score_edges(setup, "eap-ig", steps=steps, workers=workers, qk_fix=qk_fix).numpy()
+    keep, info = smallest_faithful(setup, scores, target, prune=prune)
+    params = {"scorer": "eap-ig", "steps": steps, "qk_fix": qk_fix, "target": target, "verified": 0,
+              "search": info}
+    n = setup.graph.n_edges
+    if not info["met"] or info["k"] > MAX_FRACTION * n:
+        n_verify = min(n, MAX_VERIFY, max(2 * info["k"], int(np.ceil(MAX_FRACTION * n))))
+        verified = _verified_scores(setup, scores, n_verify)
+        keep2, info2 = smallest_faithful(setup, verified, target, prune=prune)
+        better = (info2["met"] and (not info["met"] or info2["n_edges"] < info["n_edges"])) or \
+                 (not info["met"] and not info2["met"] and abs(1 - info2["faithfulness"]) < abs(1 - info["faithfulness"]))
+        params["verified"] = int(n_verify)
+        params["verified_search"] = info2
+        if better:
+            scores, keep = verified.astype(np.float32), keep2
+            params["search"] = info2
+        params["used_verified"] = bool(better)
+    return scores, keep, params
