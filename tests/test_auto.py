@@ -10,7 +10,7 @@ import torch
 
 import tiny
 from discovery import Setup, discover, evaluate, get_metric, load_model, score_edges, task_from_rows, wrap_model
-from discovery import auto as auto_module
+from discovery.pipeline import auto as auto_module
 from discovery.pipeline.evaluation import evaluate_circuit
 from discovery.methods.exact import exact
 from discovery.model.adapters import toy_model_dir

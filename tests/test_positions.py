@@ -12,7 +12,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repea
 import tiny
 from conftest import token_rows
 from discovery import Circuit, Graph, Setup, UserError, discover, evaluate, get_metric, run, score_edges, task_from_rows
-from discovery import circuit as circuit_module
+from discovery.core import circuit as circuit_module
 from discovery.cli import main
 from discovery.engine.positions import PositionalGraph
 from discovery.pipeline.selection import prune
