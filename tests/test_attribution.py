@@ -95,7 +95,10 @@ def test_replacement_reproduces_the_model_logits(family, clt, skip):
     tc.reconstruct_one = lambda layer, x, inputs: tc.reconstruct(
         [x if i == layer else inputs[i] for i in range(len(inputs))])[layer]
     final = _affine_run(hf, ref, tc, emb, replaced)
-    torch.testing.assert_close(hf.get_output_embeddings()(final)[0], ref.logits, rtol=1e-4, atol=1e-4)
+    # fp32 through three layers whose error nodes are ~3 (random transcoders): 1.4e-4 seen on one element of
+    # the llama CLT+skip case on an AVX-512 machine (logits up to 1.1); a wrong frozen norm or a missing
+    # error term moves them by 1e-2 and more
+    torch.testing.assert_close(hf.get_output_embeddings()(final)[0], ref.logits, rtol=1e-4, atol=3e-4)
 
     def constants(layer, xin):  # b_dec + skip (a linear path); position 0's MLP output is a constant
         m = tc.b_dec[layer].expand(P, d)[None].clone()
