@@ -32,6 +32,7 @@ Timings on a shared machine are noisy: the ratios are what matter. Always exits 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -53,6 +54,7 @@ from bench_eap import build  # noqa: E402
 
 from discovery import Setup, evaluate_circuit, faithfulness_curves, score_edges  # noqa: E402
 from discovery.pipeline.selection import prune, top_n  # noqa: E402
+from discovery.pipeline.evaluation import forget  # noqa: E402
 
 FLOOR_SCRIPT = r"""
 import json, sys, torch
@@ -96,7 +98,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     hf, setup, t = build(args.rows, args.seq_len, args.device)
-    setup.batch_size = args.batch_size
+    setup = dataclasses.replace(setup, batch_size=args.batch_size)  # a Setup is fixed once made
     g = setup.graph
     print(f"circuitry bench_eval: GPT-2-small shape, random init, fp32, {g.n_edges} edges; {args.rows} rows x "
           f"{args.seq_len} tokens, batch {args.batch_size}; device {args.device}, torch threads {args.threads}, "
@@ -128,10 +130,9 @@ def main(argv=None) -> int:
         fns["curve, warm, 4 circuits/pass"] = lambda: faithfulness_curves(setup, scores, max_rows=4 * args.batch_size)
 
     def clear_memo():  # warm means: the batches' runs are held, not this very circuit's results
-        setup._values.clear()
-        for c in setup._runs.values():
-            c.budget[0] += sum(m.numel() * m.element_size() for m in c.memo.values())
-            c.memo.clear()
+        forget(setup)
+        for c in setup.runs.caches():
+            c.forget()
 
     for fn in fns.values():
         fn()

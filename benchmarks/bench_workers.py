@@ -22,6 +22,7 @@ printed). The script starts a local Ray of its own (or uses RAY_ADDRESS) and alw
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
           f"{torch.__version__}, Ray {ray.__version__}, Python {platform.python_version()}", flush=True)
 
     _, setup, _ = bench_eap.build(args.rows, args.seq_len, "cpu")
-    setup.batch_size = args.batch_size
+    setup = dataclasses.replace(setup, batch_size=args.batch_size)  # a Setup is fixed once made
     acdc_setup = None
     if not args.skip_acdc:
         acdc_setup = bench_acdc.build(argparse.Namespace(

@@ -73,7 +73,7 @@ def test_sparse_circuits_skip_most_nodes(models, task, monkeypatch):
     """The cost follows the circuit: with only edges into the logits kept, no head or MLP is run
     (each sees the corrupted residual, so it writes its corrupted output); the full and empty
     circuits run nothing beyond the batch's clean and corrupted runs, made once per setup."""
-    import discovery.engine.patching as patching
+    import discovery.engine.cached as cached
 
     setup = Setup(models["gpt2"], task, get_metric("logit_diff"), batch_size=6)
     g = setup.graph
@@ -88,9 +88,10 @@ def test_sparse_circuits_skip_most_nodes(models, task, monkeypatch):
     circuit_metrics(setup, [into_logits])  # builds the batch's cache (its clean and corrupted runs)
     monkeypatch.setattr(setup.adapter, "mlp", counting_mlp)
     attends = {"n": 0}
-    real_attend = patching._attend_at
-    monkeypatch.setattr(patching, "_attend_at", lambda *a, **k: attends.__setitem__("n", attends["n"] + 1) or real_attend(*a, **k))
-    setup._values.clear()  # run it again (not from the setup's memo of evaluated circuits)
+    real_attend = cached.attend_at
+    monkeypatch.setattr(cached, "attend_at", lambda *a, **k: attends.__setitem__("n", attends["n"] + 1) or real_attend(*a, **k))
+    import discovery.pipeline.evaluation as evaluation
+    evaluation.forget(setup)  # run it again (not from the setup's memo of evaluated circuits)
     circuit_metrics(setup, [into_logits, np.ones(g.n_edges, bool), np.zeros(g.n_edges, bool)])
     assert calls["mlp"] == 0 and attends["n"] == 0
     one = np.zeros(g.n_edges, bool)
@@ -127,14 +128,13 @@ def test_cached_runs_of_several_masks_equal_the_plain_run_at_every_start_stage(m
 def test_each_circuit_is_evaluated_once_per_setup(models, task, monkeypatch):
     """A circuit given twice in one call, or again in a later call (the target search, the chosen
     circuit and the curve share circuits), runs once; the memo returns the same numbers as running it."""
-    import discovery.engine.patching as patching
+    import discovery.pipeline.evaluation as evaluation
 
     setup = Setup(models["gpt2"], task, get_metric("logit_diff"), batch_size=4)
     circuits = _circuits(setup.graph, seed=2)[2:6]
     runs = {"n": 0}
-    real_run = patching.run
-    import discovery.pipeline.evaluation as evaluation
-    monkeypatch.setattr(evaluation, "run", lambda *a, **k: runs.__setitem__("n", runs["n"] + 1) or real_run(*a, **k))
+    real_run = evaluation.run_cached
+    monkeypatch.setattr(evaluation, "run_cached", lambda *a, **k: runs.__setitem__("n", runs["n"] + 1) or real_run(*a, **k))
     first = circuit_metrics(setup, circuits + [circuits[0]], per_example=True)
     assert runs["n"] == 4 * 2  # 4 distinct circuits x 2 batches
     np.testing.assert_array_equal(first[0], first[-1])
@@ -157,9 +157,9 @@ def test_evaluation_after_scoring_reuses_the_scoring_runs(models, task, family):
     score_edges(setup, "eap", qk_fix=True)
     circuits = _circuits(setup.graph, seed=4)
     reused = circuit_metrics(setup, circuits)
-    assert setup._runs and all(c.n_forwards == 0 for c in setup._runs.values())
-    assert not setup._recorded  # taken by the caches
+    assert setup.runs.caches() and all(c.n_forwards == 0 for c in setup.runs.caches())
+    assert setup.runs.n_kept_runs() == 0  # taken by the caches
     fresh = Setup(models[family], task, get_metric("logit_diff"), batch_size=4)
     np.testing.assert_allclose(reused, circuit_metrics(fresh, circuits), rtol=0, atol=1e-6)
-    assert all(c.n_forwards == 1 for c in fresh._runs.values())
+    assert all(c.n_forwards == 1 for c in fresh.runs.caches())
     np.testing.assert_allclose(reused, _plain(fresh, circuits), rtol=0, atol=1e-5)

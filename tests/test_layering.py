@@ -73,12 +73,6 @@ SERVICE_LAYERS = [
 PENDING_IMPORTS = {
     ("discovery.core.circuit", "discovery.engine.positions"),
     ("discovery.core.circuit", "discovery.io.notebook"),
-    ("discovery.engine.patching", "discovery.pipeline.selection"),
-    ("discovery.engine.positions", "discovery.engine.patching"),
-    ("discovery.methods.acdc", "discovery.pipeline.selection"),
-    ("discovery.methods.node", "discovery.methods"),
-    ("discovery.methods.node", "discovery.methods.input_path"),
-    ("discovery.task_library.load", "discovery.task_library"),
     ("discovery.io.notebook", "viewer"),
     ("discovery.cli.commands", "labeling"),
     ("discovery.cli.commands", "labeling.cli"),
@@ -90,20 +84,9 @@ PENDING_IMPORTS = {
 }
 # (module using it, module defining it, name) private names still crossing modules (issue 23)
 PENDING_PRIVATE = {
-    ("discovery.engine.patching", "discovery.pipeline.selection", "_readers_of"),
-    ("discovery.methods.acdc", "discovery.pipeline.selection", "_readers_of"),
-    ("discovery.engine.positions", "discovery.engine.patching", "_rotate"),
-    ("discovery.methods.qk", "discovery.engine.patching", "_rotate"),
-    ("discovery.methods.qk", "discovery.engine.patching", "_project"),
-    ("discovery.methods.qk", "discovery.engine.patching", "_causal_mask"),
-    ("discovery.pipeline.levels", "discovery.pipeline.evaluation", "_summarize"),
-    ("discovery.pipeline.distributed", "discovery.model.adapters", "_parse_dtype"),
     ("labeling.verify", "labeling.heuristic", "_where"),
     ("labeling.detection", "labeling.scoring", "_order"),
     ("labeling.detection", "labeling.scoring", "_probabilities"),
-    ("tests.test_qk_fix", "discovery.methods.qk", "_heads_fed"),
-    ("tests.test_evaluation", "discovery.engine.patching", "_attend_at"),
-    ("service.jobs.spec", "discovery.pipeline.options", "_Strict"),
 }
 
 

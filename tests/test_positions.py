@@ -272,6 +272,7 @@ def test_viewer_shows_an_edges_positions(models, task, tmp_path):
 
 def test_positional_masks_split_over_forwards_give_the_same_metrics(models, task, monkeypatch):
     from discovery import circuit_metrics
+    from discovery.pipeline.evaluation import forget
     from discovery.methods import common
 
     setup = _setup(models["llama"], task, positions=True)
@@ -279,7 +280,7 @@ def test_positional_masks_split_over_forwards_give_the_same_metrics(models, task
     circuits = [rng.random(setup.graph.n_edges) < f for f in (0.1, 0.5, 0.9)]
     whole = circuit_metrics(setup, circuits)
     monkeypatch.setattr(common, "POSITIONAL_MASK_BYTES", 1)  # one mask per forward
-    setup._values.clear()  # evaluate again, not from the setup's memo
+    forget(setup)  # evaluate again, not from the evaluation memo
     np.testing.assert_allclose(circuit_metrics(setup, circuits), whole, rtol=0, atol=1e-6)
     assert np.ptp(whole) > 1e-3
 

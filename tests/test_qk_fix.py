@@ -8,7 +8,7 @@ import torch
 
 import tiny
 from discovery import Setup, get_metric, load_model, score_edges, task_from_rows, wrap_model
-from discovery.methods.qk import _heads_fed
+from discovery.methods.qk import heads_fed
 from discovery.task_library import build_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -119,11 +119,11 @@ def test_qk_fix_is_plain_eap_for_tiny_deltas(family):
 def test_a_k_slot_feeds_its_group_or_its_own_query_head():
     """k readers per key/value head (`a1.kv0<k>`, today's grouped graph) change the patterns of the
     whole group; per query head (`a1.h2<k>`) only that head's; q readers their own head."""
-    g = SimpleNamespace(n_heads=4, n_kv_heads=2, reader_owner=["a1.h2", "a1.kv1", "a1.h3", "a1.h1"],
+    g = SimpleNamespace(n_heads=4, n_kv_heads=2, group_size=2, reader_owner=["a1.h2", "a1.kv1", "a1.h3", "a1.h1"],
                         reader_slot=["q", "k", "k", "v"])
-    assert _heads_fed(g, 0) == (2, [2])
-    assert _heads_fed(g, 1) == (1, [2, 3])
-    assert _heads_fed(g, 2) == (1, [3])
+    assert heads_fed(g, 0) == (2, [2])
+    assert heads_fed(g, 1) == (1, [2, 3])
+    assert heads_fed(g, 2) == (1, [3])
 
 
 def test_the_fix_applies_to_gradient_methods_only(models, task):

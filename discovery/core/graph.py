@@ -24,10 +24,13 @@ edges is a dense [n_sources, n_readers] matrix whose valid part for a stage is `
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterator
 
 import numpy as np
 
 from .errors import UserError
+from .nodes import group_heads, head_id, kv_id, mlp_id, node_info, parse_node, reader_name
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,16 @@ class Stage:
     start: int  # first reader index
     stop: int  # one past the last reader index
     n_upstream: int  # sources [0, n_upstream) write into this stage
+
+
+@dataclass(frozen=True)
+class LayerSources:
+    """One layer's writers upstream of a stage (Graph.upstream): the source rows of its heads, and of
+    its MLP unless the stage reads before the MLP writes (None)."""
+
+    layer: int
+    heads: slice
+    mlp: int | None
 
 
 KV_EDGES = ("head", "grouped")
@@ -65,7 +78,7 @@ class Graph:
 
         self.sources: list[str] = ["input"]
         for layer in range(n_layers):
-            self.sources += [f"a{layer}.h{h}" for h in range(n_heads)] + [f"m{layer}"]
+            self.sources += [head_id(layer, h) for h in range(n_heads)] + [mlp_id(layer)]
         self.source_index = {name: i for i, name in enumerate(self.sources)}
 
         self.readers: list[str] = []  # reader slot names, e.g. "a1.h0<q>", "m1", "logits"
@@ -78,10 +91,10 @@ class Graph:
             for slot, count, prefix in (("q", n_heads, "h"), ("k", self.n_kv_readers, kv_prefix),
                                         ("v", self.n_kv_readers, kv_prefix)):
                 for h in range(count):
-                    self._add_reader(f"a{layer}.{prefix}{h}", slot)
+                    self._add_reader(kv_id(layer, h) if prefix == "kv" else head_id(layer, h), slot)
             self.stages.append(Stage("attn", layer, start, len(self.readers), before))
             start = len(self.readers)
-            self._add_reader(f"m{layer}", "mlp")
+            self._add_reader(mlp_id(layer), "mlp")
             self.stages.append(Stage("mlp", layer, start, start + 1, before if parallel else before + n_heads))
         self._add_reader("logits", "logits")
         self.stages.append(Stage("logits", n_layers, len(self.readers) - 1, len(self.readers), len(self.sources)))
@@ -106,7 +119,7 @@ class Graph:
         return list(range(self.n_kv_heads)) if self.grouped else [h // self.group_size for h in range(self.n_heads)]
 
     def _add_reader(self, owner: str, slot: str) -> None:
-        self.readers.append(owner if slot in ("mlp", "logits") else f"{owner}<{slot}>")
+        self.readers.append(reader_name(owner, slot))
         self.reader_owner.append(owner)
         self.reader_slot.append(slot)
 
@@ -139,27 +152,60 @@ class Graph:
 
     def owner_of_kv(self, layer: int, head: int) -> str:
         """The node owning query head `head`'s k and v readers (its own unless the graph is grouped)."""
-        return f"a{layer}.kv{head // self.group_size}" if self.grouped else f"a{layer}.h{head}"
+        return kv_id(layer, head // self.group_size) if self.grouped else head_id(layer, head)
+
+    def heads_of(self, owner: str) -> list[str]:
+        """The query heads a reader's owner node stands for: a key/value head's group (grouped graphs),
+        else the node itself."""
+        n = parse_node(owner)
+        return group_heads(n.layer, n.head, self.group_size) if n.kind == "kv_head" else [owner]
 
     def node_ids(self) -> list[str]:
         """Every component node: input, heads (and key/value heads when grouped), MLPs, logits."""
         nodes = ["input"]
         for layer in range(self.n_layers):
-            nodes += [f"a{layer}.h{h}" for h in range(self.n_heads)]
+            nodes += [head_id(layer, h) for h in range(self.n_heads)]
             if self.grouped:
-                nodes += [f"a{layer}.kv{g}" for g in range(self.n_kv_heads)]
-            nodes.append(f"m{layer}")
+                nodes += [kv_id(layer, g) for g in range(self.n_kv_heads)]
+            nodes.append(mlp_id(layer))
         return nodes + ["logits"]
 
     @staticmethod
     def node_info(node: str) -> dict:
-        if node in ("input", "logits"):
-            return {"id": node, "kind": node, "layer": None, "head": None}
-        if node.startswith("m"):
-            return {"id": node, "kind": "mlp", "layer": int(node[1:]), "head": None}
-        layer, head = node[1:].split(".")
-        kind = "kv_head" if head.startswith("kv") else "attention"
-        return {"id": node, "kind": kind, "layer": int(layer), "head": int(head.lstrip("hkv"))}
+        return node_info(node)
+
+    # --- topology ---------------------------------------------------------------------------
+    def head_rows(self, layer: int) -> tuple[int, int]:
+        """Source index range [start, stop) of a layer's heads; its MLP is the row `stop`."""
+        start = 1 + layer * (self.n_heads + 1)
+        return start, start + self.n_heads
+
+    def upstream(self, stage: Stage) -> Iterator[LayerSources]:
+        """The layers whose heads write into `stage`, in source order (the embedding, row 0, always
+        does): each with its heads' rows and its MLP's row when the MLP writes before the stage reads."""
+        for layer in range(self.n_layers):
+            h0, h1 = self.head_rows(layer)
+            if h0 >= stage.n_upstream:
+                return
+            yield LayerSources(layer, slice(h0, h1), h1 if h1 < stage.n_upstream else None)
+
+    @cached_property
+    def readers_of(self) -> list[list[int]]:
+        """For each source, the reader slots whose values it consumes (its q/k/v, or its MLP input; a
+        key/value head's k/v readers for every query head of its group)."""
+        out: list[list[int]] = [[] for _ in self.sources]
+        for r, (owner, slot) in enumerate(zip(self.reader_owner, self.reader_slot)):
+            if slot != "logits":
+                for node in self.heads_of(owner) if slot in ("k", "v") else [owner]:
+                    out[self.source_index[node]].append(r)
+        return out
+
+    @cached_property
+    def reader_sources(self) -> list[list[int]]:
+        """For each reader, the source indices of the node it belongs to (a grouped key/value reader:
+        every query head of its group; logits: none)."""
+        return [[] if slot == "logits" else [self.source_index[n] for n in self.heads_of(owner)]
+                for owner, slot in zip(self.reader_owner, self.reader_slot)]
 
     def to_networkx(self, scores=None, in_circuit=None):
         """A DiGraph whose edges are exactly this graph's edges, with scalar attributes (GraphML-safe).
@@ -180,11 +226,9 @@ class Graph:
             if name != owner:
                 g.add_node(name, kind="reader", slot=slot, owner=owner)
                 g.add_edge(name, owner, internal=True, slot=slot)
-                if owner.split(".")[1].startswith("kv"):  # a key/value head feeds its group's query heads
-                    layer, group = int(owner[1:].split(".")[0]), int(owner.split(".kv")[1])
-                    size = self.n_heads // self.n_kv_heads
-                    for h in range(group * size, (group + 1) * size):
-                        g.add_edge(owner, f"a{layer}.h{h}", internal=True, slot="kv")
+                if parse_node(owner).kind == "kv_head":  # a key/value head feeds its group's query heads
+                    for head in self.heads_of(owner):
+                        g.add_edge(owner, head, internal=True, slot="kv")
         for i, (s, d) in enumerate(zip(self.edge_src, self.edge_dst)):
             attrs = {"name": self.edge_names[i], "slot": self.reader_slot[d], "internal": False}
             if scores is not None:

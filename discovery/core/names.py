@@ -1,19 +1,22 @@
 """The names users type, checkable before torch or transformers load: method, metric, intervention and
 built-in task names, and model references (a local directory, a hub id, or a shipped toy model
-`toy:NAME` with an optional checkpoint revision). The heavy tables (discovery.methods.METHODS,
-discovery.model.metrics.METRICS, discovery.task_library.TASKS) hold exactly these names (tests/test_cli.py
-checks it), so `circuitry --help` and argument errors answer without importing them."""
+`toy:NAME` with an optional checkpoint revision). Method names come from the method registry
+(registry.py). The heavy tables (discovery.methods.METHODS, discovery.model.metrics.METRICS,
+discovery.task_library.TASKS) hold exactly these names (tests/test_cli.py checks it), so
+`circuitry --help` and argument errors answer without importing them."""
 
 from __future__ import annotations
 
 import os
 
+from . import registry
 from .errors import UserError
 
-METHOD_NAMES = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted", "exact")  # edge scorers
-ACDC_METHODS = ("acdc", "eap-ig+acdc")  # methods that decide edges themselves (then --tau)
-LEARNED_METHODS = ("edge-pruning",)  # methods that learn an edge mask (then --sparsity or --lam)
-AUTO_METHOD = "auto"  # the default pipeline (discovery/pipeline/auto.py): EAP-IG + QK fix, faithfulness target, verification
+METHOD_NAMES = registry.names("score")  # edge scorers
+ACDC_METHODS = registry.names("acdc")  # methods that decide edges themselves (then --tau)
+LEARNED_METHODS = registry.names("learned")  # methods that learn an edge mask (then --sparsity or --lam)
+AUTO_METHOD = registry.DEFAULT_METHOD  # the default pipeline (discovery/pipeline/auto.py): EAP-IG + QK fix, faithfulness target, verification
+ALL_METHODS = registry.names()  # every method, in the order users see them
 METRIC_NAMES = ("logit_diff", "prob_diff", "kl")
 INTERVENTIONS = ("patching", "zero", "mean")  # what an edge outside the circuit carries
 LEVELS = ("edge", "node", "neuron")  # what discover() scores and selects (discovery/pipeline/levels.py)

@@ -33,6 +33,7 @@ import torch
 
 from ..core.errors import UserError
 from ..core.graph import Graph
+from .attention import causal_mask, head_writes, rotate
 
 
 def aligned_length(task) -> int:
@@ -136,10 +137,10 @@ def positional_graph(adapter, base: Graph, task, names: list[str] | None = None)
 
 # --- selection ------------------------------------------------------------------------------------
 
-def prune_positional(graph: PositionalGraph, in_circuit, readers_of) -> np.ndarray:
+def prune_positional(graph: PositionalGraph, in_circuit) -> np.ndarray:
     """selection.prune at the level of (node, position): drop edges from a node position that no kept
-    path reaches from the input, or into a node position with no kept path to the logits (at P - 1).
-    readers_of[s]: the reader slots whose values source s consumes."""
+    path reaches from the input, or into a node position with no kept path to the logits (at P - 1)."""
+    readers_of = graph.readers_of  # per source, the reader slots whose values it consumes
     m = graph.edge_mask_matrix(in_circuit)  # [S, R, P, P]
     s_count, r_count, p = m.shape[0], m.shape[1], graph.n_positions
     active = np.zeros((s_count, p), dtype=bool)
@@ -161,7 +162,7 @@ def prune_positional(graph: PositionalGraph, in_circuit, readers_of) -> np.ndarr
 
 # --- the patched forward --------------------------------------------------------------------------
 
-def stage_inputs(adapter, graph: PositionalGraph, stage, off, live_nonzero, resid, deltas, head_writes, source_rows):
+def stage_inputs(adapter, graph: PositionalGraph, stage, off, live_nonzero, resid, deltas):
     """Reader inputs of a stage under a positional mask off [N|1, S, R, P, P] (1 = edge out).
 
     Returns (local, cross): local [N, P, readers, d], each reader at its own position (the diagonal of
@@ -181,14 +182,11 @@ def stage_inputs(adapter, graph: PositionalGraph, stage, off, live_nonzero, resi
     chunks = []
     if live_nonzero[0, sl].any():
         chunks.append((slice(0, 1), emb.expand(n, p, d).unsqueeze(2)))
-    for layer in range(graph.n_layers):
-        h0, h1 = source_rows(graph, layer)
-        if h0 >= stage.n_upstream:
-            break
-        if live_nonzero[h0:h1, sl].any():
-            chunks.append((slice(h0, h1), head_writes(adapter, layer, zs[layer])))
-        if h1 < stage.n_upstream and live_nonzero[h1, sl].any():
-            chunks.append((slice(h1, h1 + 1), mlps[layer].unsqueeze(2)))
+    for up in graph.upstream(stage):
+        if live_nonzero[up.heads, sl].any():
+            chunks.append((up.heads, head_writes(adapter, up.layer, zs[up.layer])))
+        if up.mlp is not None and live_nonzero[up.mlp, sl].any():
+            chunks.append((slice(up.mlp, up.mlp + 1), mlps[up.layer].unsqueeze(2)))
     for rows, delta in chunks:  # delta [N, P, S', d] = live - reference
         local = local - torch.einsum("npsm,nsrp->nprm", delta, diag[:, rows])
         if cross is not None:
@@ -208,20 +206,18 @@ def project_per_query(adapter, graph, layer: int, x: torch.Tensor):
     return out
 
 
-def attend_per_query(adapter, layer: int, q, k, v, rotary, causal_mask) -> torch.Tensor:
+def attend_per_query(adapter, layer: int, q, k, v, rotary) -> torch.Tensor:
     """Attention where each query position has its own keys and values: q [N, P, H, d_head], k and v
     [N, Pq, Pk, kv, d_head] (kv key/value heads, or one per query head). Returns z [N, P, H, d_head]."""
     n, p, h, dh = q.shape
     kv = k.shape[3]
     if rotary is not None:
-        from .patching import _rotate
-
         cos, sin = rotary
-        q = _rotate(q, cos, sin)
+        q = rotate(q, cos, sin)
         def per_query(c):  # cos/sin [N | 1, Pk, rd] -> [N * Pq, Pk, rd]: (N, Pq) as the batch
             return c.expand(n, *c.shape[1:]).unsqueeze(1).expand(n, p, *c.shape[1:]).reshape(n * p, *c.shape[1:])
 
-        k = _rotate(k.expand(n, p, p, kv, dh).reshape(n * p, p, kv, dh), per_query(cos), per_query(sin))
+        k = rotate(k.expand(n, p, p, kv, dh).reshape(n * p, p, kv, dh), per_query(cos), per_query(sin))
         k = k.view(n, p, p, kv, dh)
     qg = q.view(n, p, kv, h // kv, dh)
     scores = torch.einsum("njgmd,njigd->ngmji", qg, k) * adapter.attn_scale(layer)
@@ -247,7 +243,7 @@ def cross_reader_gradients(norm, x: torch.Tensor):
     return reader_grad
 
 
-def positional_score_hook(setup, delta, scores: torch.Tensor, weight: float, head_writes, source_rows):
+def positional_score_hook(setup, delta, scores: torch.Tensor, weight: float):
     """edge_score_hook for a positional graph: scores [S, R, P (src), P (dst)] += weight *
     sum_n delta_source[n, src_pos] . grad_reader, where the gradient is the reader's at dst_pos (q, MLP,
     logits: grad [N, P, r, d], src_pos = dst_pos) or at (query dst_pos, key src_pos) (k/v:
@@ -260,13 +256,10 @@ def positional_score_hook(setup, delta, scores: torch.Tensor, weight: float, hea
         r = g.shape[-2]
         block = scores[:stage.n_upstream, stage.start + first:stage.start + first + r]
         chunks = [(slice(0, 1), delta.embed.float().expand(n, p, -1).unsqueeze(2))]
-        for layer in range(graph.n_layers):
-            h0, h1 = source_rows(graph, layer)
-            if h0 >= stage.n_upstream:
-                break
-            chunks.append((slice(h0, h1), head_writes(adapter, layer, delta.z[layer].float().expand(n, p, -1, -1))))
-            if h1 < stage.n_upstream:
-                chunks.append((slice(h1, h1 + 1), delta.mlp[layer].float().expand(n, p, -1).unsqueeze(2)))
+        for up in graph.upstream(stage):
+            chunks.append((up.heads, head_writes(adapter, up.layer, delta.z[up.layer].float().expand(n, p, -1, -1))))
+            if up.mlp is not None:
+                chunks.append((slice(up.mlp, up.mlp + 1), delta.mlp[up.layer].float().expand(n, p, -1).unsqueeze(2)))
         for rows, d in chunks:
             if g.dim() == 4:
                 block[rows].diagonal(dim1=-2, dim2=-1).add_(weight * torch.einsum("npsm,nprm->srp", d, g))

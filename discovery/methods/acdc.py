@@ -44,7 +44,7 @@ How it is fast (tests/acdc_reference.py is the one-forward-per-edge baseline)
   destination. So each mask is evaluated by the patching core's cached run (`patching.run` with a
   `RunCache`: one recorded forward of the starting circuit per data batch, the clean run when every
   edge is a candidate), started at the destination's stage; the cached run also skips what the
-  logits cannot depend on and reruns only what the masks change (see `patching._run_cached`).
+  logits cannot depend on and reruns only what the masks change (see `engine/cached.py`: run_cached).
 - Many candidate removals share one forward (a batch of edge masks). The decisions are sequential,
   so the batch is speculative: a chain of the next edges in visiting order, each mask assuming a
   prediction for the undecided edges before it in the chain (the last decision on an edge from the
@@ -68,12 +68,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..core import registry
 from ..core.errors import UserError
-from ..engine.patching import RunCache, alive_nodes, run
-from ..pipeline.selection import _readers_of
+from ..engine.cached import RunCache, alive_nodes
+from ..engine.context import MemoryBudget
+from ..engine.patching import run
 from .common import Setup
 
-DEFAULT_TAU = 0.01
+DEFAULT_TAU = registry.method("acdc").defaults["tau"]
 # The fixed cost of one forward call (many small operations), in multiply-adds of the model's work;
 # only steers how long speculative chains are, never what is decided.
 FORWARD_OVERHEAD = {"cpu": 2e7, "cuda": 2e10}
@@ -145,7 +147,7 @@ class MaskEvaluator:
     def __init__(self, setup: Setup, candidates: np.ndarray):
         self.setup, self.graph = setup, setup.graph
         self.valid = self.graph.valid
-        budget = [setup.write_cache_bytes]
+        budget = MemoryBudget(setup.write_cache_bytes)
         off0 = None if bool(candidates.all()) else torch.as_tensor(self.off_matrix(candidates), dtype=torch.float32)
         patching = setup.intervention == "patching"
         self.caches = []
@@ -249,7 +251,7 @@ class _ACDC:
         g = self.graph
         self.candidates, self.absolute = candidates, absolute
         self.order = np.flatnonzero(candidates)[::-1]
-        self.readers_of = _readers_of(g)
+        self.readers_of = g.readers_of
         self.stage_of_reader = np.zeros(g.n_readers, dtype=np.int64)
         for i, st in enumerate(g.stages):
             self.stage_of_reader[st.start:st.stop] = i

@@ -14,13 +14,21 @@ from ..core.graph import Graph
 from ..model.metrics import Metric, resolve_metric
 from ..model.adapters import LoadedModel
 from ..core.names import INTERVENTIONS  # noqa: F401 (re-exported)
-from ..engine.patching import Activations, RunCache, head_writes, run, source_rows
+from ..engine.attention import head_writes
+from ..engine.cached import RunCache
+from ..engine.context import ReferenceRuns
+from ..engine.patching import Activations, run
 from ..task_library import as_task
 from ..model.tasks import Batch, Task, check_equal_lengths, divergence_order, iter_batches
 
 
-@dataclass
+@dataclass(eq=False)
 class Setup:
+    """The run context of a method or an evaluation: its configuration (the fields below, fixed once
+    made: a later change would not match the runs already kept; `on_batch` may be set) and the
+    reference runs it shares (`runs`, engine/context.py: what an out-of-circuit edge carries, the
+    batches' recorded runs and RunCaches within run_cache_bytes and write_cache_bytes)."""
+
     model: LoadedModel
     task: Task  # also a JSONL file's path or a built-in task's name, loaded for the model
     metric: Metric  # also a built-in name or the user's function (see discovery.model.metrics)
@@ -46,11 +54,7 @@ class Setup:
     # they fit in this many bytes; beyond it, each evaluation reruns them.
     run_cache_bytes: int = 512 * 2**20
     graph: Graph = field(init=False)
-    _mean: Activations | None = field(default=None, init=False, repr=False)
-    _runs: dict = field(default_factory=dict, init=False, repr=False)
-    # each evaluated circuit's metric per example, by its edge set (and what else determines it), so
-    # that the target search, the chosen circuit and the curve evaluate a circuit once (evaluation.py)
-    _values: dict = field(default_factory=dict, init=False, repr=False)
+    runs: ReferenceRuns = field(init=False, repr=False)
 
     def __post_init__(self):
         self.task = as_task(self.task, self.model)
@@ -65,9 +69,16 @@ class Setup:
         if self.positions:
             from ..engine.positions import positional_graph
             self.graph = positional_graph(self.model.adapter, self.graph, self.task, self.position_names)
-        self._runs_left, self._stack_budget = [self.run_cache_bytes], [self.write_cache_bytes]  # bytes left
+        self.runs = ReferenceRuns(self.adapter, self.graph, self.task, self.batch_size, self.intervention,
+                                  run_cache_bytes=self.run_cache_bytes, write_cache_bytes=self.write_cache_bytes)
         self._order = None  # rows in batches: tasks.divergence_order
-        self._recorded: dict[tuple, dict] = {}  # batch runs kept for its RunCache (see run_cache)
+        self._made = True
+
+    def __setattr__(self, name, value):
+        if name != "on_batch" and getattr(self, "_made", False) and name in self.__dataclass_fields__:
+            raise AttributeError(f"Setup.{name} is fixed once the setup is made (its runs depend on it); "
+                                 "make a new Setup")
+        object.__setattr__(self, name, value)
 
     @property
     def adapter(self):
@@ -97,91 +108,24 @@ class Setup:
         if self.on_batch is not None:
             self.on_batch(done, total, desc)
 
-    @torch.no_grad()
+    # the reference runs (engine/context.py), as methods of the setup
     def reference(self, batch: Batch) -> Activations:
         """What an out-of-circuit edge carries: the corrupted run's outputs, zeros, or their mean."""
-        if self.intervention == "patching":
-            return self.corrupted_run(batch).acts
-        if self.intervention == "mean":
-            return self._mean_activations()
-        a, d = self.adapter, self.adapter.d_model
-        zeros = torch.zeros(1, 1, d, dtype=a.dtype, device=self.device)
-        return Activations(zeros, [torch.zeros(1, 1, a.n_heads, a.d_head, dtype=a.dtype, device=self.device)] * a.n_layers,
-                           [zeros] * a.n_layers)
+        return self.runs.reference(batch)
 
-    def _mean_activations(self) -> Activations:
-        """Each source's output averaged over every real token of the corrupted prompts."""
-        if self._mean is None:
-            total, count = None, 0
-            for batch in iter_batches(self.task, self.batch_size, device=self.device):
-                acts = run(self.adapter, self.graph, batch.corrupted, last=batch.corrupted_last, record=True).acts
-                pos = torch.arange(batch.corrupted.shape[1], device=self.device)
-                real = (pos[None] <= batch.corrupted_last[:, None]).to(torch.float32)
-                summed = acts.map(lambda t: torch.einsum("np,np...->...", real, t.float())[None, None])
-                total = summed if total is None else Activations(
-                    total.embed + summed.embed, [x + y for x, y in zip(total.z, summed.z)],
-                    [x + y for x, y in zip(total.mlp, summed.mlp)])
-                count += int(real.sum())
-            self._mean = total.map(lambda t: (t / count).to(self.adapter.dtype))
-        return self._mean
-
-    @torch.no_grad()
     def corrupted_run(self, batch: Batch):
-        kept = self._recorded.get(tuple(batch.rows), {}).get("corrupted")
-        if kept is not None:
-            return kept
-        result = run(self.adapter, self.graph, batch.corrupted, last=batch.corrupted_last, record=True)
-        if self.intervention == "patching" and self.graph.n_positions is None:
-            self.keep_run(batch, "corrupted", result)
-        return result
+        return self.runs.corrupted_run(batch)
+
+    def clean_run(self, batch: Batch, record_resid: bool = False):
+        return self.runs.clean_run(batch, record_resid)
 
     def keep_run(self, batch: Batch, kind: str, result) -> None:
-        """Keep a batch's recorded run ("corrupted", or "clean" with its residuals) for the batch's
-        RunCache, which then need not run it again (within run_cache_bytes; a scoring pass offers its
-        runs, the first evaluation takes them)."""
-        key = tuple(batch.rows)
-        if key in self._runs or kind in self._recorded.get(key, {}):
-            return
-        size = _acts_bytes(result.acts)
-        if size <= self._runs_left[0]:
-            self._runs_left[0] -= size
-            self._recorded.setdefault(key, {})[kind] = result
+        """Offer a batch's recorded run to its RunCache (ReferenceRuns.keep_run)."""
+        self.runs.keep_run(batch, kind, result)
 
     def run_cache(self, batch: Batch) -> RunCache:
-        """The batch's RunCache over the clean model (its clean run, reference and, with patching, the
-        corrupted run's logits: the empty circuit's), kept for later evaluations within
-        run_cache_bytes."""
-        key = tuple(batch.rows)
-        if key in self._runs:
-            return self._runs[key]
-        patching = self.intervention == "patching"
-        if patching:
-            corrupted = self.corrupted_run(batch)
-            ref, ref_logits = corrupted.acts, corrupted.logits
-        else:
-            ref, ref_logits = self.reference(batch), None
-        kept = self._recorded.pop(key, {})
-        self._runs_left[0] += sum(_acts_bytes(r.acts) for r in kept.values())
-        budget = [self._stack_budget[0]]  # what is left of the shared budget, taken only if kept
-        cache = RunCache(self.adapter, self.graph, batch.clean, batch.clean_last, ref, ref_is_run=patching,
-                         budget=budget, ref_logits=ref_logits, clean=kept.get("clean"))
-        size = cache.nbytes()
-        if size <= self._runs_left[0]:
-            self._runs_left[0] -= size
-            self._stack_budget[0] = budget[0]
-            cache.budget = self._stack_budget
-            self._runs[key] = cache
-        return cache
-
-    @torch.no_grad()
-    def clean_run(self, batch: Batch, record_resid: bool = False):
-        return run(self.adapter, self.graph, batch.clean, last=batch.clean_last, record=True,
-                   record_resid=record_resid)
-
-
-def _acts_bytes(acts) -> int:
-    ts = [acts.embed, *acts.z, *acts.mlp, *acts.resid]
-    return sum(t.untyped_storage().nbytes() for t in ts if t is not None)
+        """The batch's RunCache, kept within run_cache_bytes (ReferenceRuns.run_cache)."""
+        return self.runs.run_cache(batch)
 
 
 # a forward's positional masks (K masks, repeated per example) are kept under this many bytes by
@@ -218,13 +162,10 @@ def reference_residuals(setup: Setup, clean: Activations, delta: Activations) ->
     graph, out = setup.graph, []
     for stage, resid in zip(graph.stages, clean.resid):
         r = resid + delta.embed
-        for layer in range(graph.n_layers):
-            h0, h1 = source_rows(graph, layer)
-            if h0 >= stage.n_upstream:
-                break
-            r = r + head_writes(setup.adapter, layer, delta.z[layer]).sum(2)
-            if h1 < stage.n_upstream:
-                r = r + delta.mlp[layer]
+        for up in graph.upstream(stage):
+            r = r + head_writes(setup.adapter, up.layer, delta.z[up.layer]).sum(2)
+            if up.mlp is not None:
+                r = r + delta.mlp[up.layer]
         out.append(r)
     return out
 
@@ -241,7 +182,7 @@ def edge_score_hook(setup: Setup, delta: Activations, scores: torch.Tensor, weig
     graph, adapter = setup.graph, setup.adapter
     if graph.n_positions is not None:
         from ..engine.positions import positional_score_hook
-        return positional_score_hook(setup, delta, scores, weight, head_writes, source_rows)
+        return positional_score_hook(setup, delta, scores, weight)
     cache, cached_bytes = {}, [0]
 
     def head_writes_flat(layer, n, p, d):
@@ -261,13 +202,10 @@ def edge_score_hook(setup: Setup, delta: Activations, scores: torch.Tensor, weig
         block = scores[:stage.n_upstream, stage.start + first:stage.start + first + r]
         flat = lambda t: t.float().expand(n, p, d).reshape(1, -1)
         block[0] += weight * (flat(delta.embed) @ g)[0]
-        for layer in range(graph.n_layers):
-            h0, h1 = source_rows(graph, layer)
-            if h0 >= stage.n_upstream:
-                break
-            block[h0:h1] += weight * (head_writes_flat(layer, n, p, d) @ g)
-            if h1 < stage.n_upstream:
-                block[h1] += weight * (flat(delta.mlp[layer]) @ g)[0]
+        for up in graph.upstream(stage):
+            block[up.heads] += weight * (head_writes_flat(up.layer, n, p, d) @ g)
+            if up.mlp is not None:
+                block[up.mlp] += weight * (flat(delta.mlp[up.layer]) @ g)[0]
 
     return hook
 
@@ -281,3 +219,35 @@ def to_edge_scores(setup: Setup, matrix: torch.Tensor, n_examples: int) -> torch
 def new_score_matrix(setup: Setup) -> torch.Tensor:
     """[n_sources, n_readers] (positional graphs: [n_sources, n_readers, P, P]) fp32 zeros."""
     return torch.zeros(setup.graph.valid.shape, dtype=torch.float32, device=setup.device)
+
+
+def new_neuron_matrix(setup: Setup) -> torch.Tensor:
+    return torch.zeros(setup.graph.n_sources, setup.adapter.d_model, dtype=torch.float32, device=setup.device)
+
+
+def neuron_score_hook(setup: Setup, delta: Activations, scores: torch.Tensor, weight: float = 1.0):
+    """Backward hook (the edge methods' grad_hook signature) adding, for every source upstream of the
+    readers it is given, weight * sum_{n,p} delta_source * (sum of those readers' gradients), per
+    output dimension. fp32 whatever the model dtype."""
+    graph, adapter = setup.graph, setup.adapter
+    cache, cached_bytes = {}, [0]
+
+    def writes_of(layer):  # delta is fixed for the batch: a layer's writes are kept within the budget
+        if layer in cache:
+            return cache[layer]
+        writes = head_writes(adapter, layer, delta.z[layer].float()).float()
+        if cached_bytes[0] + writes.numel() * 4 <= setup.write_cache_bytes:
+            cache[layer] = writes
+            cached_bytes[0] += writes.numel() * 4
+        return writes
+
+    def hook(stage, first, grad):
+        g = grad.float().sum(2)  # [N, P, d]: the gradient these readers send back to every upstream source
+        scores[0] += weight * torch.einsum("npm,npm->m", delta.embed.float().expand_as(g), g)
+        for up in graph.upstream(stage):
+            writes = writes_of(up.layer)
+            scores[up.heads] += weight * torch.einsum("nphm,npm->hm", writes.expand(*g.shape[:2], -1, -1), g)
+            if up.mlp is not None:
+                scores[up.mlp] += weight * torch.einsum("npm,npm->m", delta.mlp[up.layer].float().expand_as(g), g)
+
+    return hook

@@ -40,13 +40,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..core import registry
 from ..core.errors import UserError
 from ..engine.patching import run
 from .common import Setup
 
 BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1
-DEFAULT_SPARSITY = 0.95
-DEFAULT_STEPS = 200
+DEFAULT_SPARSITY = registry.method("edge-pruning").defaults["sparsity"]
+DEFAULT_STEPS = registry.method("edge-pruning").defaults["train_steps"]
 
 
 @dataclass

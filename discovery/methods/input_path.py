@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..engine.patching import RunResult, run
-from .common import Setup, edge_score_hook, new_score_matrix, to_edge_scores
+from .common import Setup, edge_score_hook, new_neuron_matrix, new_score_matrix, neuron_score_hook, to_edge_scores
 from .qk import ComposedMaps, PatternGradients, add_qk_scores, qk_readers
 
 
@@ -25,8 +25,6 @@ def input_path_scores(setup: Setup, alphas: list[float], desc: str, neurons: boo
                       qk_fix: bool = False) -> torch.Tensor:
     """Per-edge scores; with neurons=True per-neuron scores instead ([n_sources, d_model], the same
     gradients dotted per output dimension with each source's own difference: methods/node.py)."""
-    from .node import new_neuron_matrix, neuron_score_hook
-
     adapter, graph, metric = setup.adapter, setup.graph, setup.metric
     scores, n_examples = (new_neuron_matrix(setup) if neurons else new_score_matrix(setup)), 0
     make_hook = neuron_score_hook if neurons else edge_score_hook

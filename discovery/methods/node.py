@@ -29,54 +29,20 @@ from __future__ import annotations
 
 import torch
 
+from ..core import registry
 from ..core.errors import UserError
-from ..engine.patching import Activations, head_writes, source_rows
-from .common import Setup
+from ..engine.patching import Activations, run
+from .common import Setup, new_neuron_matrix
 from .exact import measured_effects
+from .input_path import input_path_scores
+from .scoring import score_edges
 
-NODE_METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted", "exact")
-NEURON_METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted")
-
-
-def new_neuron_matrix(setup: Setup) -> torch.Tensor:
-    return torch.zeros(setup.graph.n_sources, setup.adapter.d_model, dtype=torch.float32, device=setup.device)
-
-
-def neuron_score_hook(setup: Setup, delta: Activations, scores: torch.Tensor, weight: float = 1.0):
-    """Backward hook (the edge methods' grad_hook signature) adding, for every source upstream of the
-    readers it is given, weight * sum_{n,p} delta_source * (sum of those readers' gradients), per
-    output dimension. fp32 whatever the model dtype."""
-    graph, adapter = setup.graph, setup.adapter
-    cache, cached_bytes = {}, [0]
-
-    def writes_of(layer):  # delta is fixed for the batch: a layer's writes are kept within the budget
-        if layer in cache:
-            return cache[layer]
-        writes = head_writes(adapter, layer, delta.z[layer].float()).float()
-        if cached_bytes[0] + writes.numel() * 4 <= setup.write_cache_bytes:
-            cache[layer] = writes
-            cached_bytes[0] += writes.numel() * 4
-        return writes
-
-    def hook(stage, first, grad):
-        g = grad.float().sum(2)  # [N, P, d]: the gradient these readers send back to every upstream source
-        scores[0] += weight * torch.einsum("npm,npm->m", delta.embed.float().expand_as(g), g)
-        for layer in range(graph.n_layers):
-            h0, h1 = source_rows(graph, layer)
-            if h0 >= stage.n_upstream:
-                break
-            writes = writes_of(layer)
-            scores[h0:h1] += weight * torch.einsum("nphm,npm->hm", writes.expand(*g.shape[:2], -1, -1), g)
-            if h1 < stage.n_upstream:
-                scores[h1] += weight * torch.einsum("npm,npm->m", delta.mlp[layer].float().expand_as(g), g)
-
-    return hook
+NODE_METHODS = registry.names(level="node")
+NEURON_METHODS = registry.names(level="neuron")
 
 
 def neuron_scores(setup: Setup, method: str, steps: int = 5) -> torch.Tensor:
     """[n_sources, d_model] neuron scores (float32, CPU)."""
-    from .input_path import input_path_scores
-
     if method not in NEURON_METHODS:
         raise UserError(f"method '{method}' has no neuron-level scores; choose one of {', '.join(NEURON_METHODS)}")
     if method == "eap-ig-activations":
@@ -101,8 +67,6 @@ def node_scores(setup: Setup, method: str, steps: int = 5, qk_fix: bool = False)
     if method == "exact":
         return exact_nodes(setup)
     if qk_fix:
-        from . import score_edges
-
         edges = score_edges(setup, method, steps=steps, qk_fix=True)
         src = torch.as_tensor(setup.graph.edge_src)
         return torch.zeros(setup.graph.n_sources, dtype=edges.dtype).index_add_(0, src, edges)
@@ -124,8 +88,6 @@ def source_delta(setup: Setup, delta: Activations, s: int) -> torch.Tensor:
 def activation_path_scores(setup: Setup, steps: int, max_rows: int = 256) -> torch.Tensor:
     """[n_sources, d_model] EAP-IG-activations neuron scores: per source, its output interpolated from
     the reference to clean on all its edges (fractional `off`), several sources per pass."""
-    from ..engine.patching import run
-
     if steps < 1:
         raise UserError(f"--steps must be at least 1 (got {steps})")
     graph, adapter = setup.graph, setup.adapter

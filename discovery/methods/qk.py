@@ -43,7 +43,8 @@ from __future__ import annotations
 
 import torch
 
-from ..engine.patching import _causal_mask, _project, _rotate, head_writes, source_rows
+from ..core.nodes import parse_node
+from ..engine.attention import causal_mask, head_writes, project, rotate
 
 CHUNK_BYTES = 64 * 2**20  # per chunk of sources: the largest of the [.., S, ..] intermediates
 FAST = True  # the norm's closed form where it is known (module docstring); False: always the norm module
@@ -71,16 +72,13 @@ def qk_readers(graph) -> list[int]:
     return [r for r, slot in enumerate(graph.reader_slot) if slot in ("q", "k")]
 
 
-def _heads_fed(graph, reader: int) -> tuple[int, list[int]]:
+def heads_fed(graph, reader: int) -> tuple[int, list[int]]:
     """(key/value head whose projection the slot uses, query heads whose pattern it changes)."""
-    owner, slot = graph.reader_owner[reader], graph.reader_slot[reader]
-    head = owner.split(".", 1)[1]
-    group = graph.n_heads // graph.n_kv_heads
-    if head.startswith("kv"):  # a grouped k slot: every query head of the group
-        g = int(head[2:])
-        return g, list(range(g * group, (g + 1) * group))
-    h = int(head[1:])
-    return (h if slot == "q" else h // group), [h]
+    node, slot = parse_node(graph.reader_owner[reader]), graph.reader_slot[reader]
+    group = graph.group_size
+    if node.kind == "kv_head":  # a grouped k slot: every query head of the group
+        return node.head, list(range(node.head * group, (node.head + 1) * group))
+    return (node.head if slot == "q" else node.head // group), [node.head]
 
 
 def _source_deltas(adapter, graph, delta, stage, n: int, p: int, head_space: bool = False):
@@ -89,16 +87,13 @@ def _source_deltas(adapter, graph, delta, stage, n: int, p: int, head_space: boo
     projection, their layer) instead."""
     d = adapter.d_model
     yield 0, delta.embed.float().expand(n, p, d).unsqueeze(2), None
-    for layer in range(graph.n_layers):
-        h0, h1 = source_rows(graph, layer)
-        if h0 >= stage.n_upstream:
-            return
+    for up in graph.upstream(stage):
         if head_space:
-            yield h0, delta.z[layer].float().expand(n, p, -1, -1), layer
+            yield up.heads.start, delta.z[up.layer].float().expand(n, p, -1, -1), up.layer
         else:
-            yield h0, head_writes(adapter, layer, delta.z[layer]).float().expand(n, p, -1, -1), None
-        if h1 < stage.n_upstream:
-            yield h1, delta.mlp[layer].float().expand(n, p, d).unsqueeze(2), None
+            yield up.heads.start, head_writes(adapter, up.layer, delta.z[up.layer]).float().expand(n, p, -1, -1), None
+        if up.mlp is not None:
+            yield up.mlp, delta.mlp[up.layer].float().expand(n, p, d).unsqueeze(2), None
 
 
 def _center(affine, t: torch.Tensor) -> torch.Tensor:
@@ -146,7 +141,7 @@ class _AffineQK:
 
         bq, bk = bias(wq, w.q_bias), bias(wk, w.k_bias)
         self.rot = (lambda t: t) if rotary is None else \
-            (lambda t: _rotate(t.reshape(n, p, -1, t.shape[-1]), *rotary).view(t.shape))
+            (lambda t: rotate(t.reshape(n, p, -1, t.shape[-1]), *rotary).view(t.shape))
         self.cx = _center(affine, x)
         self.ss = self.cx.pow(2).sum(-1)  # |c x|^2 [N, P]
         uq = self.rot(torch.einsum("npm,hcm->nphc", self.cx, self.aq))  # A c(x), rotated
@@ -201,7 +196,7 @@ class _AffineQK:
 
 def _softmax(adapter, layer: int, scores: torch.Tensor, window) -> torch.Tensor:
     p = scores.shape[-1]
-    scores = scores * adapter.attn_scale(layer) + _causal_mask(p, window, scores.dtype, scores.device)
+    scores = scores * adapter.attn_scale(layer) + causal_mask(p, window, scores.dtype, scores.device)
     return torch.softmax(scores, dim=-1)
 
 
@@ -211,8 +206,8 @@ def _patterns(adapter, layer: int, q, k, rotary, p: int, window) -> torch.Tensor
     n, _, s, h, dh = q.shape
     if rotary is not None:
         cos, sin = rotary
-        q = _rotate(q.reshape(n, p, s * h, dh), cos, sin).view(n, p, s, h, dh)
-        k = _rotate(k.reshape(n, p, s * h, dh), cos, sin).view(n, p, s, h, dh)
+        q = rotate(q.reshape(n, p, s * h, dh), cos, sin).view(n, p, s, h, dh)
+        k = rotate(k.reshape(n, p, s * h, dh), cos, sin).view(n, p, s, h, dh)
     return _softmax(adapter, layer, torch.einsum("nishc,njshc->nshij", q, k), window)
 
 
@@ -247,7 +242,7 @@ def add_qk_scores(setup, clean_resid: list[torch.Tensor], delta, grads: list[tor
             clean = _softmax(adapter, layer, fast.clean_scores, window)  # [N, H, P, P]
         else:
             xn = adapter.attn_norm(layer, x.to(adapter.dtype)).float()
-            q0, k0 = _project(xn, wq, bq), _project(xn, wk, bk)  # [N, P, H, dh], [N, P, kv, dh]
+            q0, k0 = project(xn, wq, bq), project(xn, wk, bk)  # [N, P, H, dh], [N, P, kv, dh]
             kh = k0[:, :, torch.arange(h_all, device=x.device) // group]  # the key each query head reads
             clean = _patterns(adapter, layer, q0.unsqueeze(2), kh.unsqueeze(2), rotary, p, window)[:, 0]
         grad = grads[layer].reshape(n, h_all, p, p)  # [N, kv, group, P, P] -> query-head order
@@ -280,6 +275,6 @@ def add_qk_scores(setup, clean_resid: list[torch.Tensor], delta, grads: list[tor
         for r in readers:
             if not stage.start <= r < stage.stop:
                 continue
-            _, heads = _heads_fed(graph, r)
+            _, heads = heads_fed(graph, r)
             src = per_q if graph.reader_slot[r] == "q" else per_k
             out[:stage.n_upstream, r] += src[:, heads].sum(1)

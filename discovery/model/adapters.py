@@ -356,7 +356,7 @@ def wrap_model(hf_model: nn.Module, tokenizer=None, name: str = "<in-memory>", r
     return LoadedModel(hf_model, ADAPTERS[hf_model.config.model_type](hf_model), tokenizer, name, revision)
 
 
-def _parse_dtype(dtype) -> torch.dtype | None:
+def parse_dtype(dtype) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -401,7 +401,7 @@ def load_model(name_or_path: str, revision: str | None = None, dtype=None, devic
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"could not load model config for '{name_or_path}': {first}") from None
     check_supported(config.model_type)
-    torch_dtype = _parse_dtype(dtype) or torch.float32
+    torch_dtype = parse_dtype(dtype) or torch.float32
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(
             name_or_path, revision=revision, dtype=torch_dtype, trust_remote_code=False)

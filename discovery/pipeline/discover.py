@@ -20,7 +20,8 @@ from ..methods import Setup, score_edges
 from ..model.metrics import METRICS, resolve_metric
 from ..model.adapters import LoadedModel
 from .options import ACDC_DEFAULT_METRIC, ACDC_METHODS  # noqa: F401 (re-exported)
-from ..core.names import AUTO_METHOD
+from ..core import registry
+from ..model.config import context_length
 from .options import (DEFAULT_CANDIDATES, DEFAULT_TARGET, DEFAULT_TAU, DEFAULT_TOP_N, DiscoveryOptions, WorkerOptions,
                       validated)
 from .selection import greedy, nodes_in_circuit, threshold, top_n
@@ -167,7 +168,8 @@ def discover(model: LoadedModel, task: Task | str, method: str | None = None, *,
         params["kv_edges"] = setup.graph.kv_edges
     if m.positions:
         params["positions"] = True
-    if m.name in ("eap-ig", "eap-ig-activations", "eap-ig+acdc"):
+    spec = registry.method(m.name)
+    if spec.stepped:
         params["steps"] = m.steps
     if m.qk_fixable:
         params["qk_fix"] = m.use_qk_fix
@@ -180,16 +182,16 @@ def discover(model: LoadedModel, task: Task | str, method: str | None = None, *,
     with _worker_pool(workers, worker_cpus, worker_gpus) as pool:
         if pool is not None:
             params["workers"] = pool.n
-        if m.acdc:
+        if spec.kind == "acdc":
             circuits = _discover_acdc(setup, model, task, m.name, params, taus=m.tau or [DEFAULT_TAU],
                                       candidates=m.candidates, steps=m.steps, prune=sel.prune, curve=m.curve,
                                       started=started, workers=pool, qk_fix=m.use_qk_fix)
             return circuits if taus is not None or len(circuits) > 1 else circuits[0]
-        if m.name == "edge-pruning":
+        if spec.kind == "learned":
             if pool is not None:
-                raise UserError("edge-pruning trains in one process; drop --workers")
+                raise UserError(f"{m.name} trains in one process; drop --workers")
             return _discover_edge_pruning(setup, model, task, params, m, sel, started=started)
-        if m.name == AUTO_METHOD:
+        if spec.kind == "pipeline":
             from .auto import auto
             t = DEFAULT_TARGET if sel.target is None else sel.target
             scores, keep, auto_params = auto(setup, target=t, qk_fix=m.use_qk_fix, prune=sel.prune, workers=pool)
@@ -258,22 +260,15 @@ def _discover_units(setup: Setup, model, task, method, params, level, *, steps, 
         metrics.cpr, metrics.cmd = _clean(c["cpr"]), _clean(c["cmd"])
     nodes = build_nodes(graph, kept_nodes, node_scores=scores, neurons=keep if level == "neuron" else None,
                         neuron_scores=neuron)
-    return Circuit(
-        level=level, model=model_info(model),
-        task=TaskInfo(name=task.name, source=task.source, rows=len(task), content_hash=task.content_hash,
-                      example=representative_row(model, task)),
-        method=MethodInfo(name=method, params=dict(params, level=level)),
-        selection=SelectionInfo(kind=kind, value=value, absolute=absolute, pruned=False),
-        nodes=nodes, edges=build_edges(graph, None, edges), metrics=metrics,
-        wall_time_s=round(time.perf_counter() - started, 3), peak_memory_bytes=peak_memory_bytes(model.adapter.device),
-        device=str(model.adapter.device), code_version=code_version(), warnings=notes)
+    return _circuit(setup, model, task, method, dict(params, level=level),
+                    SelectionInfo(kind=kind, value=value, absolute=absolute, pruned=False), nodes=nodes,
+                    edges=build_edges(graph, None, edges), metrics=metrics, started=started, warnings=notes,
+                    level=level)
 
 
 def check_context(model: LoadedModel, task: Task) -> None:
     """A UserError (not an IndexError inside the forward) for prompts longer than the model's context."""
-    config = model.config
-    context = next((v for v in (getattr(config, k, None) for k in ("n_positions", "max_position_embeddings", "n_ctx"))
-                    if isinstance(v, int) and v > 0), None)
+    context = context_length(model.config)
     if context is None or not len(task):
         return
     longest = max(max(map(len, task.clean_ids)), max(map(len, task.corrupted_ids)))
@@ -345,15 +340,22 @@ def _package(setup: Setup, model, task, method, params, scores, keep, selection,
             setattr(metrics, key, [CurvePoint(**dict(p, faithfulness=_clean(p["faithfulness"]))) for p in c[key]])
         metrics.cpr, metrics.cmd = _clean(c["cpr"]), _clean(c["cmd"])
     edges = build_edges(setup.graph, scores, keep)
+    return _circuit(setup, model, task, method, params, selection, nodes=build_nodes(setup.graph, nodes), edges=edges,
+                    metrics=metrics, started=started, warnings=notes, positions=positions_info(setup.graph, len(edges)))
+
+
+def _circuit(setup: Setup, model, task, method, params, selection, *, nodes, edges, metrics, started, warnings,
+             level: str | None = None, positions=None) -> Circuit:
+    """The one place a discovered circuit becomes a Circuit: what it was found on, how, and what it cost."""
+    extra = {} if level is None else {"level": level}
     return Circuit(
-        model=model_info(model),
+        **extra, model=model_info(model),
         task=TaskInfo(name=task.name, source=task.source, rows=len(task), content_hash=task.content_hash,
                       example=representative_row(model, task)),
-        method=MethodInfo(name=method, params=params), selection=selection,
-        nodes=build_nodes(setup.graph, nodes), edges=edges, metrics=metrics,
-        positions=positions_info(setup.graph, len(edges)),
-        wall_time_s=round(time.perf_counter() - started, 3), peak_memory_bytes=peak_memory_bytes(model.adapter.device),
-        device=str(model.adapter.device), code_version=code_version(), warnings=notes)
+        method=MethodInfo(name=method, params=params), selection=selection, nodes=nodes, edges=edges,
+        metrics=metrics, positions=positions,
+        wall_time_s=round(time.perf_counter() - started, 3), peak_memory_bytes=peak_memory_bytes(setup.device),
+        device=str(setup.device), code_version=code_version(), warnings=warnings)
 
 
 def _result_warnings(setup: Setup, search: dict | None = None) -> list[str]:

@@ -104,14 +104,14 @@ def model_spec(model, ray) -> dict:
 def _build_model(spec: dict, device: torch.device):
     from transformers import AutoModelForCausalLM
 
-    from ..model.adapters import _parse_dtype, load_model, wrap_model
+    from ..model.adapters import parse_dtype, load_model, wrap_model
 
     if "load" in spec:
         name, revision = spec["load"]
         model = load_model(name, revision=revision, dtype=spec["dtype"], device=device)
     else:
         config, state = _ray().get(spec["weights"][0])
-        hf = AutoModelForCausalLM.from_config(config).to(_parse_dtype(spec["dtype"]))
+        hf = AutoModelForCausalLM.from_config(config).to(parse_dtype(spec["dtype"]))
         hf.load_state_dict(state)
         model = wrap_model(hf.to(device))
     if fingerprint(model.hf_model) != spec["fingerprint"]:
@@ -165,7 +165,7 @@ class _Worker:
                       kv_edges=job.get("kv_edges", "head"))
         if job["mean"] is not None:  # the mean over the whole task, not over this shard
             a = self._model.adapter
-            setup._mean = job["mean"].map(lambda t: t.to(a.device, a.dtype))
+            setup.runs.mean = job["mean"].map(lambda t: t.to(a.device, a.dtype))
         return setup
 
     @staticmethod
@@ -361,7 +361,7 @@ class Workers:
             self._specs = {key: (model, model_spec(model, ray))}  # keeps the model (and its id) alive
         mean = None
         if setup.intervention == "mean":  # over every row of the task, as in the single-process run
-            mean = setup._mean_activations().map(lambda t: t.detach().to("cpu"))
+            mean = setup.runs.mean_activations().map(lambda t: t.detach().to("cpu"))
         job = {"spec": self._specs[key][1], "task": setup.task, "metric": setup.metric,
                "batch_size": setup.batch_size, "intervention": setup.intervention,
                "write_cache_bytes": setup.write_cache_bytes, "kv_edges": setup.kv_edges, "mean": mean, **extra}

@@ -4,17 +4,33 @@ faithfulness f = (m(C) - m(empty)) / (m(full) - m(empty)); faithfulness curves, 
 from __future__ import annotations
 
 import sys
+import weakref
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..engine.cached import run_cached
 from ..methods.common import Setup, masked_metric_values
-from ..engine.patching import run
 from .selection import prune as prune_edges
 from .selection import top_n
 
 CURVE_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
+
+# Each setup's evaluated circuits: the metric per example, by the circuit's edge set (and what else
+# determines it), so that the target search, the chosen circuit and the curve evaluate a circuit once.
+# Kept while the setup lives.
+_memo: "weakref.WeakKeyDictionary[Setup, dict]" = weakref.WeakKeyDictionary()
+
+
+def memo(setup: Setup) -> dict:
+    """The setup's memo of evaluated circuits (module comment above)."""
+    return _memo.setdefault(setup, {})
+
+
+def forget(setup: Setup) -> None:
+    """Drop the setup's memo: the next evaluation of each circuit runs again."""
+    _memo.pop(setup, None)
 
 
 @torch.no_grad()
@@ -25,7 +41,7 @@ def circuit_metrics(setup: Setup, circuits: list[np.ndarray], max_rows: int | No
 
     Cost follows the circuits: the full model is the batch's clean run and, with patching, the empty
     circuit its corrupted run (both made once per setup and batch, see Setup.run_cache); any other
-    circuit is a cached run of the patching core (patching.run with cache=) that computes only the
+    circuit is a cached run of the patching core (engine/cached.py: run_cached) that computes only the
     nodes the logits depend on and whose inputs are not all corrupted (skip=False computes every
     node: the same numbers). max_rows: rows (circuits x examples) per pass; None: one circuit per pass
     on CPU (measured faster there: 20 curve circuits of GPT-2-small's shape took 3.3x longer 4 per
@@ -36,7 +52,8 @@ def circuit_metrics(setup: Setup, circuits: list[np.ndarray], max_rows: int | No
     circuits = [np.asarray(c, bool) for c in circuits]
     keys = [(setup.intervention, id(setup.metric), setup.batch_size, len(setup.task), skip, max_rows,
              np.packbits(c).tobytes()) for c in circuits]
-    known = {k: setup._values[k] for k in keys if k in setup._values}
+    done = memo(setup)
+    known = {k: done[k] for k in keys if k in done}
     values = np.zeros((len(circuits), len(setup.task)))
     for i, k in enumerate(keys):
         if k in known:
@@ -65,14 +82,14 @@ def circuit_metrics(setup: Setup, circuits: list[np.ndarray], max_rows: int | No
             if positional:  # the cached run has no per-position edges: the plain core
                 m = masked_metric_values(setup, batch, c.ref, off, clean_logits).cpu().numpy()
             else:
-                logits = run(setup.adapter, graph, batch.clean, cache=c, off=off, skip=skip).logits
+                logits = run_cached(c, 0, off, skip)
                 m = np.stack([setup.metric(logits[j * b:(j + 1) * b], batch, clean_logits).double().cpu().numpy()
                               for j in range(off.shape[0])])
             values[np.ix_(todo[start:start + off.shape[0]], batch.rows)] = m
             bar.update(off.shape[0])
     bar.close()
     for i in fresh:
-        setup._values[keys[i]] = values[i].copy()
+        done[keys[i]] = values[i].copy()
     for i, k in enumerate(keys):
         if k not in known and first[k] != i:
             values[i] = values[first[k]]
@@ -133,11 +150,11 @@ def faithfulness_curves(setup: Setup, scores, percents=CURVE_PERCENTS, prune: bo
             circuits.append(c)
             meta.append((absolute, pct, n, int(c.sum())))
     values = circuit_metrics(setup, circuits, max_rows=max_rows, desc="faithfulness curve", per_example=True)
-    out = _summarize(values.mean(1), meta, percents)
+    out = summarize_curves(values.mean(1), meta, percents)
     if bootstrap:
         rng = np.random.default_rng(seed)
         n_ex = values.shape[1]
-        draws = [_summarize(values[:, rng.integers(0, n_ex, n_ex)].mean(1), meta, percents) for _ in range(bootstrap)]
+        draws = [summarize_curves(values[:, rng.integers(0, n_ex, n_ex)].mean(1), meta, percents) for _ in range(bootstrap)]
         tail = (1 - confidence) / 2 * 100
         ci = lambda xs: [float(v) for v in np.nanpercentile(np.asarray(xs, float), [tail, 100 - tail])]  # noqa: E731
         for key in ("cpr", "cmd"):
@@ -149,7 +166,7 @@ def faithfulness_curves(setup: Setup, scores, percents=CURVE_PERCENTS, prune: bo
     return out
 
 
-def _summarize(means: np.ndarray, meta: list, percents) -> dict:
+def summarize_curves(means: np.ndarray, meta: list, percents) -> dict:
     """Curves, CPR and CMD from the mean metric of [full, empty, *curve circuits]."""
     full, empty = means[0], means[1]
     curves = {"signed": [], "absolute": []}

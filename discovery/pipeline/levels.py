@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.errors import UserError
-from .evaluation import CURVE_PERCENTS, _summarize, circuit_metrics, faithfulness
+from .evaluation import CURVE_PERCENTS, summarize_curves, circuit_metrics, faithfulness
 from ..core.graph import Graph
 from ..methods.common import Setup
 from ..core.names import LEVELS  # noqa: F401 - the level names, light for the CLI
@@ -59,25 +59,10 @@ def select_units(scores, *, top: int | None, thresh: float | None, grow: int | N
     return top_units(scores, n, higher_is_better=higher_is_better, absolute=absolute), "top-n", n
 
 
-def reader_nodes(graph: Graph) -> np.ndarray:
-    """For each reader, the source indices of the node it belongs to ([n_readers] lists; logits: [])."""
-    group = graph.n_heads // graph.n_kv_heads
-    out = []
-    for owner, slot in zip(graph.reader_owner, graph.reader_slot):
-        if slot == "logits":
-            out.append([])
-        elif ".kv" in owner:  # a grouped key/value reader belongs to every query head of its group
-            layer, g = owner[1:].split(".kv")
-            out.append([graph.source_index[f"a{layer}.h{h}"] for h in range(int(g) * group, (int(g) + 1) * group)])
-        else:
-            out.append([graph.source_index[owner]])
-    return out
-
-
 def node_edges(graph: Graph, keep_nodes) -> np.ndarray:
     """The edge circuit a node circuit stands for: source in, and the reader's node in (logits: always)."""
     keep_nodes = np.asarray(keep_nodes, dtype=bool)
-    reader_in = np.array([True if not nodes else bool(keep_nodes[nodes].any()) for nodes in reader_nodes(graph)])
+    reader_in = np.array([True if not nodes else bool(keep_nodes[nodes].any()) for nodes in graph.reader_sources])
     return keep_nodes[graph.edge_src] & reader_in[graph.edge_dst]
 
 
@@ -150,4 +135,4 @@ def unit_curves(setup: Setup, level: str, scores, percents=CURVE_PERCENTS) -> di
                                  per_example=True)
     else:
         values = neuron_circuit_metrics(setup, keeps, desc="faithfulness curve", per_example=True)
-    return _summarize(values.mean(1), meta, percents)
+    return summarize_curves(values.mean(1), meta, percents)

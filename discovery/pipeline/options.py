@@ -20,22 +20,23 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from ..core.errors import UserError
-from ..core.names import (ACDC_METHODS, AUTO_METHOD, INTERVENTIONS, LEARNED_METHODS, LEVELS,  # light: no torch
-                    METHOD_NAMES, METRIC_NAMES)
+from ..core import registry
+from ..core.names import (ACDC_METHODS, ALL_METHODS, AUTO_METHOD, INTERVENTIONS, LEARNED_METHODS,  # light: no torch
+                          LEVELS, METHOD_NAMES, METRIC_NAMES)
 
-ALL_METHODS = (AUTO_METHOD,) + tuple(METHOD_NAMES) + ACDC_METHODS + LEARNED_METHODS
-NODE_METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted", "exact")  # level "node" (methods/node.py)
-NEURON_METHODS = ("eap", "eap-ig", "eap-ig-activations", "clean-corrupted")  # level "neuron"
-DEFAULT_METHOD = AUTO_METHOD  # discover()'s default: discover() takes it from here (discovery/pipeline/auto.py)
-QK_FIXABLE = ("eap", "eap-ig", "clean-corrupted", "eap-ig+acdc", AUTO_METHOD)  # methods/qk.py applies (edges)
+NODE_METHODS = registry.names(level="node")  # level "node" (methods/node.py)
+NEURON_METHODS = registry.names(level="neuron")  # level "neuron"
+DEFAULT_METHOD = registry.DEFAULT_METHOD  # discover()'s default (discovery/pipeline/auto.py)
+# methods/qk.py applies (edges), as the registry says; in this order in messages
+QK_FIXABLE = registry.names("score", qk_fix=True) + registry.names("acdc", qk_fix=True) + (AUTO_METHOD,)
 # on request only: measured to hurt more than help there (docs/benchmarks.md, "QK fix and the default pipeline")
-QK_FIX_OFF_BY_DEFAULT = ("clean-corrupted",)
+QK_FIX_OFF_BY_DEFAULT = tuple(m.name for m in registry.METHODS if m.qk_fix == "request")
 DEFAULT_TARGET = 0.9  # the faithfulness target of the default selection (discovery/pipeline/auto.py)
-DEFAULT_TAU = 0.01  # discovery.methods.acdc's (tests/test_options.py checks they agree)
-ACDC_DEFAULT_METRIC = "kl"  # Conmy et al.: distance from the clean model's output distribution
-DEFAULT_CANDIDATES = 1000
-DEFAULT_SPARSITY = 0.95  # edge-pruning's target (discovery.methods.edge_pruning's; tests check they agree)
-DEFAULT_TRAIN_STEPS = 200
+DEFAULT_TAU = registry.method("acdc").defaults["tau"]
+ACDC_DEFAULT_METRIC = registry.method("acdc").defaults["metric"]  # Conmy et al.: distance from the clean outputs
+DEFAULT_CANDIDATES = registry.method("eap-ig+acdc").defaults["candidates"]
+DEFAULT_SPARSITY = registry.method("edge-pruning").defaults["sparsity"]  # edge-pruning's target
+DEFAULT_TRAIN_STEPS = registry.method("edge-pruning").defaults["train_steps"]
 DEFAULT_TOP_N = 100  # no longer a default of edge selection (the faithfulness target is); kept for callers
 MAX_TAUS = 64
 MAX_EDGES = 10_000_000
@@ -60,11 +61,12 @@ Rows = Annotated[int, Field(ge=1, le=MAX_BUILTIN_ROWS, description="rows of a bu
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1, description="seed of a built-in task")]
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """A request model that refuses unknown fields (the service's job and watch bodies derive from it too)."""
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-class MethodOptions(_Strict):
+class MethodOptions(Strict):
     name: MethodName = Field(DEFAULT_METHOD, description="auto (EAP-IG with the QK fix, the smallest circuit meeting "
                                                          "the faithfulness target, exact verification when that is "
                                                          "over 40% of the edges), an edge scoring (then selection), "
@@ -116,9 +118,9 @@ class MethodOptions(_Strict):
             raise ValueError(f"{self.name} learns edge masks: level edge, without positions")
         if self.name == "acdc" and self.candidates is not None:
             raise ValueError("candidates applies to eap-ig+acdc (plain acdc decides every edge)")
-        if self.level != "edge" and self.name == AUTO_METHOD:  # the default pipeline at node/neuron level:
-            # nodes are few, so each is measured (exact: n_sources patched forwards per batch); neurons are estimated
-            self.name = "exact" if self.level == "node" else "eap-ig"
+        # the default pipeline at node/neuron level runs the registry's method for it: nodes are few, so
+        # each is measured (exact: n_sources patched forwards per batch); neurons are estimated (eap-ig)
+        self.name = registry.method(self.name).at_level.get(self.level, self.name)
         allowed = {"node": NODE_METHODS, "neuron": NEURON_METHODS}.get(self.level)
         if allowed is not None and self.name not in allowed:
             raise ValueError(f"method '{self.name}' has no {self.level}-level scores; at level {self.level} "
@@ -137,7 +139,7 @@ class MethodOptions(_Strict):
 
     @property
     def acdc(self) -> bool:
-        return self.name in ACDC_METHODS
+        return registry.method(self.name).kind == "acdc"
 
     @property
     def qk_fixable(self) -> bool:
@@ -152,7 +154,7 @@ class MethodOptions(_Strict):
         return self.qk_fixable and self.qk_fix
 
 
-class SelectionOptions(_Strict):
+class SelectionOptions(Strict):
     target: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False,
                                  description=f"keep the smallest top-k circuit whose faithfulness is within 1 - T of 1 "
                                              f"(the default selection of edges, T = {DEFAULT_TARGET})")
@@ -174,7 +176,7 @@ class SelectionOptions(_Strict):
         return any(x is not None for x in (self.top_n, self.threshold, self.greedy, self.target))
 
 
-class LabelOptions(_Strict):
+class LabelOptions(Strict):
     """labeling.label_circuit's options that a request can carry."""
     components: list[Annotated[str, Field(min_length=1, max_length=32)]] | None = Field(
         None, max_length=4096, description="label these components (default: the circuit's heads and MLPs)")
@@ -182,7 +184,7 @@ class LabelOptions(_Strict):
     scorer: Literal[LABEL_SCORERS] = "auto"  # type: ignore[valid-type]
 
 
-class LabelingOptions(_Strict):
+class LabelingOptions(Strict):
     backend: Literal[("none",) + LABEL_BACKENDS] = Field(  # type: ignore[valid-type]
         "none", description="'none' (no labels), 'heuristic' (offline) or 'openai' (CIRCUITRY_LLM_BASE_URL)")
     options: LabelOptions = Field(default_factory=LabelOptions)
@@ -192,7 +194,7 @@ class LabelingOptions(_Strict):
         return self.backend != "none"
 
 
-class DiscoveryOptions(_Strict):
+class DiscoveryOptions(Strict):
     method: MethodOptions = Field(default_factory=MethodOptions)
     selection: SelectionOptions = Field(default_factory=SelectionOptions)
     labeling: LabelingOptions = Field(default_factory=LabelingOptions)
@@ -293,7 +295,7 @@ def validated(model, data, spell=lambda key: key):
         raise flat_error(exc, spell) from None
 
 
-class WorkerOptions(_Strict):
+class WorkerOptions(Strict):
     """Where discover() runs its scoring: Ray workers (discovery/pipeline/distributed.py)."""
     workers: int | None = Field(None, ge=1, le=1024, description="shard the examples over N Ray workers")
     worker_cpus: float | None = Field(None, gt=0, le=1024, description="Ray CPUs per worker")
@@ -306,7 +308,7 @@ class WorkerOptions(_Strict):
         return self
 
 
-class BuiltinTaskOptions(_Strict):
+class BuiltinTaskOptions(Strict):
     """Size and seed of a built-in task (CLI --n/--seed, the API's task.n/task.seed)."""
     n: Rows = DEFAULT_BUILTIN_ROWS
     seed: Seed = 0

@@ -62,22 +62,6 @@ def threshold(graph: Graph, scores, t: float, *, higher_is_better: bool | None =
     return importance(scores, higher_is_better, absolute) >= t
 
 
-def _readers_of(graph: Graph) -> list[list[int]]:
-    """For each source, the reader slots whose values it consumes (its q/k/v, or its MLP input)."""
-    out: list[list[int]] = [[] for _ in graph.sources]
-    group = graph.n_heads // graph.n_kv_heads
-    for r, (owner, slot) in enumerate(zip(graph.reader_owner, graph.reader_slot)):
-        if slot == "logits":
-            continue
-        if slot == "mlp" or slot == "q" or not graph.grouped:
-            out[graph.source_index[owner]].append(r)
-        else:  # a key/value head feeds every query head of its group
-            layer, g = owner[1:].split(".kv")
-            for h in range(int(g) * group, (int(g) + 1) * group):
-                out[graph.source_index[f"a{layer}.h{h}"]].append(r)
-    return out
-
-
 def greedy(graph: Graph, scores, n: int, *, higher_is_better: bool | None = None, absolute=True) -> np.ndarray:
     """Grow from the logits: repeatedly add the most important edge into a node already in the circuit.
     graph: a Graph or the scores' Setup (module docstring)."""
@@ -85,7 +69,7 @@ def greedy(graph: Graph, scores, n: int, *, higher_is_better: bool | None = None
     if graph.n_positions is not None:
         raise UserError("greedy selection is not position-aware; use --top-n or --threshold with --positions")
     imp = importance(scores, higher_is_better, absolute)
-    readers_of = _readers_of(graph)
+    readers_of = graph.readers_of
     edges_into = [[] for _ in graph.readers]
     for e, r in enumerate(graph.edge_dst):
         edges_into[r].append(e)
@@ -116,9 +100,9 @@ def prune(graph: Graph, in_circuit) -> np.ndarray:
     inputs are all corrupted writes its corrupted output, which its out-of-circuit edges carry too)."""
     if graph.n_positions is not None:  # at the level of (node, position)
         from ..engine.positions import prune_positional
-        return prune_positional(graph, in_circuit, _readers_of(graph))
+        return prune_positional(graph, in_circuit)
     m = graph.edge_mask_matrix(in_circuit)
-    readers_of = _readers_of(graph)
+    readers_of = graph.readers_of
     active = np.zeros(graph.n_sources, dtype=bool)
     active[0] = True
     for s in range(1, graph.n_sources):

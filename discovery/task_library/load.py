@@ -18,6 +18,7 @@ from ..core.errors import TaskError
 from ..model.tasks import Task
 from ..model.tasks import load_task as load_task_file
 from .base import build
+from .catalog import TASKS
 
 DEFAULT_ROWS = 200
 
@@ -25,8 +26,6 @@ DEFAULT_ROWS = 200
 def load_task(source: str | os.PathLike, tokenizer=None, vocab_size: int | None = None, name: str | None = None,
               *, n: int | None = None, seed: int | None = None) -> Task:
     """A JSONL task file, or a built-in task by name (`n` rows, default 200, from `seed`, default 0)."""
-    from . import TASKS  # the package's table (this module is imported by it)
-
     if isinstance(source, Task):
         raise TaskError("load_task takes a file path or a built-in task name; this is already a Task")
     if not isinstance(source, (str, os.PathLike)):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 
 from discovery.core.errors import UserError
+from discovery.model.config import context_length
 
 from ..config import Settings
 from ..problems import Unprocessable
@@ -77,13 +78,6 @@ def _toy_dir(name: str, revision: str | None) -> str:
     from discovery.core.names import toy_model_dir
 
     return toy_model_dir(name, revision)
-
-
-def context_length(config: dict) -> int | None:
-    for key in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
-        if isinstance(config.get(key), int) and config[key] > 0:
-            return config[key]
-    return None
 
 
 def validate_model(job: JobRequest, settings: Settings) -> None:

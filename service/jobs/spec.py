@@ -10,7 +10,7 @@ from pydantic import Field, HttpUrl, model_validator
 
 from discovery.core.names import TASK_NAMES
 from discovery.pipeline.options import (DEFAULT_BUILTIN_ROWS, DiscoveryOptions, LabelingOptions, MethodOptions, Rows, Seed,
-                               SelectionOptions, _Strict)
+                               SelectionOptions, Strict)
 
 TaskName = Literal[TASK_NAMES]  # type: ignore[valid-type]
 JobStatus = Literal["queued", "running", "labeling", "succeeded", "failed", "cancelled"]
@@ -18,7 +18,7 @@ JobStatus = Literal["queued", "running", "labeling", "succeeded", "failed", "can
 MethodSpec, SelectionSpec, LabelingSpec = MethodOptions, SelectionOptions, LabelingOptions
 
 
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     name: str = Field(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f]+$",
                       description="a hub id (org/name), a shipped toy model (toy:ioi), or a directory name under "
                                   "one of the configured model roots")
@@ -27,7 +27,7 @@ class ModelSpec(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
 
 
-class TaskSpec(_Strict):
+class TaskSpec(Strict):
     """A built-in task (`builtin` with `n` and `seed`) or inline `rows` (text rows or token-id rows)."""
     builtin: TaskName | None = Field(None, description="built-in task name (see `circuitry tasks`)")
     n: Rows = DEFAULT_BUILTIN_ROWS

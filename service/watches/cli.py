@@ -10,7 +10,8 @@ import sys
 import time
 
 from discovery.core.errors import UserError
-from discovery.pipeline.options import ALL_METHODS, DEFAULT_METHOD
+from discovery.core.names import ALL_METHODS
+from discovery.core.registry import DEFAULT_METHOD
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
