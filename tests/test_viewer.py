@@ -219,8 +219,9 @@ def test_ui_submit_follow_and_view(browser, service, tmp_path):
     page.select_option("select[name=labeling]", "heuristic")
     page.click("#job-form button[type=submit]")
     page.wait_for_url(re.compile(r".*/ui/jobs/[0-9a-f-]{36}$"))
-    page.wait_for_selector("#circuit-link", timeout=60_000)  # live status until it succeeded
-    assert "succeeded" in page.locator("#job-status").inner_text()
+    page.wait_for_selector("#circuit-link", timeout=60_000)  # the circuit is stored before labeling ends
+    page.wait_for_function("document.querySelector('#job-status').innerText.includes('succeeded')",
+                           timeout=60_000)  # live status until it succeeded
     assert "labeling" in page.locator("#events").inner_text()  # the event stream was followed
     page.click("#circuit-link")
     page.wait_for_selector("#nodes .node")
