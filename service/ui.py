@@ -8,10 +8,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
-from discovery.core.names import ACDC_METHODS, AUTO_METHOD, LEARNED_METHODS, METHOD_NAMES, METRIC_NAMES as METRICS, \
-    TASK_NAMES as TASKS
+from discovery.core.names import AUTO_METHOD
 
 from .problems import NotFound
+from .ui_form import form_fields
 from viewer.render import ASSETS, asset, page
 
 # Scripts and styles only from this server; no inline script runs (the page configuration is a JSON
@@ -30,7 +30,6 @@ FORM_PRESETS = {
     "toy:induction": {"task": "induction", "n": 32, "seed": 1, "metric": "", "top_n": ""},
     "toy:ioi": {"task": "ioi", "n": 64, "seed": 1, "metric": "", "top_n": ""},
 }
-METHODS = (AUTO_METHOD,) + tuple(METHOD_NAMES) + tuple(ACDC_METHODS) + tuple(LEARNED_METHODS)  # every method
 
 
 def _page(config: dict, title: str) -> HTMLResponse:
@@ -73,8 +72,8 @@ def jobs():
 
 @router.get("/jobs/new")
 def submit():
-    return _page({"mode": "submit", "tasks": list(TASKS), "methods": list(METHODS), "default_method": AUTO_METHOD,
-                  "acdc": list(ACDC_METHODS), "metrics": list(METRICS), "presets": FORM_PRESETS}, "submit a job")
+    return _page({"mode": "submit", "fields": form_fields(), "default_method": AUTO_METHOD, "presets": FORM_PRESETS},
+                 "submit a job")
 
 
 @router.get("/jobs/{job_id}")

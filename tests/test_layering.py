@@ -65,7 +65,7 @@ SERVICE_LAYERS = [
     {"service.store"},
     {"service.jobs"},
     {"service.watches"},
-    {"service.api", "service.ui"},
+    {"service.api", "service.ui", "service.ui_form"},
     {"service.server", "service.cli", "service"},
 ]
 

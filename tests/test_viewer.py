@@ -270,7 +270,7 @@ def test_ui_form_defaults_and_methods(browser, service):
     assert posted[0]["method"]["metric"] is None and posted[0]["task"]["builtin"] == "induction"
     page.goto(url + "/ui/jobs/new")
     page.wait_for_selector("#job-form")
-    assert page.is_visible("#row-top_n") and not page.is_visible("#row-tau")
+    assert page.is_visible("#row-target") and not page.is_visible("#row-top_n") and not page.is_visible("#row-tau")
     page.fill("input[name=model]", "toy:ioi")
     page.dispatch_event("input[name=model]", "change")
     assert page.input_value("select[name=task]") == "ioi" and page.input_value("input[name=top_n]") == ""

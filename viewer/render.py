@@ -11,7 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 
 STATIC = Path(__file__).parent / "static"
-ASSETS = {"viewer.js": "text/javascript; charset=utf-8", "viewer.css": "text/css; charset=utf-8"}
+ASSETS = {"viewer.js": "text/javascript; charset=utf-8", "viewer.css": "text/css; charset=utf-8",
+          "jobs.js": "text/javascript; charset=utf-8"}  # jobs.js: the /ui job pages (served pages only)
 
 
 @lru_cache(maxsize=None)
@@ -50,7 +51,7 @@ def page(config: dict, *, title: str, standalone: bool) -> str:
         tail = f"<script>\n{js}</script>"
     else:
         head = '<link rel="stylesheet" href="/ui/static/viewer.css">'
-        tail = '<script src="/ui/static/viewer.js"></script>'
+        tail = '<script src="/ui/static/jobs.js"></script>\n<script src="/ui/static/viewer.js"></script>'
     return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             '<link rel="icon" href="data:,">\n'  # no /favicon.ico request (a 404 in the console)

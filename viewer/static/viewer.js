@@ -1,5 +1,5 @@
 /* circuitry viewer: circuits (layered graph, node labels and evidence, edge slider, stored faithfulness
- * curve), diffs, timelines, and the job pages. Vanilla JS + SVG, no dependencies, so the same file can
+ * curve), diffs, timelines, circuit lists (the job pages are jobs.js). Vanilla JS + SVG, no dependencies, so the same file can
  * be inlined into one self-contained HTML file or served under /ui.
  *
  * The page's configuration is the JSON in <script id="circuitry-config">: {mode, data?, ...}. With
@@ -712,138 +712,6 @@
   }
   function statusSpan(st) { return h("span", { class: "status-" + st, text: st }); }
 
-  function renderJobs(root) {
-    append(root, h("h1", { text: "Jobs" }), h("p", null, h("a", { href: "/ui/jobs/new", text: "Submit a job" })));
-    var box = h("div", { class: "card", id: "jobs" }, h("p", { class: "muted", text: "loading\u2026" }));
-    append(root, box);
-    function load() {
-      api("/v1/jobs?limit=50").then(function (page) {
-        clear(box);
-        if (!page.items.length) { append(box, h("p", { class: "muted", text: "No jobs yet." })); return; }
-        append(box, table(["job", "status", "model", "task", "method", "progress", "message", "created", "circuit"],
-          page.items.map(function (j) {
-            return [h("a", { href: "/ui/jobs/" + encodeURIComponent(j.id), text: j.id.slice(0, 8) }), statusSpan(j.status), j.model, j.task,
-              j.method, progressBar(j.progress), j.error || j.message || "", j.created_at.replace("T", " ").slice(0, 19),
-              j.circuit_id ? h("a", { href: "/ui/circuits/" + encodeURIComponent(j.circuit_id), text: "view" }) : ""];
-          })));
-      }).catch(function (e) { clear(box); showError(box, e); });
-    }
-    load();
-    setInterval(load, 2000);
-  }
-
-  function renderJob(root, id) {
-    append(root, h("h1", { text: "Job " + id }));
-    var head = h("div", { class: "summary", id: "job-status" }), bar = h("div"), events = h("pre", { class: "events", id: "events" });
-    var result = h("div", { id: "job-result" });
-    append(root, h("div", { class: "card" }, head, bar, result), h("h2", { text: "Events" }), events);
-    var done = false;
-    function show(j) {
-      clear(head); clear(bar); clear(result);
-      append(head, h("span", null, "status ", statusSpan(j.status)), h("span", null, "attempt " + j.attempt + "/" + j.max_attempts),
-        h("span", null, j.model + " \u00b7 " + j.task + " \u00b7 " + j.method), h("span", { class: "muted", text: j.message || "" }));
-      append(bar, progressBar(j.status === "succeeded" ? 1 : j.progress));
-      if (j.error) append(result, h("p", { class: "error", text: j.error }));
-      if (j.circuit_id) append(result, h("p", null, h("a", { href: "/ui/circuits/" + encodeURIComponent(j.circuit_id), id: "circuit-link", text: "View the circuit" })));
-      done = ["succeeded", "failed", "cancelled"].indexOf(j.status) >= 0;
-    }
-    function refresh() { return api("/v1/jobs/" + encodeURIComponent(id)).then(show); }
-    function addEvent(e) { events.textContent += e.at.slice(11, 23) + "  " + e.kind + "  " + e.status + "  " + (e.progress === null ? "" : fmt(e.progress, 2)) + "  " + (e.message || "") + "\n"; }
-    // Live events: EventSource cannot send the Authorization header, so read the server-sent event
-    // stream through fetch; fall back to polling where streaming bodies are not available.
-    function stream() {
-      var headers = { Accept: "text/event-stream" };
-      if (token()) headers.Authorization = "Bearer " + token();
-      return fetch("/v1/jobs/" + encodeURIComponent(id) + "/events", { headers: headers }).then(function (r) {
-        if (!r.ok || !r.body || !r.body.getReader) throw new Error("no stream");
-        var reader = r.body.getReader(), dec = new TextDecoder(), buf = "";
-        function pump() {
-          return reader.read().then(function (chunk) {
-            if (chunk.done) return refresh();
-            buf += dec.decode(chunk.value, { stream: true });
-            var parts = buf.split("\n\n");
-            buf = parts.pop();
-            parts.forEach(function (block) {
-              var kind = "message", data = "";
-              block.split("\n").forEach(function (line) {
-                if (line.indexOf("event: ") === 0) kind = line.slice(7);
-                else if (line.indexOf("data: ") === 0) data += line.slice(6);
-              });
-              if (!data) return;
-              if (kind === "end") { refresh(); return; }
-              try { addEvent(JSON.parse(data)); } catch (err) { /* keep-alive or partial */ }
-              refresh();
-            });
-            return pump();
-          });
-        }
-        return pump();
-      });
-    }
-    refresh().then(function () {
-      return stream().catch(function () {
-        var timer = setInterval(function () { refresh().then(function () { if (done) clearInterval(timer); }); }, 1000);
-      });
-    }).catch(function (e) { showError(root, e); });
-  }
-
-  function renderSubmit(root, cfg) {
-    append(root, h("h1", { text: "Submit a job" }));
-    function options(list) { return list.map(function (t) { return h("option", { value: t, text: t }); }); }
-    var presets = cfg.presets || {}, acdc = cfg.acdc || ["acdc", "eap-ig+acdc"];
-    var f = {
-      model: h("input", { name: "model", value: "toy:induction", required: true, list: "model-presets" }),
-      task: h("select", { name: "task" }, options(cfg.tasks || ["induction", "ioi"])),
-      n: h("input", { name: "n", type: "number", value: 32, min: 1 }),
-      seed: h("input", { name: "seed", type: "number", value: 1, min: 0 }),
-      method: h("select", { name: "method" }, options(cfg.methods || ["eap-ig"])),
-      metric: h("select", { name: "metric" }, [h("option", { value: "", text: "task default" })].concat(options(cfg.metrics || []))),
-      top_n: h("input", { name: "top_n", type: "number", value: "", min: 1, placeholder: "faithfulness target" }),
-      tau: h("input", { name: "tau", type: "number", value: 0.01, min: 0, step: "any" }),
-      curve: h("input", { name: "curve", type: "checkbox", checked: true }),
-      labeling: h("select", { name: "labeling" }, options(["heuristic", "none", "openai"]))
-    };
-    var hints = { top_n: "empty: the smallest circuit that reaches the faithfulness target; N: keep the N most important edges", tau: "acdc, eap-ig+acdc: remove an edge when the metric moves by at most tau",
-                  model: "a shipped toy model (its own task is filled in) or a model directory the server allows" };
-    var rows = {};
-    function apply(name) {  // a shipped model: its task and the settings the demo uses
-      var p = presets[name];
-      if (!p) return;
-      f.task.value = p.task; f.n.value = p.n; f.seed.value = p.seed; f.metric.value = p.metric; f.top_n.value = p.top_n;
-    }
-    function methodChanged() {  // ACDC decides the circuit by tau; the scorers select by top-n
-      var isAcdc = acdc.indexOf(f.method.value) >= 0;
-      rows.top_n.hidden = isAcdc; rows.tau.hidden = !isAcdc;
-    }
-    apply(f.model.value);
-    f.model.addEventListener("change", function () { apply(f.model.value.trim()); });
-    f.method.value = cfg.default_method || "auto";
-    f.method.addEventListener("change", methodChanged);
-    var msg = h("div", { id: "submit-result" });
-    var form = h("form", { class: "job card", id: "job-form" },
-      h("datalist", { id: "model-presets" }, options(Object.keys(presets))),
-      Object.keys(f).map(function (k) {
-        rows[k] = h("div", { id: "row-" + k }, h("label", { text: k.replace("_", " ") }), f[k],
-          hints[k] ? h("span", { class: "muted small", text: " " + hints[k] }) : null);
-        return rows[k];
-      }),
-      h("p", null, h("button", { type: "submit", text: "Submit" })), msg);
-    methodChanged();
-    form.addEventListener("submit", function (ev) {
-      ev.preventDefault();
-      clear(msg);
-      var isAcdc = acdc.indexOf(f.method.value) >= 0;
-      var body = { model: { name: f.model.value.trim() }, task: { builtin: f.task.value, n: +f.n.value, seed: +f.seed.value },
-        method: { name: f.method.value, metric: f.metric.value || null, curve: f.curve.checked },
-        selection: isAcdc || !f.top_n.value ? {} : { top_n: +f.top_n.value }, labeling: { backend: f.labeling.value } };
-      if (isAcdc) body.method.tau = +f.tau.value;
-      api("/v1/jobs", { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } })
-        .then(function (j) { location.href = "/ui/jobs/" + encodeURIComponent(j.id); })
-        .catch(function (e) { showError(msg, e); });
-    });
-    append(root, form);
-  }
-
   function renderCircuitList(root) {
     append(root, h("h1", { text: "Circuits" }));
     var box = h("div", { class: "card", id: "circuits" }, h("p", { class: "muted", text: "loading\u2026" }));
@@ -913,10 +781,10 @@
         if (d) renderTimeline(root, d.points, false, d.title);
         else api("/v1/watches/" + encodeURIComponent(cfg.watch) + "/timeline")
           .then(function (body) { renderWatch(root, body); }).catch(function (e) { showError(root, e); });
-      } else if (cfg.mode === "jobs") renderJobs(root);
-      else if (cfg.mode === "job") renderJob(root, cfg.id);
-      else if (cfg.mode === "submit") renderSubmit(root, cfg);
-      else if (cfg.mode === "circuits") renderCircuitList(root);
+      } else if (window.circuitryPages && window.circuitryPages[cfg.mode]) {  // the job pages (jobs.js, served only)
+        window.circuitryPages[cfg.mode](root, cfg, { h: h, s: s, append: append, clear: clear, fmt: fmt, table: table,
+          api: api, token: token, showError: showError, statusSpan: statusSpan, progressBar: progressBar });
+      } else if (cfg.mode === "circuits") renderCircuitList(root);
       else renderIndex(root);
     } catch (e) {
       showError(root, e);
