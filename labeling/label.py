@@ -10,7 +10,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from tqdm.auto import tqdm
+from discovery.core.progress import progress as progress_bar
 
 from discovery.core.circuit import Circuit
 from discovery.core.errors import TaskError, UserError
@@ -97,7 +97,7 @@ def label_circuit(circuit: Circuit, model: LoadedModel, task: Task, backend: str
     if client is not None:
         client.check()  # once, before any work: an unreachable endpoint is one line, now
 
-    bars = tqdm(total=len(comps) * (2 + (backend == "openai") + use_llm_scorer), desc="labeling", unit="step",
+    bars = progress_bar(total=len(comps) * (2 + (backend == "openai") + use_llm_scorer), desc="labeling", unit="step",
                 file=sys.stderr, disable=not progress, leave=False)
     bundle = collect_evidence(model, task, circuit, comps, cfg)
     bars.update(len(comps))

@@ -315,8 +315,11 @@ def test_demo_pieces(tmp_path, capsys):
     small = {"induction": {**JOBS["induction"], "task": {"builtin": "induction", "n": 8, "seed": 1},
                            "method": {"name": "eap", "metric": "kl", "curve": True}}}
     started = time.monotonic()
-    assert run_demo(out=str(tmp_path / "demo"), progress=False, jobs=small) == 0
-    out = capsys.readouterr().out
+    assert run_demo(out=str(tmp_path / "demo"), progress=True, jobs=small) == 0
+    out, err = capsys.readouterr()
+    # stderr is not a terminal here (as `make run > log`): a few plain lines naming the job, no redrawn bar
+    assert "\r" not in err and 1 <= err.count("\n") <= 12, err
+    assert re.search(r"^induction (succeeded|labeling)\b.*: 100/100 \(100%\)", err, re.M), err
     assert (tmp_path / "demo" / "induction.html").stat().st_size > 10_000
     assert (tmp_path / "demo" / "faithfulness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "demo" / "service" / "circuitry.db").exists()

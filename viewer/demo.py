@@ -42,9 +42,9 @@ def start_service(home: Path):
 
 def follow(client, job_ids: dict[str, str], progress: bool = True, timeout: float = 600.0) -> dict[str, dict]:
     """Poll the jobs until all have ended, with one progress bar per job on stderr."""
-    from tqdm import tqdm
+    from discovery.core.progress import Plain, progress as progress_bar
 
-    bars = {name: tqdm(total=100, desc="queued", position=i, leave=True, disable=not progress, file=sys.stderr,
+    bars = {name: progress_bar(total=100, desc="queued", position=i, leave=True, disable=not progress, file=sys.stderr,
                        bar_format=f"{name:<10}" + " {bar:20} {n:3.0f}%  {desc}")
             for i, name in enumerate(job_ids)}
     done: dict[str, dict] = {}
@@ -59,7 +59,9 @@ def follow(client, job_ids: dict[str, str], progress: bool = True, timeout: floa
                 job = r.json()
                 pct = 100.0 if job["status"] == "succeeded" else round(100 * (job["progress"] or 0.0))
                 bars[name].n = pct
-                bars[name].set_description_str(f"{job['status']}: {job.get('error') or job.get('message') or ''}"[:70])
+                note = job.get("error") or job.get("message") or ""
+                where = f"{name} " if isinstance(bars[name], Plain) else ""  # a plain line names its job
+                bars[name].set_description_str(f"{where}{job['status']}" + (f": {note}"[:70] if note else ""))
                 if job["status"] in TERMINAL:
                     done[name] = job
             if time.monotonic() > deadline:

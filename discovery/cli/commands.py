@@ -492,14 +492,14 @@ def cmd_attribute(args) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be between 0 and 1")
     if args.memory_budget <= 0 or args.batch_size < 1 or args.check < 0:
         raise UserError("--memory-budget must be positive, --batch-size at least 1 and --check at least 0")
-    from tqdm.auto import tqdm
+    from ..core.progress import progress as progress_bar
 
     from ..features.graph_file import graph_document, save_graph
     from ..features.run import run_attribution
     from ..model.adapters import load_model
 
     model = load_model(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
-    bar = tqdm(total=0, desc="attribution", unit="row", file=sys.stderr, disable=args.quiet)
+    bar = progress_bar(total=0, desc="attribution", unit="row", file=sys.stderr, disable=args.quiet)
 
     def progress(done, total):
         bar.total = total

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..core.errors import UserError
+from ..core.progress import progress as progress_bar
 from .mlp_data import MLPTap, fingerprint, load_sequences, mlp_activations, pad_batch, pad_id_of
 from .transcoder_files import CONFIG
 from .transcoders import Transcoders, save_transcoders
@@ -177,31 +178,22 @@ def _lr_factor(step: int, steps: int) -> float:
 
 
 class _Progress:
-    """tqdm on a terminal; otherwise a plain line about every 10% (and at the end)."""
+    """The training bar (core.progress: tqdm on a terminal, plain lines at each tenth elsewhere), and the
+    caller's callback once per step."""
 
     def __init__(self, total: int, start: int, desc: str, quiet: bool, callback=None):
-        self.total, self.n, self.desc, self.quiet, self.callback = total, start, desc, quiet, callback
-        self.bar = None
-        if not quiet and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, initial=start, desc=desc, file=sys.stderr)
-        self.next_line = start + max(1, total // 10)
+        self.total, self.n, self.callback = total, start, callback
+        self.bar = progress_bar(total=total, initial=start, desc=desc, file=sys.stderr, disable=quiet)
 
     def update(self, info: dict) -> None:
         self.n += 1
         if self.callback is not None:
             self.callback(self.n, self.total, info)
-        if self.bar is not None:
-            self.bar.set_postfix(info, refresh=False)
-            self.bar.update(1)
-        elif not self.quiet and (self.n >= self.next_line or self.n == self.total):
-            self.next_line = self.n + max(1, self.total // 10)
-            detail = " ".join(f"{k} {v}" for k, v in info.items())
-            print(f"{self.desc}: step {self.n}/{self.total} {detail}", file=sys.stderr, flush=True)
+        self.bar.set_postfix(info, refresh=False)
+        self.bar.update(1)
 
     def close(self):
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
 def _save_state(path: str, state: dict) -> None:

@@ -66,7 +66,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..core.progress import progress as progress_bar
 
 from ..core import registry
 from ..core.errors import UserError
@@ -363,7 +363,7 @@ class _ACDC:
     def run(self, taus: list[float], progress: bool) -> list[_TauRun]:
         states = [_TauRun(t, self.candidates, self.m0, self.graph.n_edges, self.graph.n_sources) for t in taus]
         n = len(self.order)
-        bar = tqdm(total=n * len(states), desc="acdc", file=sys.stderr, disable=not progress, leave=False)
+        bar = progress_bar(total=n * len(states), desc="acdc", file=sys.stderr, disable=not progress, leave=False)
         while True:
             active = [s for s in states if s.pos < n]
             if not active:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
+from ..core.progress import progress as progress_bar
 
 from ..core.errors import UserError
 from ..core.graph import Graph
@@ -93,7 +93,7 @@ class Setup:
             self._order = divergence_order(self.task)
         it = iter_batches(self.task, self.batch_size, device=self.device, order=self._order)
         total = -(-len(self.task) // self.batch_size)
-        bar = tqdm(it, total=total, desc=desc, file=sys.stderr, disable=not self.progress or desc is None,
+        bar = progress_bar(it, total=total, desc=desc, file=sys.stderr, disable=not self.progress or desc is None,
                    leave=False)
         return bar if self.on_batch is None else self._watched(bar, total, desc)
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from ..core.progress import progress as progress_bar
 
 from ..core import registry
 from ..core.errors import UserError
@@ -116,7 +116,7 @@ def edge_pruning(setup: Setup, sparsity: float | None = DEFAULT_SPARSITY, lam: f
             clean = setup.clean_run(batch).logits
             data.append((batch, setup.reference(batch), F.log_softmax(clean.float(), -1)))
     n_warm = max(1, int(round(warmup * steps)))
-    bar = tqdm(range(steps), desc="edge-pruning", file=sys.stderr,
+    bar = progress_bar(range(steps), desc="edge-pruning", file=sys.stderr,
                disable=not (setup.progress if progress is None else progress), leave=False)
     kl_value = float("nan")
     for step in bar:

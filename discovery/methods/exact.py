@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..core.progress import progress as progress_bar
 
 from .common import Setup, masked_metric_sums
 
@@ -21,7 +21,7 @@ def measured_effects(setup: Setup, n_items: int, masks, desc: str, max_rows: int
     fit in max_rows. float32 [n_items]."""
     totals = torch.zeros(n_items, dtype=torch.float64)
     n_examples = 0
-    bar = tqdm(total=n_items * (-(-len(setup.task) // setup.batch_size)), desc=desc, file=sys.stderr,
+    bar = progress_bar(total=n_items * (-(-len(setup.task) // setup.batch_size)), desc=desc, file=sys.stderr,
                disable=not setup.progress, leave=False)
     for batch in setup.batches():
         b = len(batch.rows)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -402,6 +403,9 @@ def load_model(name_or_path: str, revision: str | None = None, dtype=None, devic
         raise UserError(f"could not load model config for '{name_or_path}': {first}") from None
     check_supported(config.model_type)
     torch_dtype = parse_dtype(dtype) or torch.float32
+    if not sys.stderr.isatty():  # Hugging Face's loading bar redraws: a log gets core.progress's plain lines only
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(
             name_or_path, revision=revision, dtype=torch_dtype, trust_remote_code=False)

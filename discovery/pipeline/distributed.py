@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..core.progress import progress as progress_bar
 
 from ..core.errors import UserError
 from ..methods.common import Setup
@@ -513,7 +513,7 @@ def score_edges_sharded(setup: Setup, method: str, steps: int, workers: Workers,
     workers.start()
     shards = workers.shards(len(setup.task), setup.batch_size)
     holder = workers.job(setup, qk_fix=qk_fix)
-    bar = tqdm(total=len(setup.task), desc=f"{method} x{workers.n}", file=sys.stderr, disable=not setup.progress,
+    bar = progress_bar(total=len(setup.task), desc=f"{method} x{workers.n}", file=sys.stderr, disable=not setup.progress,
                leave=False)
     try:
         parts = workers.map("score", [(holder, rows, method, steps) for rows in shards],

@@ -8,7 +8,7 @@ import weakref
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..core.progress import progress as progress_bar
 
 from ..engine.cached import run_cached
 from ..methods.common import Setup, masked_metric_values
@@ -65,7 +65,7 @@ def circuit_metrics(setup: Setup, circuits: list[np.ndarray], max_rows: int | No
     todo = [i for i in fresh if not (full[i] or empty[i])]
     offs = torch.stack([valid & ~torch.as_tensor(graph.edge_mask_matrix(circuits[i])) for i in todo]).float() \
         if todo else None
-    bar = tqdm(total=len(todo) * -(-len(setup.task) // setup.batch_size), desc=desc, file=sys.stderr,
+    bar = progress_bar(total=len(todo) * -(-len(setup.task) // setup.batch_size), desc=desc, file=sys.stderr,
                disable=not setup.progress or desc is None, leave=False)
     for batch in setup.batches():
         b = len(batch.rows)

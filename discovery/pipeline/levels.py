@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..core.progress import progress as progress_bar
 
 from ..core.errors import UserError
 from .evaluation import CURVE_PERCENTS, summarize_curves, circuit_metrics, faithfulness
@@ -80,7 +80,7 @@ def neuron_circuit_metrics(setup: Setup, circuits: list[np.ndarray], max_bytes: 
     valid = torch.as_tensor(graph.valid, dtype=torch.float32)
     out_dims = [torch.as_tensor(~np.asarray(c, dtype=bool), dtype=torch.float32) for c in circuits]
     values = np.zeros((len(circuits), len(setup.task)))
-    bar = tqdm(total=len(circuits) * -(-len(setup.task) // setup.batch_size), desc=desc, file=sys.stderr,
+    bar = progress_bar(total=len(circuits) * -(-len(setup.task) // setup.batch_size), desc=desc, file=sys.stderr,
                disable=not setup.progress or desc is None, leave=False)
     for batch in setup.batches():
         b = len(batch.rows)
