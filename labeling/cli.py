@@ -11,7 +11,7 @@ from discovery.core.errors import UserError
 def register(subparsers) -> None:
     p = subparsers.add_parser("label", help="label the heads and MLPs of a circuit file (evidence-based, scored)")
     p.add_argument("circuit", help="circuit JSON written by 'circuitry discover'")
-    p.add_argument("--out", required=True, help="where to write the labeled circuit JSON (schema 1.1)")
+    p.add_argument("--out", required=True, help="where to write the labeled circuit JSON (the circuit's schema_version, with labels)")
     p.add_argument("--backend", default="heuristic", choices=["heuristic", "openai"],
                    help="heuristic (default, offline) or openai (CIRCUITRY_LLM_BASE_URL, CIRCUITRY_LLM_MODEL)")
     p.add_argument("--scorer", default="auto", choices=["auto", "evidence_agreement", "llm"],
@@ -34,6 +34,29 @@ def register(subparsers) -> None:
     p.add_argument("--neuronpedia", default=None, help="also write the Neuronpedia/circuit-tracer graph JSON here")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_label)
+
+
+def plug(hooks: dict) -> None:
+    """What labeling gives discovery's own commands (discovery/cli/commands.py HOOKS)."""
+    hooks["read_circuit"] = read_circuit
+    hooks["label"] = label_discovered
+
+
+def read_circuit(path: str):
+    """A circuit file, plain or labeled (diff and timeline compare labels and role tags too)."""
+    from .schema import LabeledCircuit
+
+    return LabeledCircuit.load(path)
+
+
+def label_discovered(circuit, model, task, labeling, out: str, progress: bool) -> str:
+    """`discover --label`: label the circuit just found (LabelingOptions `labeling`), save it over `out`,
+    and return the summary line to print."""
+    from .label import label_circuit
+
+    labeled = label_circuit(circuit, model, task, labeling.backend, **labeling.options.model_dump(), progress=progress)
+    labeled.save(out)
+    return summary_line(labeled, out)
 
 
 def _builtin_from_source(source: str):

@@ -178,13 +178,13 @@ def llm_detection_score(client, rec: LabelRecord, other: tuple[str, str] | None,
     from . import prompts
     from .llm_labeler import ask_json, explain
     from .schema import Usage
-    from .scoring import NEUTRAL, _order, _probabilities
+    from .scoring import NEUTRAL, shuffled_order, score_parser
 
     usage = Usage()
     if not positions or all(x.positive for x in positions) or not any(x.positive for x in positions):
         return ScoreResult(scorer=f"llm-detection:{client.config.model}", metric="roc_auc", data=data,
                            note="nothing held out to score"), usage
-    order = _order(len(positions), seed, rec.component)
+    order = shuffled_order(len(positions), seed, rec.component)
     shown = [positions[k] for k in order]
     y = [x.positive for x in shown]
 
@@ -192,7 +192,7 @@ def llm_detection_score(client, rec: LabelRecord, other: tuple[str, str] | None,
         msgs = prompts.detection_messages(label, description, [(x.ids, x.pos) for x in shown], names,
                                           what="matters")
         asked = ask_json(client, msgs, prompts.DETECT_FORMAT, prompts.DETECT_VERSION + "+matters",
-                         _probabilities(len(shown)))
+                         score_parser(len(shown)))
         usage.add(asked.usage)
         return (None, explain(asked)) if asked.value is None else (asked.value, None)
 

@@ -47,7 +47,7 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-def _where(ev: HeadEvidence, name: str, min_queries: int = THRESHOLDS["min_queries"],
+def pattern_score(ev: HeadEvidence, name: str, min_queries: int = THRESHOLDS["min_queries"],
            repeated_only: bool = False) -> tuple[float, str]:
     """The best score of a pattern over the datasets that measured it on enough queries (a score over
     a handful of chance repeats in short random prompts is noise), and a phrase naming the values.
@@ -75,7 +75,7 @@ def label_head(node: str, ev: HeadEvidence, max_direct: float, thresholds: dict 
                            provenance=_provenance())
     fired = []  # (score, pattern)
     for name in PATTERN_ROLES:
-        best, _ = _where(ev, name, th["min_queries"], repeated_only=name == "induction")
+        best, _ = pattern_score(ev, name, th["min_queries"], repeated_only=name == "induction")
         if best >= th[name]:
             fired.append((best, name))
     fired.sort(key=lambda x: -x[0])
@@ -101,7 +101,7 @@ def label_head(node: str, ev: HeadEvidence, max_direct: float, thresholds: dict 
     sentences = []
     if fired:
         score, name = fired[0]
-        _, where = _where(ev, name, th["min_queries"], repeated_only=name == "induction")
+        _, where = pattern_score(ev, name, th["min_queries"], repeated_only=name == "induction")
         label = PATTERN_ROLES[name][1]
         sentences.append(f"It {PATTERN_ROLES[name][2]} ({PATTERN_NAMES[name]} score {where}).")
         confidence = min(1.0, max(0.0, score))
@@ -133,7 +133,7 @@ def label_head(node: str, ev: HeadEvidence, max_direct: float, thresholds: dict 
         sentences.append(f"{what[0].upper()}{what[1:]}, and its direct write changes logit(answer) - logit(wrong) "
                          f"by {direct:+.2f}.")
     if label is None:
-        best_name, best_val = max(((n, _where(ev, n, th["min_queries"])[0]) for n in PATTERN_ROLES),
+        best_name, best_val = max(((n, pattern_score(ev, n, th["min_queries"])[0]) for n in PATTERN_ROLES),
                                   key=lambda x: x[1])
         sentences.insert(0, f"No tested attention pattern reaches its threshold (highest: {PATTERN_NAMES[best_name]} "
                             f"{best_val:.2f}; previous-token, duplicate-token, induction and self-attention need "

@@ -1,7 +1,8 @@
 """The labeled circuit file (the circuit's own schema_version, 1.1 and later): the circuit JSON plus one label record per labeled
 component, the in-circuit edges with their endpoints' labels, and how the labels were made.
 
-Discovery never imports this module; `LabeledCircuit` extends `discovery.core.circuit.Circuit` with optional
+Discovery never imports this module (its CLI reads labeled files for diff and timeline through
+labeling.cli's plug hook, discovery/cli/commands.py HOOKS); `LabeledCircuit` extends `discovery.core.circuit.Circuit` with optional
 fields only (a minor version), so every 1.x reader still reads a labeled file and `LabeledCircuit.load`
 reads plain 1.0 circuits (with no labels)."""
 

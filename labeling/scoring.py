@@ -117,7 +117,8 @@ def agreement_mlp(rec: LabelRecord, contexts: list[HeldOutContext], names, data:
 
 # --- the LLM scorer --------------------------------------------------------------------------------
 
-def _probabilities(n: int):
+def score_parser(n: int):
+    """A parser of the LLM's {"scores": [{"id", "p"}...]} answer for items 1..n: their p, clipped to [0, 1]."""
     def parse(data: dict) -> list[float]:
         items = data.get("scores")
         if not isinstance(items, list):
@@ -135,7 +136,7 @@ def _probabilities(n: int):
     return parse
 
 
-def _order(n: int, seed: int, component: str) -> list[int]:
+def shuffled_order(n: int, seed: int, component: str) -> list[int]:
     """A seeded shuffle, so positives and decoys are not told apart by position in the list."""
     order = list(range(n))
     random.Random(f"{seed}:{component}").shuffle(order)
@@ -151,7 +152,7 @@ def llm_score(client, rec: LabelRecord, other: tuple[str, str] | None, pairs, co
     if not items or all(x.positive for x in items) or not any(x.positive for x in items):
         return ScoreResult(scorer=f"llm:{client.config.model}", metric="roc_auc" if is_head else "balanced_accuracy",
                            data=data, note="nothing held out to score"), usage, None
-    order = _order(len(items), seed, rec.component)
+    order = shuffled_order(len(items), seed, rec.component)
     shown = [items[k] for k in order]
     y = [x.positive for x in shown]
 
@@ -159,10 +160,10 @@ def llm_score(client, rec: LabelRecord, other: tuple[str, str] | None, pairs, co
         if is_head:
             msgs = prompts.pair_scoring_messages(label, description, [(p.ids, p.query_pos, p.key_pos) for p in shown],
                                                  names)
-            asked = ask_json(client, msgs, prompts.PAIRS_FORMAT, prompts.SCORE_PAIRS_VERSION, _probabilities(len(shown)))
+            asked = ask_json(client, msgs, prompts.PAIRS_FORMAT, prompts.SCORE_PAIRS_VERSION, score_parser(len(shown)))
         else:
             msgs = prompts.detection_messages(label, description, [(c.ids, c.pos) for c in shown], names)
-            asked = ask_json(client, msgs, prompts.DETECT_FORMAT, prompts.DETECT_VERSION, _probabilities(len(shown)))
+            asked = ask_json(client, msgs, prompts.DETECT_FORMAT, prompts.DETECT_VERSION, score_parser(len(shown)))
         usage.add(asked.usage)
         if asked.value is None:
             return None, explain(asked), None

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 
-from .heuristic import THRESHOLDS, _where
+from .heuristic import THRESHOLDS, pattern_score
 from .schema import HeadEvidence, LabelRecord
 from .stats import beats_baseline, sentence
 
@@ -52,7 +52,7 @@ def role_test(tag: str, ev, th: dict | None = None) -> tuple[bool, str]:
         return v >= th["induction"], f"induction attention {v:.2f} on repeated random tokens (needs {th['induction']:.2f})"
     if tag in PATTERN_OF:
         name = PATTERN_OF[tag]
-        v, _ = _where(ev, name, th["min_queries"])
+        v, _ = pattern_score(ev, name, th["min_queries"])
         return v >= th[name], f"{name.replace('_', '-')} attention {v:.2f} (needs {th[name]:.2f})"
     if tag in ("name_mover", "copy_suppression"):
         ov, aa = ev.ov, ev.answer_attention

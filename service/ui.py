@@ -23,7 +23,7 @@ _HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; s
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
-# The submit form's starting values per shipped model, the settings the demo uses (viewer/demo.py): a
+# The submit form's starting values per shipped model, the settings the demo uses (service/demo.py): a
 # model with the task it was trained on, the default method (auto) and selection (the faithfulness
 # target: top-n left empty), so the first job a user submits finds a meaningful circuit.
 FORM_PRESETS = {

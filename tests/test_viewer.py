@@ -309,7 +309,7 @@ def test_ui_watch_timeline(browser, service, circuits):
 def test_demo_pieces(tmp_path, capsys):
     """`circuitry demo`'s whole path (service, token, submit over HTTP, follow, fetch, summary, viewer,
     plot) with one small job; the full demo is timed by hand (docs/viewer.md)."""
-    from viewer.demo import JOBS, run_demo
+    from service.demo import JOBS, run_demo
 
     assert set(JOBS) == {"induction", "ioi"} and all(j["labeling"]["backend"] == "heuristic" for j in JOBS.values())
     small = {"induction": {**JOBS["induction"], "task": {"builtin": "induction", "n": 8, "seed": 1},

@@ -1,5 +1,5 @@
-"""`circuitry view` (a circuit, a diff or a timeline as one self-contained HTML file) and
-`circuitry demo` (the end-to-end demo: the service, two jobs, labels, summary, viewer, plot)."""
+"""`circuitry view`: a circuit, a diff or a timeline as one self-contained HTML file. (`circuitry demo`,
+which runs the service, is service/demo.py's.)"""
 
 from __future__ import annotations
 
@@ -15,13 +15,6 @@ def register(subparsers) -> None:
     v.add_argument("--timeline", action="store_true", help="the circuits are checkpoints: draw their timeline")
     v.add_argument("--out", required=True, help="the HTML file to write")
     v.set_defaults(func=cmd_view)
-
-    d = subparsers.add_parser("demo", help="end-to-end demo on the shipped toy models: service, jobs, labels, viewer")
-    d.add_argument("--out", default="out/demo", help="where the viewer pages and the plot go (default out/demo)")
-    d.add_argument("--home", default=None,
-                   help="the demo service's $CIRCUITRY_HOME (its database); default OUT/service")
-    d.add_argument("--quiet", action="store_true", help="no progress bars")
-    d.set_defaults(func=cmd_demo)
 
 
 def _check(path: str) -> None:
@@ -63,9 +56,3 @@ def cmd_view(args) -> int:
         text = render_circuit(circuits[0])
     print(f"wrote {write_html(args.out, text)}")
     return 0
-
-
-def cmd_demo(args) -> int:
-    from .demo import run_demo
-
-    return run_demo(out=args.out, home=args.home, progress=not args.quiet)

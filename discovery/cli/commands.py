@@ -1,4 +1,8 @@
-"""The `circuitry` command line. User errors: one line on stderr, exit code 2."""
+"""The `circuitry` command line. User errors: one line on stderr, exit code 2.
+
+Over 500 lines: the parser of every discovery subcommand beside its handler, so that each flag, its
+check and its use read together (a subcommand of its own weight has its module: transcoders.py; other
+packages' subcommands plug in through EXTENSION_MODULES)."""
 
 from __future__ import annotations
 
@@ -13,13 +17,33 @@ from ..core.errors import UserError
 EXIT_USER_ERROR = 2
 
 # Subcommands contributed by the other packages: each module has register(subparsers), which adds its
-# parsers with set_defaults(func=handler); handler(args) -> exit code.
+# parsers with set_defaults(func=handler); handler(args) -> exit code. A module may also have
+# plug(hooks), which sets entries of HOOKS (below) for discovery's own commands. discovery imports none
+# of these packages itself (docs/architecture.md): they plug in here.
 EXTENSION_MODULES = [
     "labeling.cli",
     "service.cli",
-    "viewer.cli",  # `circuitry view` and `circuitry demo`
+    "viewer.cli",  # `circuitry view`
+    "service.demo",  # `circuitry demo`
     "discovery.cli.transcoders",  # `circuitry transcoders train|show`
 ]
+
+
+# What the discovery commands take from the packages above them, set by their plug(hooks):
+# - "read_circuit": path -> circuit, for diff and timeline (labeling's reads plain and labeled files,
+#   so that label changes and role tags are compared); default discovery's Circuit.load
+# - "label": (circuit, model, task, LabelingOptions, out, progress) -> the line to print, for
+#   `discover --label` (labeling's labels the circuit and saves it over `out`)
+HOOKS: dict = {}
+
+
+def _read_circuit(path: str):
+    read = HOOKS.get("read_circuit")
+    if read is None:
+        from ..core.circuit import Circuit
+
+        read = Circuit.load
+    return read(path)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-prune", action="store_true", help="keep edges with no path from input to logits")
     d.add_argument("--no-curve", action="store_true", help="skip the faithfulness curve (CPR/CMD)")
     d.add_argument("--label", action="store_true",
-                   help="also label the circuit's heads and MLPs (see 'circuitry label'); writes schema 1.1")
+                   help="also label the circuit's heads and MLPs (see 'circuitry label'); the labels go into "
+                        "the same file (the circuit's schema_version)")
     d.add_argument("--label-backend", default="heuristic",
                    help="with --label: heuristic (offline, default) or openai (CIRCUITRY_LLM_BASE_URL, _MODEL)")
     d.add_argument("--workers", type=int, default=None,
@@ -189,8 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="build for this model's tokenizer (single-token checks)")
 
     import importlib
-    for module in EXTENSION_MODULES:
-        importlib.import_module(module).register(sub)
+    for name in EXTENSION_MODULES:
+        module = importlib.import_module(name)
+        module.register(sub)
+        if hasattr(module, "plug"):
+            module.plug(HOOKS)
     return parser
 
 
@@ -338,14 +366,9 @@ def cmd_discover(args) -> int:
               f"faithfulness {_fmt(m.faithfulness)}; CPR {_fmt(m.cpr)}, CMD {_fmt(m.cmd)}; "
               f"{circuit.wall_time_s:.1f}s -> {out}")
         if args.label:
-            from labeling import label_circuit
-            from labeling.cli import summary_line
-
-            labeling = options.labeling
-            labeled = label_circuit(circuit, model, task, labeling.backend, **labeling.options.model_dump(),
-                                    progress=not args.quiet)
-            labeled.save(out)
-            print(summary_line(labeled, out))
+            if "label" not in HOOKS:
+                raise UserError("--label needs the labeling package (circuitry's labeling/), which is not installed")
+            print(HOOKS["label"](circuit, model, task, options.labeling, out, not args.quiet))
     return 0
 
 
@@ -388,11 +411,9 @@ def cmd_diff(args) -> int:
     if args.top < 0:
         raise UserError(f"--top must be non-negative (got {args.top})")
     _check_files([args.a, args.b])
-    from labeling.schema import LabeledCircuit  # reads plain and labeled circuit files alike
-
     from ..io.diff import diff_circuits
 
-    d = diff_circuits(LabeledCircuit.load(args.a), LabeledCircuit.load(args.b), top=args.top)
+    d = diff_circuits(_read_circuit(args.a), _read_circuit(args.b), top=args.top)  # labels too (HOOKS)
     if args.json:
         print(d.model_dump_json())
         return 0
@@ -410,11 +431,9 @@ def cmd_diff(args) -> int:
 
 def cmd_timeline(args) -> int:
     _check_files(args.circuits)
-    from labeling.schema import LabeledCircuit  # plain and labeled files alike; labels give the roles
-
     from ..io.timeline import plot_timeline, point_line, timeline
 
-    circuits = [(path, LabeledCircuit.load(path)) for path in args.circuits]
+    circuits = [(path, _read_circuit(path)) for path in args.circuits]  # labels give the roles (HOOKS)
     tasks = {c.task.content_hash for _, c in circuits}
     if len(tasks) > 1:
         raise UserError("the circuits were found on different tasks; a timeline compares one task across checkpoints")

@@ -168,7 +168,7 @@ class Circuit(BaseModel):
         graph = Graph.from_adapter(adapter, kv_edges=self.kv_edges)
         if self.positions is None:
             return graph
-        from ..engine.positions import PositionalGraph
+        from .positional_graph import PositionalGraph
         return PositionalGraph(graph, self.positions.n, [adapter.sliding_window(i) for i in range(graph.n_layers)],
                                self.positions.names)
 
@@ -214,32 +214,32 @@ class Circuit(BaseModel):
         """Edges of the whole graph: the file lists every one, except a large position-aware graph's."""
         return self.positions.n_edges if self.positions is not None else len(self.edges)
 
-    # --- in a notebook (discovery/io/notebook.py) ----------------------------------------------
+    # --- in a notebook (discovery/core/notebook.py) ----------------------------------------------
     def top_edges(self, k: int = 10, *, in_circuit: bool | None = None, signed: bool = False) -> list[Edge]:
         """The k edges with the largest |score| (signed=True: by signed importance)."""
-        from ..io.notebook import top_edges
+        from .notebook import top_edges
         return top_edges(self, k, in_circuit=in_circuit, signed=signed)
 
     def top_nodes(self, k: int = 10, *, in_circuit: bool | None = None, signed: bool = False) -> list[Node]:
         """The k nodes with the largest |score| (signed=True: by signed importance). Node and neuron
         levels: the nodes' own scores; an edge-level circuit: each node's score derived from its edges
         (the sum of its outgoing edges' scores, notebook.node_scores_from_edges)."""
-        from ..io.notebook import top_nodes
+        from .notebook import top_nodes
         return top_nodes(self, k, in_circuit=in_circuit, signed=signed)
 
     def to_networkx(self, *, all_edges: bool = False):
         """One node per component, the circuit's edges (all_edges: every edge) with the reader slot
         as an attribute; a MultiDiGraph when several slots join the same pair."""
-        from ..io.notebook import to_networkx
+        from .notebook import to_networkx
         return to_networkx(self, all_edges=all_edges)
 
     def plot(self, ax=None, **kwargs):
         """Draw the circuit with matplotlib (layered by layer; width ~ |score|); returns the Axes."""
-        from ..io.notebook import plot
+        from .notebook import plot
         return plot(self, ax, **kwargs)
 
     def _repr_html_(self) -> str:
-        from ..io.notebook import repr_html
+        from .notebook import repr_html
         return repr_html(self)
 
     def neuron_mask(self, graph: Graph, d_model: int) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Clean-corrupted (Hanna et al. 2024): gradients averaged over the clean and the corrupted input.
 qk_fix: edges into q/k slots through the exact attention pattern (qk.py), with the pattern gradient
-averaged over both ends."""
+taken at the clean run (alpha = 1), as for every method: input_path.py says why not the average over
+both ends."""
 
 from .common import Setup
 from .input_path import input_path_scores

@@ -21,6 +21,9 @@ so a shard whose worker dies is handed to another live worker (or to the same on
 restarted it). A shard whose worker dies `shard_retries` times, or whose code raises, fails the run
 with a WorkerError carrying the worker's message; no live worker for `restart_timeout` seconds
 fails it too, rather than hanging.
+
+Over 500 lines: the driver's pool (Workers), the worker actor and the shard protocol between them (row
+ranges, retries, the weights' checksum) change together; split, each half would restate the other's.
 """
 
 from __future__ import annotations

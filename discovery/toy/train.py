@@ -8,6 +8,9 @@ pairs) at varying offsets; intermediate checkpoints go to `<out>/checkpoints/ste
 circuit (from its attention patterns) to `<out>/ground_truth.json`. `ioi`: a 4-layer GPT-2 trained on
 sentences of the built-in `ioi` task. Each output directory is a Hugging Face model directory
 (safetensors, config, tokenizer) with a model card `README.md` and `training_log.json`.
+
+Over 500 lines: both recipes (data, model, training loop, checkpoints, ground truth, model card) in the
+one script that `python -m discovery.toy.train` documents, so that a shipped model's recipe reads whole.
 """
 
 from __future__ import annotations

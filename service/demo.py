@@ -1,7 +1,9 @@
 """`circuitry demo`: the whole path a user takes, on the two shipped toy models. It starts the service
 in this process (inline executor, a loopback port, a store under OUT/service), creates a token, submits
 one job per model through the HTTP API, follows their progress, fetches the labeled circuits, prints a
-summary, and writes the viewer pages and a plot of the stored faithfulness curves."""
+summary, and writes the viewer pages and a plot of the stored faithfulness curves. It lives with the
+service (it starts one) and is registered in the CLI after `circuitry view` (discovery/cli/commands.py
+EXTENSION_MODULES)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,19 @@ import time
 from pathlib import Path
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def register(subparsers) -> None:
+    d = subparsers.add_parser("demo", help="end-to-end demo on the shipped toy models: service, jobs, labels, viewer")
+    d.add_argument("--out", default="out/demo", help="where the viewer pages and the plot go (default out/demo)")
+    d.add_argument("--home", default=None,
+                   help="the demo service's $CIRCUITRY_HOME (its database); default OUT/service")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    return run_demo(out=args.out, home=args.home, progress=not args.quiet)
 
 # The jobs: the default method (`auto`: EAP-IG with the QK fix, the smallest top-k circuit that reaches
 # the faithfulness target) on each model's own task metric. The toy models were trained on their tasks'
@@ -26,10 +41,10 @@ JOBS = {
 
 def start_service(home: Path):
     """The service on a free loopback port with its own SQLite store, and a fresh token's secret."""
-    from service.config import Settings
-    from service.store.db import Database
-    from service.server import BackgroundServer, build_app
-    from service.store.tokens import create_token
+    from .config import Settings
+    from .server import BackgroundServer, build_app
+    from .store.db import Database
+    from .store.tokens import create_token
 
     home.mkdir(parents=True, exist_ok=True)
     settings = Settings(database_url=f"sqlite:///{home.resolve() / 'circuitry.db'}", executor="inline",
@@ -126,7 +141,7 @@ def run_demo(out: str = "out/demo", home: str | None = None, progress: bool = Tr
     """`jobs`: name -> job body (default JOBS)."""
     import httpx
 
-    from .render import render_circuit, write_html
+    from viewer.render import render_circuit, write_html
 
     t0 = time.monotonic()
     out_dir = Path(out)

@@ -1,5 +1,8 @@
 """A circuit in a notebook: its strongest edges, a networkx graph of its components, a matplotlib
-drawing, and the viewer inline (the `Circuit` methods of the same names call these).
+drawing, and the viewer inline (the `Circuit` methods of the same names call these). Pure functions of
+the circuit file's contents (networkx and matplotlib loaded when used), so they sit in core beside the
+schema; repr_html alone reaches up to the viewer package, inside the function (tests/test_layering.py
+lists that edge as pending).
 
 Components are the nodes: `input`, heads `a{L}.h{H}` (and `a{L}.kv{G}` in a grouped-key/value graph),
 MLPs `m{L}`, `logits`. An edge joins its source component to the component that reads it; the reader
