@@ -174,7 +174,7 @@ def run_demo(out: str = "out/demo", home: str | None = None, progress: bool = Tr
     written = []
     for name, c in circuits.items():
         (out_dir / f"{name}.json").write_text(json.dumps(c, indent=1))
-        written.append(write_html(out_dir / f"{name}.html", render_circuit(c)))
+        written.append(write_html(out_dir / f"{name}.html", render_circuit(c, name=f"{name}.json")))
     plot = plot_curves(circuits, out_dir / "faithfulness.png")
     print()
     for name, c in circuits.items():

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from service_helpers import start_service, wait_for
-from viewer_browser import Page, chromium_path, launch
+from viewer_browser import Page, chromium_path, launch, wait_for_text
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
@@ -244,7 +244,7 @@ def test_jsonl_upload_checked_like_the_api_and_job_page_summary(browser, service
     missing = tmp_path / "missing.jsonl"
     missing.write_text("".join(json.dumps(r) + "\n" for r in rows))
     page.set_input_files("#task-file", str(missing))
-    page.wait_for_function("document.querySelector('#task-file-note').textContent.includes('4 rows')")
+    wait_for_text(page, "#task-file-note", "4 rows")
     page.click("#job-form button[type=submit]")
     page.wait_for_selector("#submit-result .error")
     assert "422" in page.inner_text("#submit-result") and "row 2: field 'wrong_id' is missing" in page.inner_text("#submit-result")
@@ -254,7 +254,7 @@ def test_jsonl_upload_checked_like_the_api_and_job_page_summary(browser, service
     good = tmp_path / "my rows.jsonl"
     good.write_text("".join(json.dumps(r) + "\n" for r in token_rows(n=6)))
     page.set_input_files("#task-file", str(good))
-    page.wait_for_function("document.querySelector('#task-file-note').textContent.includes('6 rows')")
+    wait_for_text(page, "#task-file-note", "6 rows")
     assert page.input_value("input[name=task_name]") == "my_rows"
     page.select_option("select[name=method]", "eap")
     page.fill("input[name=top_n]", "12")

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from discovery.cli import main
-from viewer_browser import Page, chromium_path, launch
+from viewer_browser import Page, chromium_path, launch, wait_for_text
 
 HOSTILE = '</script><script>alert("x")</script><b>bold</b>'
 
@@ -220,8 +220,7 @@ def test_ui_submit_follow_and_view(browser, service, tmp_path):
     page.click("#job-form button[type=submit]")
     page.wait_for_url(re.compile(r".*/ui/jobs/[0-9a-f-]{36}$"))
     page.wait_for_selector("#circuit-link", timeout=60_000)  # the circuit is stored before labeling ends
-    page.wait_for_function("document.querySelector('#job-status').innerText.includes('succeeded')",
-                           timeout=60_000)  # live status until it succeeded
+    wait_for_text(page, "#job-status", "succeeded")  # live status until it succeeded
     assert "labeling" in page.locator("#events").inner_text()  # the event stream was followed
     page.click("#circuit-link")
     page.wait_for_selector("#nodes .node")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import pytest
 
@@ -40,3 +41,15 @@ class Page:
 
     def __getattr__(self, name):
         return getattr(self.page, name)
+
+
+def wait_for_text(page, selector: str, text: str, timeout: float = 60.0) -> None:
+    """Poll until `selector`'s text contains `text` (from Python: the served pages' Content-Security-Policy
+    has no 'unsafe-eval', which Playwright's wait_for_function needs whenever it has to poll)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if page.locator(selector).count() and text in page.locator(selector).first.inner_text():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{selector} did not show {text!r} within {timeout:g}s")
+        time.sleep(0.1)

@@ -53,6 +53,6 @@ def cmd_view(args) -> int:
         text = render_diff(circuits[0], _load(args.diff),
                            names=(os.path.basename(args.circuits[0]), os.path.basename(args.diff)))
     else:
-        text = render_circuit(circuits[0])
+        text = render_circuit(circuits[0], name=os.path.basename(args.circuits[0]))
     print(f"wrote {write_html(args.out, text)}")
     return 0

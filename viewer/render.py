@@ -69,18 +69,48 @@ def _plain(obj) -> dict:
     return obj
 
 
+MAX_SLIDER = 1000  # viewer.js's MAX_SLIDER: the edge slider reaches max(circuit size, this) edges
+
+
+def model_name(name: str) -> str:
+    """A model's name as the page shows it: a local path's last part (the title should not carry a
+    machine's directory layout), a hub id as it is."""
+    name = str(name or "")
+    if name.startswith(("/", "./", "../", "~")):
+        return name.rstrip("/").rsplit("/", 1)[-1] or name
+    return name
+
+
 def _title(c: dict) -> str:
     rev = f"@{c['model']['revision']}" if c.get("model", {}).get("revision") else ""
-    return f"{c['model']['name']}{rev} · {c['task']['name']} · {c['method']['name']}"
+    return f"{model_name(c['model']['name'])}{rev} · {c['task']['name']} · {c['method']['name']}"
 
 
-def render_circuit(circuit) -> str:
+def page_circuit(c: dict, *, others: bool = True) -> dict:
+    """The circuit as a page embeds it: its own edges and, with `others`, the strongest others the slider
+    can reach (MAX_SLIDER minus the circuit's; by |score|), in file order, so the page's size grows with
+    the circuit, not with the graph's unused edges. `n_graph_edges` keeps the graph's edge count."""
+    edges = c.get("edges") or []
+    inside = sum(1 for e in edges if e.get("in_circuit"))
+    room = max(0, MAX_SLIDER - inside) if others else 0
+    scored = [i for i, e in enumerate(edges) if not e.get("in_circuit") and isinstance(e.get("score"), (int, float))
+              and math.isfinite(e["score"])]
+    keep = set(sorted(scored, key=lambda i: -abs(edges[i]["score"]))[:room])
+    out = dict(c)
+    out["edges"] = [e for i, e in enumerate(edges) if e.get("in_circuit") or i in keep]
+    out["n_graph_edges"] = (c.get("positions") or {}).get("n_edges") or len(edges)
+    return out
+
+
+def render_circuit(circuit, name: str | None = None) -> str:
+    """The circuit's page; `name` (its file's name) leads the title."""
     c = _plain(circuit)
-    return page({"mode": "circuit", "data": {"circuit": c}}, title=f"circuit: {_title(c)}", standalone=True)
+    title = f"{name} · {_title(c)}" if name else f"circuit: {_title(c)}"
+    return page({"mode": "circuit", "data": {"circuit": page_circuit(c)}}, title=title, standalone=True)
 
 
 def render_diff(a, b, names: tuple[str, str] = ("A", "B")) -> str:
-    ca, cb = _plain(a), _plain(b)
+    ca, cb = (page_circuit(_plain(x), others=False) for x in (a, b))
     return page({"mode": "diff", "data": {"a": ca, "b": cb, "names": list(names)}},
                 title=f"diff: {names[0]} -> {names[1]}", standalone=True)
 

@@ -100,41 +100,70 @@ def to_networkx(circuit, *, all_edges: bool = False):
     return g
 
 
-def layout(nodes) -> dict[str, tuple[float, float]]:
-    """Positions for drawing: the input at the bottom, each layer's heads on one row with its MLP on the
-    row above, the logits at the top; heads spread left to right."""
+def layout(nodes, n_kv_heads: int | None = None) -> dict[str, tuple[float, float]]:
+    """Positions as the viewer draws them (viewer/static/viewer.js `layout`), in units of one head column
+    and one layer, y upward: head h of layer L at (h + 0.5 + gap * (h // group), L + 0.75), its layer's
+    MLP in a column of its own right of the heads at (heads' right edge + 0.9, L + 1.25), the input
+    below and the logits above at the heads' centre; in a grouped-query model (n_kv_heads groups, or the
+    graph's `a{L}.kv{G}` nodes) the groups of query heads sit apart (gap 0.45 columns) and each key/value
+    node sits under its group's centre, 0.35 below its layer's heads."""
+    nodes = list(nodes)
+    n_heads = 1 + max([n.head for n in nodes if n.kind == "attention" and n.head is not None], default=0)
+    n_kv = 1 + max([n.head for n in nodes if n.kind == "kv_head" and n.head is not None], default=-1)
+    n_layers = 1 + max([n.layer for n in nodes if n.layer is not None and n.kind != "logits"], default=-1)
+    groups = n_kv or (n_kv_heads if n_kv_heads and n_kv_heads < n_heads and n_heads % n_kv_heads == 0 else 1)
+    group = n_heads // groups
+    gap = 0.45 if groups > 1 else 0.0
+    head_x = lambda h: h + 0.5 + (h // group) * gap  # noqa: E731
+    heads_right = n_heads + (groups - 1) * gap
+    centre = heads_right / 2
     pos = {}
-    n_layers = 1 + max([n.layer for n in nodes if n.layer is not None], default=-1)
-    per_row: dict[int, list] = {}
     for n in nodes:
         if n.kind == "input":
-            row = 0
+            pos[n.id] = (centre, 0.0)
         elif n.kind == "logits":
-            row = 2 * n_layers + 1
-        elif n.kind == "mlp":
-            row = 2 * n.layer + 2
+            pos[n.id] = (centre, n_layers + 1.0)
+        elif n.kind == "attention":
+            pos[n.id] = (head_x(n.head), n.layer + 0.75)
+        elif n.kind == "kv_head":
+            pos[n.id] = (head_x((n.head + 0.5) * group - 0.5), n.layer + 0.4)
         else:
-            row = 2 * n.layer + 1
-        per_row.setdefault(row, []).append(n.id)
-    for row, ids in per_row.items():
-        for i, node_id in enumerate(ids):
-            pos[node_id] = ((i + 0.5) / len(ids) * 2 - 1 if len(ids) > 1 else 0.0, float(row))
+            pos[n.id] = (heads_right + 0.9, n.layer + 1.25)
     return pos
 
 
+def _short_label(label, limit: int) -> str:
+    """A label as the viewer writes it on the graph: its role, "no role" for an unclassified one, or its
+    first `limit` characters; '?' when it is not verified."""
+    tags = [t for t in (label.role_tags or []) if t != "other"]
+    text = str(label.label)
+    if tags:
+        text = tags[0].replace("_", " ")
+    elif text.lower().startswith("unclassified"):
+        text = "no role"
+    elif text.lower().startswith("silent"):
+        text = "silent"
+    text = text.replace("MLP most active on ", "on ")
+    text = text if len(text) <= limit else text[:limit - 1] + "\u2026"
+    return text + ("" if label.status == "ok" else "?")
+
+
 def plot(circuit, ax=None, *, all_nodes: bool = True, max_width: float = 4.0):
-    """Draw the circuit's edges (width ~ |score|, colour by reader slot) between its components,
-    laid out by layer; components out of the circuit are drawn faint (or not at all with
-    all_nodes=False). Returns the matplotlib Axes."""
+    """Draw the circuit laid out as the viewer draws it (`layout`): a row per layer's heads with the
+    layer's MLP in its own column to the right, the input below and the logits above; edges with width
+    ~ |score| and colour by reader slot; components out of the circuit faint (or not at all with
+    all_nodes=False); each component of the circuit named, with its label when the circuit is labeled.
+    Returns the matplotlib Axes."""
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
     from matplotlib.lines import Line2D
 
+    pos = layout(circuit.nodes, circuit.model.n_kv_heads)
+    n_layers = circuit.model.n_layers
+    width = max(x for x, _ in pos.values()) + 1.5
     if ax is None:
-        n_layers = circuit.model.n_layers
-        _, ax = plt.subplots(figsize=(8, 1.2 + 0.9 * n_layers))
+        _, ax = plt.subplots(figsize=(min(16.0, 2.0 + 0.75 * width), 1.5 + 0.9 * n_layers))
     nodes = [n for n in circuit.nodes if all_nodes or n.in_circuit]
-    pos = layout(circuit.nodes)
     edges = [e for e in circuit.edges if e.in_circuit and e.source in pos and e.target in pos]
     big = max([abs(e.score) for e in edges if e.score is not None] or [1.0]) or 1.0
     segments = [[pos[e.source], pos[e.target]] for e in edges]
@@ -148,18 +177,25 @@ def plot(circuit, ax=None, *, all_nodes: bool = True, max_width: float = 4.0):
     for group, color, base in ((outside, "#dddddd", 25), (inside, "#333333", 60)):
         if group:  # node and neuron levels: marker area ~ |node score|
             ax.scatter([pos[n.id][0] for n in group], [pos[n.id][1] for n in group], zorder=2, color=color,
-                       s=[size(n, base) for n in group])
+                       s=[size(n, base) for n in group], marker="o")
+    labels = {r.component: r for r in getattr(circuit, "labels", None) or []}
     for n in inside:
-        ax.annotate(n.id, pos[n.id], xytext=(4, 4), textcoords="offset points", fontsize=7, zorder=3)
+        beside = n.kind == "mlp"  # as the viewer: MLP labels to the right, head labels below
+        text = n.id + (f"\n{_short_label(labels[n.id], 22 if beside else 11)}" if n.id in labels else "")
+        ax.annotate(text, pos[n.id], xytext=(7, -3) if beside else (0, -9), textcoords="offset points", fontsize=6.5,
+                    ha="left" if beside else "center", va="top", zorder=3)
     slots = sorted({e.slot for e in edges}, key=list(SLOT_COLORS).index)
     if slots:
         ax.legend(handles=[Line2D([], [], color=SLOT_COLORS[s], label=s) for s in slots], loc="upper right",
                   fontsize=7, title="reader slot", title_fontsize=7)
-    ax.set_xlim(-1.15, 1.15)
-    ax.set_ylim(-0.5, 2 * circuit.model.n_layers + 1.5)
+    ax.set_xlim(-0.3, width)
+    ax.set_ylim(-0.6, n_layers + 1.6)
     ax.set_xticks([])
-    ax.set_yticks([0] + [2 * layer + 1 for layer in range(circuit.model.n_layers)] + [2 * circuit.model.n_layers + 1])
-    ax.set_yticklabels(["input"] + [f"layer {layer}" for layer in range(circuit.model.n_layers)] + ["logits"])
+    rows = [(0.0, "input")] + [(y, t) for layer in range(n_layers)
+                               for y, t in ((layer + 0.75, f"L{layer} attn"), (layer + 1.25, f"L{layer} mlp"))]
+    rows.append((n_layers + 1.0, "logits"))
+    ax.set_yticks([y for y, _ in rows])
+    ax.set_yticklabels([t for _, t in rows], fontsize=7)
     m = circuit.metrics
     f = "n/a" if m.faithfulness is None else f"{m.faithfulness:.3f}"
     ax.set_title(f"{circuit.model.name} · {circuit.task.name} · {circuit.method.name}: {m.n_edges} edges, "

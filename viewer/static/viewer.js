@@ -12,6 +12,10 @@
   var SVGNS = "http://www.w3.org/2000/svg";
   var TOKEN_KEY = "circuitry.token";
   var MAX_SLIDER = 1000; // edges beyond this are not drawable as SVG paths at interactive speed
+  // viewer/render.py embeds the circuit's edges and at most MAX_SLIDER others (the slider's reach)
+  var DETAIL_MAX = 250;    // more drawn edges than this: the graph opens as an overview (renderCircuit)
+  var OVERVIEW_TOP = 80;   // the overview draws the strongest this many edges one by one
+  var DETAIL_ZOOM = 2;     // zoomed in this far (or hovering a node), every drawn edge is shown
 
   // ------------------------------------------------------------------ DOM helpers
   function h(tag, attrs) {
@@ -84,6 +88,25 @@
     append(root, h("p", { class: "error", text: String(err && err.message ? err.message : err) }));
   }
 
+  // One tooltip for the whole page (a positioned div, not the browser's native title): multi-line text
+  // that follows the pointer and stays inside the window.
+  var tipEl = null;
+  function tip(ev, text) {
+    if (!tipEl) { tipEl = h("div", { class: "tooltip", id: "tooltip", role: "tooltip" }); document.body.appendChild(tipEl); }
+    if (text !== undefined) tipEl.textContent = text;
+    tipEl.style.display = "block";
+    var r = tipEl.getBoundingClientRect(), x = ev.clientX + 14, y = ev.clientY + 16;
+    if (x + r.width > window.innerWidth - 4) x = Math.max(4, ev.clientX - r.width - 12);
+    if (y + r.height > window.innerHeight - 4) y = Math.max(4, ev.clientY - r.height - 12);
+    tipEl.style.left = x + "px"; tipEl.style.top = y + "px";
+  }
+  function untip() { if (tipEl) tipEl.style.display = "none"; }
+  // Event attributes for `s()`/`h()`: the tooltip shows text() on enter; also(ev) runs on enter too.
+  function tipped(text, also) {
+    return { onmouseenter: function (ev) { if (also) also(ev); tip(ev, text()); }, onmousemove: function (ev) { tip(ev); },
+             onmouseleave: untip };
+  }
+
   function topBar(server) {
     var bar = h("header", { class: "top" }, h("span", { class: "brand", text: "circuitry" }));
     if (!server) { append(bar, h("span", { class: "muted", text: "standalone viewer" })); return bar; }
@@ -102,43 +125,84 @@
 
   // ------------------------------------------------------------------ graph layout
   // Layers from the input (bottom) to the logits (top). A layer's heads sit in one row, one column per
-  // head index (its key/value heads, GQA only, in a row just below); its MLP sits in a column of its own
-  // to the right, half a row above the heads (it reads the residual after them). Edges that would pass
-  // over a node are routed up a lane between the columns (see routePath).
-  var ROW_H = 96, NODE_R = 11;
-  function layout(nodes) {
+  // head index; a grouped-query model's heads are grouped by the key/value head they share (a gap between
+  // groups and a box around each; grouped k/v nodes, with --kv-edges grouped, in a row just below); its
+  // MLP sits in a column of its own to the right, half a row above the heads (it reads the residual after
+  // them). Edges that would pass over a node are routed up a lane between the columns (see routePath).
+  // Rows get closer for deep models (down to 64 px), so a 12-layer model fits a window's height.
+  var NODE_R = 11;
+  function modelName(name) {  // a local path shows its last part (the page title and heading); hub ids stay
+    name = String(name || "");
+    return /^(\/|\.{1,2}\/|~)/.test(name) ? name.replace(/\/+$/, "").split("/").pop() : name;
+  }
+  function layout(nodes, model) {
     var nHeads = 1, nKv = 0, nLayers = 0;
     nodes.forEach(function (n) {
       if (n.kind === "attention") nHeads = Math.max(nHeads, n.head + 1);
       if (n.kind === "kv_head") nKv = Math.max(nKv, n.head + 1);
       if (n.layer !== null && n.layer !== undefined && n.kind !== "logits") nLayers = Math.max(nLayers, n.layer + 1);
     });
-    var colW = Math.max(50, Math.min(96, 860 / (nHeads + 2))), left = 64;
-    var mlpX = left + nHeads * colW + colW * 0.9, width = mlpX + 150;
+    var groups = nKv || (model && model.n_kv_heads && model.n_kv_heads < nHeads && nHeads % model.n_kv_heads === 0 ? model.n_kv_heads : 1);
+    var group = nHeads / groups;
+    var ROW_H = nLayers <= 4 ? 96 : Math.max(64, Math.min(96, 840 / (nLayers + 1)));
+    var colW = Math.max(50, Math.min(96, 860 / (nHeads + 2))), gap = groups > 1 ? Math.round(colW * 0.45) : 0;
+    var left = 64;
+    var headX = function (h) { return left + (h + 0.5) * colW + Math.floor(h / group) * gap; };
+    var headsRight = left + nHeads * colW + (groups - 1) * gap;
+    var mlpX = headsRight + colW * 0.9, width = mlpX + 150;
     var top = 44, height = top + (nLayers + 1) * ROW_H + 40, bottom = height - 34;
-    var headX = function (h) { return left + (h + 0.5) * colW; };
-    var lanes = [];
-    for (var k = 0; k <= nHeads; k++) lanes.push(left + k * colW);
-    lanes.push(mlpX + colW * 0.55);
-    var rows = [], byKey = {}, pos = {};
+    var lanes = [headX(0) - colW / 2];
+    for (var k = 1; k < nHeads; k++) lanes.push((headX(k - 1) + headX(k)) / 2);
+    lanes.push(headX(nHeads - 1) + colW / 2, mlpX + colW * 0.55);
+    var rows = [], byKey = {}, pos = {}, boxes = [];
     function row(key, y, title) {
       if (!byKey[key]) { byKey[key] = { key: key, y: y, title: title, items: [] }; rows.push(byKey[key]); }
       return byKey[key];
     }
     function layerY(L) { return bottom - (L + 1) * ROW_H + ROW_H * 0.25; }
-    var group = nKv ? nHeads / nKv : 1;
+    var centre = (left + headsRight) / 2;
     nodes.forEach(function (n) {
       var L = n.layer, x, r;
-      if (n.kind === "input") { r = row("input", bottom, "input"); x = left + nHeads * colW / 2; }
-      else if (n.kind === "logits") { r = row("logits", top, "logits"); x = left + nHeads * colW / 2; }
+      if (n.kind === "input") { r = row("input", bottom, "input"); x = centre; }
+      else if (n.kind === "logits") { r = row("logits", top, "logits"); x = centre; }
       else if (n.kind === "attention") { r = row("a" + L, layerY(L), "L" + L + " attn"); x = headX(n.head); }
       else if (n.kind === "kv_head") { r = row("kv" + L, layerY(L) + 30, "L" + L + " kv"); x = headX((n.head + 0.5) * group - 0.5); }
       else { r = row("m" + L, layerY(L) - ROW_H / 2, "L" + L + " mlp"); x = mlpX; }
       r.items.push(n);
       pos[n.id] = { x: x, y: r.y, node: n, wide: n.kind === "input" || n.kind === "logits" };
     });
+    if (groups > 1) {
+      rows.forEach(function (r) {
+        if (r.key.charAt(0) !== "a") return;
+        for (var g = 0; g < groups; g++) {
+          var x0 = headX(g * group) - colW / 2 + 4, x1 = headX((g + 1) * group - 1) + colW / 2 - 4;
+          boxes.push({ x: x0, y: r.y - NODE_R - 8, width: x1 - x0, height: 2 * NODE_R + 16 + (byKey["kv" + r.key.slice(1)] ? 30 : 0),
+                       group: g, layer: +r.key.slice(1) });
+        }
+      });
+    }
     rows.sort(function (a, b) { return b.y - a.y; });
-    return { pos: pos, rows: rows, width: width, height: height, colW: colW, lanes: lanes, mlpX: mlpX };
+    return { pos: pos, rows: rows, width: width, height: height, colW: colW, lanes: lanes, mlpX: mlpX, boxes: boxes,
+             groups: groups, group: group, rowH: ROW_H, layerY: layerY, top: top, bottom: bottom };
+  }
+  function drawBoxes(g, lay) {  // grouped-query heads: a box per key/value group and layer
+    lay.boxes.forEach(function (b) {
+      append(g, s("rect", { class: "kv-group", x: b.x, y: b.y, width: b.width, height: b.height, rx: 8,
+        "data-group": b.group, "data-layer": b.layer }),
+        s("text", { class: "kv-group-label", x: b.x + 5, y: b.y + 9, text: "kv" + b.group }));
+    });
+  }
+  // The SVG fills the card's width and the window's height below its top: the whole graph is visible on
+  // load (never scaled above its natural size); zoom and pan from there. Again on every window resize.
+  function fitToWindow(svg, lay) {
+    function fit() {
+      var top = svg.getBoundingClientRect().top, avail = window.innerHeight - Math.max(0, top) - 40;
+      svg.style.height = Math.round(Math.max(320, Math.min(avail, lay.height))) + "px";
+    }
+    svg.setAttribute("preserveAspectRatio", "xMidYMid meet");
+    svg.style.width = "100%";
+    fit();
+    window.addEventListener("resize", fit);
   }
 
   var SLOT_DX = { q: -6, k: 0, v: 6 };
@@ -164,9 +228,22 @@
     var mid = (a.x + b.x) / 2, lane = lay.lanes[0];
     lay.lanes.forEach(function (l) { if (Math.abs(l - mid) < Math.abs(lane - mid)) lane = l; });
     lane += ((hashOf(name || "") % 7) - 3) * 2.5;  // edges sharing a lane stay apart
-    var up = 20;  // rise into the corridor between rows, run up the lane, come down into the target
-    return "M" + x1 + "," + y1 + " C" + x1 + "," + (y1 - up) + " " + lane + "," + (y1 - 2) + " " + lane + "," + (y1 - up) +
-      " L" + lane + "," + (y2 + up) + " C" + lane + "," + (y2 + 2) + " " + x2 + "," + (y2 + up) + " " + x2 + "," + y2;
+    // Rise into the corridor halfway to the next row above the source, run along it to the lane, up the
+    // lane to the corridor below the target's row, along it, and up into the target (rounded corners).
+    var cu = corridor(lay, a.y, -1, y1 - 20), cd = corridor(lay, b.y, 1, y2 + 20);
+    var r1 = Math.min(4, Math.abs(y1 - cu), Math.abs(lane - x1) / 2), r2 = Math.min(4, Math.abs(y2 - cd), Math.abs(x2 - lane) / 2);
+    var s1 = lane >= x1 ? 1 : -1, s2 = x2 >= lane ? 1 : -1;
+    return "M" + x1 + "," + y1 + " L" + x1 + "," + (cu + r1) + " Q" + x1 + "," + cu + " " + (x1 + s1 * r1) + "," + cu +
+      " L" + (lane - s1 * r1) + "," + cu + " Q" + lane + "," + cu + " " + lane + "," + (cu - r1) +
+      " L" + lane + "," + (cd + r2) + " Q" + lane + "," + cd + " " + (lane + s2 * r2) + "," + cd +
+      " L" + (x2 - s2 * r2) + "," + cd + " Q" + x2 + "," + cd + " " + x2 + "," + (cd - r2) + " L" + x2 + "," + y2;
+  }
+  function corridor(lay, y, dir, fallback) {  // halfway from a row at y to the next row above (dir -1) or below (+1)
+    var next = null;
+    lay.rows.forEach(function (r) {
+      if (dir < 0 ? r.y < y - 1 && (next === null || r.y > next) : r.y > y + 1 && (next === null || r.y < next)) next = r.y;
+    });
+    return next === null ? fallback : (y + next) / 2;
   }
 
   function shortName(n) {
@@ -213,11 +290,12 @@
         x: beside ? 17 : 0, y: beside ? 4 : NODE_R + 12, style: col ? "fill:" + col[1] : null,
         text: shortLabel(label, beside ? 22 : 11) + (label.status !== "ok" ? "?" : "") }));
     }
-    append(gEl, s("title", { text: n.id + (label ? ": " + label.label + " (" + label.status + ")" : "") }));
-    if (handlers) {
-      gEl.addEventListener("mouseenter", handlers.enter);
-      gEl.addEventListener("mouseleave", handlers.leave);
-    }
+    var info = function () {
+      return n.id + (label ? ": " + label.label + " (" + label.status + ")" : "") + (handlers && handlers.info ? "\n" + handlers.info() : "");
+    };
+    gEl.addEventListener("mouseenter", function (ev) { if (handlers && handlers.enter) handlers.enter(); tip(ev, info()); });
+    gEl.addEventListener("mousemove", function (ev) { tip(ev); });
+    gEl.addEventListener("mouseleave", function () { untip(); if (handlers && handlers.leave) handlers.leave(); });
     append(g, gEl);
     return gEl;
   }
@@ -226,9 +304,12 @@
 
   // Zoom (wheel, around the pointer; the + and - buttons) and pan (drag the background) of an SVG
   // whose drawing is inside `view`; `fit` goes back to the whole graph.
-  function zoomable(svg, view) {
+  function zoomable(svg, view, onZoom) {
     var st = { k: 1, x: 0, y: 0 };
-    function apply() { view.setAttribute("transform", "translate(" + st.x.toFixed(2) + "," + st.y.toFixed(2) + ") scale(" + st.k.toFixed(4) + ")"); }
+    function apply() {
+      view.setAttribute("transform", "translate(" + st.x.toFixed(2) + "," + st.y.toFixed(2) + ") scale(" + st.k.toFixed(4) + ")");
+      if (onZoom) onZoom(st.k);
+    }
     function point(ev) {
       var m = svg.getScreenCTM(), pt = svg.createSVGPoint();
       pt.x = ev.clientX; pt.y = ev.clientY;
@@ -414,8 +495,8 @@
     append(svg, marker);
     var cf = metrics.faithfulness, cn = metrics.n_edges;
     if (cf !== null && cf !== undefined && totalEdges) {
-      append(svg, s("circle", { id: "curve-circuit", cx: X(100 * cn / totalEdges), cy: Y(cf), r: 5, fill: "#1a9850" },
-        s("title", { text: "the circuit: " + cn + " edges, faithfulness " + fmt(cf) + " (measured on the circuit itself)" })));
+      append(svg, s("circle", Object.assign({ id: "curve-circuit", cx: X(100 * cn / totalEdges), cy: Y(cf), r: 5, fill: "#1a9850" },
+        tipped(function () { return "the circuit: " + cn + " edges, faithfulness " + fmt(cf) + " (measured on the circuit itself)"; }))));
     }
     svg.mark = function (k) {
       clear(marker);
@@ -449,13 +530,16 @@
       .sort(function (a, b) { return mag(b) - mag(a); });
     return inside.concat(outside);
   }
+  function graphEdges(c) {  // edges of the whole graph (the page may embed fewer: viewer/render.py)
+    return c.n_graph_edges || (c.positions && c.positions.n_edges) || c.edges.length;
+  }
   function circuitSummary(c, root) {
     var m = c.metrics || {};
-    append(root, h("h1", { text: (c.model && c.model.name) + " \u00b7 " + (c.task && c.task.name) }),
+    append(root, h("h1", { text: modelName(c.model && c.model.name) + " \u00b7 " + (c.task && c.task.name), title: c.model && c.model.name }),
       h("div", { class: "summary", id: "summary" },
         h("span", null, "method ", h("b", { text: c.method.name })),
         h("span", null, "selection ", h("b", { text: c.selection.kind + (c.selection.value !== null ? " " + c.selection.value : "") })),
-        h("span", null, "edges ", h("b", { text: m.n_edges + " of " + c.edges.length })),
+        h("span", null, "edges ", h("b", { text: m.n_edges + " of " + graphEdges(c) })),
         h("span", null, "nodes ", h("b", { text: String(m.n_nodes) })),
         h("span", null, "faithfulness ", h("b", { text: fmt(m.faithfulness) })),
         h("span", null, "CPR ", h("b", { text: fmt(m.cpr) }), " CMD ", h("b", { text: fmt(m.cmd) })),
@@ -490,26 +574,35 @@
       h("span", { text: "width \u221d \u221a|score| \u00b7 dashed: outside the circuit \u00b7 node colour: role \u00b7 dashed node, \u201c?\u201d: label unverified" }));
   }
 
+  // The block an edge end belongs to, for the overview's aggregation by layer: the input, a layer (its
+  // heads and its MLP together), the logits.
+  function blockOf(n, nLayers) { return n.kind === "input" ? -1 : n.kind === "logits" ? nLayers : n.layer; }
+  function blockName(b, nLayers) { return b < 0 ? "input" : b >= nLayers ? "logits" : "L" + b; }
+
   function renderCircuit(root, c) {
     positionNames = c.positions && c.positions.names ? c.positions.names : null;
     circuitSummary(c, root);
     var order = edgeOrder(c), labels = labelsOf(c), nIn = c.edges.filter(function (e) { return e.in_circuit; }).length;
-    var lay = layout(c.nodes), selected = null, hib = higherIsBetter(c);
-    var svg = s("svg", { class: "graph", id: "graph", viewBox: "0 0 " + lay.width + " " + lay.height,
-      width: Math.round(lay.width), height: Math.round(lay.height) });
+    var max = Math.min(order.length, Math.max(nIn, MAX_SLIDER));
+    var lay = layout(c.nodes, c.model), selected = null, hib = higherIsBetter(c), total = graphEdges(c);
+    var nLayers = (c.model && c.model.n_layers) || 0;
+    c.nodes.forEach(function (n) { if (n.layer !== null && n.layer !== undefined && n.kind !== "logits") nLayers = Math.max(nLayers, n.layer + 1); });
+    var svg = s("svg", { class: "graph", id: "graph", viewBox: "0 0 " + lay.width + " " + lay.height });
     var view = s("g", { id: "viewport" }), gRows = s("g"), gEdges = s("g", { id: "edges" }), gNodes = s("g", { id: "nodes" });
     append(svg, view); append(view, gRows, gEdges, gNodes);
+    var flow = h("div", { class: "card", id: "flow" });
+    drawBoxes(gRows, lay);
     lay.rows.forEach(function (r) { append(gRows, s("text", { class: "row", x: 6, y: r.y + 3, text: r.title })); });
-    var zoom = zoomable(svg, view);
+    var zoom = zoomable(svg, view, function (k) { svg.classList.toggle("zoomed", k >= DETAIL_ZOOM); });
     var panel = h("div", { class: "card", id: "panel" }, h("p", { class: "muted", text: "Hover a node to see its edges; click it to keep them and see its label and evidence." }));
     var hover = h("div", { class: "hover", id: "hover", text: "Hover an edge to see its slot and score." });
-    var max = Math.min(order.length, Math.max(nIn, MAX_SLIDER));
     var slider = h("input", { type: "range", id: "edge-slider", min: 0, max: max, value: nIn, step: 1 });
-    var count = h("span", { id: "edge-count" });
-    var curve = curvePlot(c.metrics || {}, c.edges.length), curveText = h("div", { class: "muted", id: "curve-text" });
-    var shown = [];
+    var count = h("span", { id: "edge-count" }), mode = h("div", { class: "muted small", id: "overview-note" });
+    var curve = curvePlot(c.metrics || {}, total), curveText = h("div", { class: "muted", id: "curve-text" });
+    var shown = [], strength = {};
 
-    function focus(id) {  // highlight a node's edges and neighbours, fade the rest; null: none
+    function focus(id) {  // highlight a node's edges and neighbours, fade the rest; null: none (or the picked flow cell's)
+      if (id === null && flowPick !== null) { pickFlow(); return; }
       svg.classList.toggle("focus", id !== null);
       var near = {};
       Array.prototype.forEach.call(gEdges.childNodes, function (p) {
@@ -519,29 +612,112 @@
       });
       Array.prototype.forEach.call(gNodes.childNodes, function (g) { g.classList.toggle("near", !!near[g.getAttribute("data-id")] || g.getAttribute("data-id") === id); });
     }
+    // The overview (more than DETAIL_MAX edges drawn, not zoomed in) draws the OVERVIEW_TOP strongest
+    // edges one by one; the others are in the page but hidden until the graph is zoomed in to DETAIL_ZOOM,
+    // a node is hovered or clicked (its own edges show) or a cell of the flow matrix is clicked.
+    // The flow matrix (always): every drawn edge summed by layer, one cell per (source block, target
+    // block) with the edge count and sum |score| (shade ~ sqrt of it; colour: the side with more |score|,
+    // carries or opposes).
+    var flowPick = null;
+    function flowMatrix(list) {
+      clear(flow);
+      var agg = {}, keys = [], nb = nLayers + 2;
+      list.forEach(function (e) {
+        var a = lay.pos[e.source], b = lay.pos[e.target];
+        if (!a || !b) return;
+        var key = blockOf(a.node, nLayers) + ">" + blockOf(b.node, nLayers);
+        if (!agg[key]) { agg[key] = { from: blockOf(a.node, nLayers), to: blockOf(b.node, nLayers), n: 0, sum: 0, carries: 0, drawn: 0 }; keys.push(key); }
+        var g = agg[key], m = e.score === null || e.score === undefined ? 0 : Math.abs(e.score);
+        g.n += 1; g.sum += m; if (carries(e, hib) === "carries") g.carries += m;
+        if (!e.minor) g.drawn += 1;
+      });
+      var top = 0;
+      keys.forEach(function (k) { top = Math.max(top, agg[k].sum); });
+      nb -= 1;  // sources: the input and the layers; targets: the layers and the logits
+      var cell = Math.max(12, Math.min(26, 300 / nb)), L = 44, T = 8, W = L + nb * cell + 8, H = T + nb * cell + 40;
+      var svgF = s("svg", { class: "flow", id: "flow-matrix", viewBox: "0 0 " + W + " " + H, width: W, height: H });
+      function X(b) { return L + (b + 1) * cell; }
+      function Y(b) { return T + (nLayers - b) * cell; }  // targets: the logits at the top
+      for (var bi = -1; bi < nLayers; bi++) {
+        append(svgF, s("text", { class: "tick", x: L - 4, y: Y(bi + 1) + cell / 2 + 4, "text-anchor": "end", text: bi + 1 >= nLayers ? "out" : String(bi + 1) }),
+          s("text", { class: "tick", x: X(bi) + cell / 2, y: T + nb * cell + 13, "text-anchor": "middle", text: bi < 0 ? "in" : String(bi) }));
+      }
+      append(svgF, s("text", { x: L + nb * cell / 2, y: H - 6, "text-anchor": "middle", class: "axis-title", text: "from layer" }),
+        s("text", { transform: "translate(10," + (T + nb * cell / 2) + ") rotate(-90)", "text-anchor": "middle", class: "axis-title", text: "to layer" }));
+      keys.forEach(function (k) {
+        var g = agg[k], w = top ? Math.sqrt(g.sum / top) : 0, cls = g.carries >= g.sum - g.carries ? "carries" : "opposes";
+        var text = blockName(g.from, nLayers) + " \u2192 " + blockName(g.to, nLayers) + ": " + g.n + " edge" + (g.n === 1 ? "" : "s") +
+          " (" + g.drawn + " drawn one by one)\nsum |score| " + fmt(g.sum, 4) + ", " + Math.round(100 * (g.sum ? g.carries / g.sum : 0)) +
+          "% of it carrying the behaviour\nclick: show these edges";
+        var r = s("rect", Object.assign({ class: "cell " + cls + (flowPick === k ? " picked" : ""), x: X(g.from) + 1, y: Y(g.to) + 1,
+          width: cell - 2, height: cell - 2, rx: 2, "fill-opacity": (0.12 + 0.88 * w).toFixed(3), "data-from": g.from, "data-to": g.to,
+          "data-n": g.n, "data-sum": g.sum.toPrecision(6),
+          onclick: function () { flowPick = flowPick === k ? null : k; pickFlow(); flowMatrix(list); } },
+          tipped(function () { return text; })));
+        append(svgF, r);
+        if (cell >= 18) append(svgF, s("text", { class: "cell-n" + (w > 0.55 ? " dark" : ""), x: X(g.from) + cell / 2, y: Y(g.to) + cell / 2 + 3.5,
+          "text-anchor": "middle", text: String(g.n) }));
+      });
+      append(flow, h("h3", { text: "Flow between layers" }), svgF,
+        h("p", { class: "muted small", text: "Every drawn edge, summed by the layer it leaves and the layer it enters (in: the input, out: the logits); " +
+          "the number is the edge count, the shade the sum of |score|. Click a cell to show its edges in the graph." }));
+    }
+    function pickFlow() {  // the picked cell's edges highlighted (shown even when the overview hides them)
+      if (flowPick === null) { focus(selected); return; }
+      var ft = flowPick.split(">"), near = {};
+      svg.classList.add("focus");
+      Array.prototype.forEach.call(gEdges.childNodes, function (p) {
+        var a = lay.pos[p.getAttribute("data-source")], b = lay.pos[p.getAttribute("data-target")];
+        var on = String(blockOf(a.node, nLayers)) === ft[0] && String(blockOf(b.node, nLayers)) === ft[1];
+        p.classList.toggle("hl", on);
+        if (on) near[a.node.id] = near[b.node.id] = true;
+      });
+      Array.prototype.forEach.call(gNodes.childNodes, function (g) { g.classList.toggle("near", !!near[g.getAttribute("data-id")]); });
+    }
     function draw(k) {
-      clear(gEdges); clear(gNodes);
+      clear(gEdges); clear(gNodes); untip();
       shown = order.slice(0, k);
-      var maxAbs = 0, touched = {};
-      shown.forEach(function (e) { if (e.score !== null) maxAbs = Math.max(maxAbs, Math.abs(e.score)); touched[e.source] = touched[e.target] = true; });
+      var overview = shown.length > DETAIL_MAX, maxAbs = 0, touched = {};
+      strength = {};
+      shown.forEach(function (e, i) {
+        e.minor = overview && i >= OVERVIEW_TOP;
+        if (e.score !== null) maxAbs = Math.max(maxAbs, Math.abs(e.score));
+        touched[e.source] = touched[e.target] = true;
+        [e.source, e.target].forEach(function (id) {
+          var st = strength[id] || (strength[id] = { n: 0, sum: 0 });
+          st.n += 1; st.sum += e.score === null || e.score === undefined ? 0 : Math.abs(e.score);
+        });
+      });
+      if (overview) {  // the overview's individual edges are the strongest by |score| among those drawn
+        shown.slice().sort(function (a, b) { return Math.abs(b.score || 0) - Math.abs(a.score || 0); })
+          .forEach(function (e, i) { e.minor = i >= OVERVIEW_TOP; });
+      }
+      svg.classList.toggle("overview", overview);
       shown.slice().reverse().forEach(function (e) {  // the strongest drawn last, on top
         var a = lay.pos[e.source], b = lay.pos[e.target];
         if (!a || !b) return;
         var w = e.score === null || !maxAbs ? 0.3 : Math.sqrt(Math.abs(e.score) / maxAbs); // sqrt: weak edges stay visible
-        append(gEdges, s("path", { class: "edge " + carries(e, hib) + (e.in_circuit ? "" : " outside"), d: routePath(lay, a, b, e.slot, e.name),
+        var text = edgeTitle(e, (e.in_circuit ? "in circuit" : "not in circuit") + ", " + carries(e, hib).replace("none", "no score"));
+        append(gEdges, s("path", Object.assign({ class: "edge " + carries(e, hib) + (e.in_circuit ? "" : " outside") + (e.minor ? " minor" : ""),
+          d: routePath(lay, a, b, e.slot, e.name),
           "stroke-width": (0.7 + (shown.length > 80 ? 2.6 : 4.5) * w).toFixed(2), "stroke-opacity": (0.3 + 0.6 * w).toFixed(2),
-          "data-name": e.name, "data-slot": e.slot, "data-source": e.source, "data-target": e.target,
-          onmouseenter: function () { hover.textContent = edgeTitle(e, (e.in_circuit ? "in circuit" : "not in circuit") + ", " + carries(e, hib).replace("none", "no score")); } },
-          s("title", { text: edgeTitle(e) })));
+          "data-name": e.name, "data-slot": e.slot, "data-source": e.source, "data-target": e.target },
+          tipped(function () { return text.replace(/ {2}\u00b7 {2}/g, "\n"); }, function () { hover.textContent = text; }))));
       });
+      flowPick = null;
+      flowMatrix(shown);
       Object.keys(lay.pos).forEach(function (id) {
         var p = lay.pos[id], on = !!touched[id];
         var cls = (on ? "node" : "ghost") + (labels[id] ? " labeled" : "") + (selected === id ? " selected" : "");
         drawNode(gNodes, p, cls, function (ev) { ev.stopPropagation(); select(id); }, labels[id],
-          { enter: function () { focus(id); }, leave: function () { focus(selected); } });
+          { enter: function () { focus(id); }, leave: function () { focus(selected); },
+            info: function () { var st = strength[id]; return st ? st.n + " drawn edge" + (st.n === 1 ? "" : "s") + ", sum |score| " + fmt(st.sum, 4) : "no drawn edge"; } });
       });
-      count.textContent = k + " edges shown (" + nIn + " in the circuit, " + c.edges.length + " in the graph), " +
+      count.textContent = k + " edges shown (" + nIn + " in the circuit, " + total + " in the graph), " +
         Object.keys(touched).length + " nodes";
+      mode.textContent = overview ? "Overview: the " + OVERVIEW_TOP + " strongest of the " + shown.length + " edges are drawn one by one; " +
+        "all " + shown.length + " are summed by layer in the flow matrix (right; click a cell for its edges). Zoom in (wheel or +) " +
+        "to draw every edge, or hover or click a node for its own." : "";
       var at = curve.mark ? curve.mark(k) : null, m = c.metrics || {};
       if (at && k === nIn && m.faithfulness !== null && m.faithfulness !== undefined) {
         curveText.textContent = "The circuit (" + k + " edges, " + fmt(at.pct, 2) + "% of the graph): faithfulness " + fmt(m.faithfulness) +
@@ -569,9 +745,10 @@
       h("div", { class: "controls" }, h("label", { for: "edge-slider", text: "edges shown" }), slider, count, zoomControls(zoom)),
       signLegend(c),
       h("div", { class: "layout" },
-        h("div", { class: "card graph-card" }, svg, hover),
-        h("div", null, panel, h("div", { class: "card" }, h("h3", { text: "Faithfulness curve (stored)" }), curve, curveText))));
+        h("div", { class: "card graph-card" }, mode, svg, hover),
+        h("div", null, panel, flow, h("div", { class: "card" }, h("h3", { text: "Faithfulness curve (stored)" }), curve, curveText))));
     draw(nIn);
+    fitToWindow(svg, lay);
   }
 
   // ------------------------------------------------------------------ diff view
@@ -600,10 +777,11 @@
         h("span", null, "kept ", h("b", { text: String(kept.length) })),
         h("span", null, "Jaccard ", h("b", { text: fmt(union ? kept.length / union : 1) })),
         a.task.content_hash !== b.task.content_hash ? h("span", { class: "muted", text: "(different task data)" }) : null));
-    var lay = layout(nodes);
-    var svg = s("svg", { class: "graph", id: "graph", viewBox: "0 0 " + lay.width + " " + lay.height, width: Math.round(lay.width), height: Math.round(lay.height) });
+    var lay = layout(nodes, b.model || a.model);
+    var svg = s("svg", { class: "graph", id: "graph", viewBox: "0 0 " + lay.width + " " + lay.height });
     var view = s("g", { id: "viewport" }), gEdges = s("g", { id: "edges" }), gNodes = s("g", { id: "nodes" });
     append(svg, view);
+    drawBoxes(view, lay);
     lay.rows.forEach(function (r) { append(view, s("text", { class: "row", x: 6, y: r.y + 3, text: r.title })); });
     append(view, gEdges, gNodes);
     var zoom = zoomable(svg, view);
@@ -618,8 +796,9 @@
         var sa = inA[name] ? inA[name].score : null, sb = inB[name] ? inB[name].score : null;
         var text = e.source + " \u2192 " + e.target + "  \u00b7  slot " + e.slot + positionsOf(e) + "  \u00b7  " + grp[0] + "  \u00b7  score " +
           names[0] + " " + fmt(sa, 4) + ", " + names[1] + " " + fmt(sb, 4);
-        append(gEdges, s("path", { class: "edge " + grp[0], d: routePath(lay, pa, pb, e.slot, name), "stroke-width": grp[0] === "kept" ? 1.5 : 2.5,
-          "data-name": name, "data-slot": e.slot, onmouseenter: function () { hover.textContent = text; } }, s("title", { text: text })));
+        append(gEdges, s("path", Object.assign({ class: "edge " + grp[0], d: routePath(lay, pa, pb, e.slot, name), "stroke-width": grp[0] === "kept" ? 1.5 : 2.5,
+          "data-name": name, "data-slot": e.slot }, tipped(function () { return text.replace(/ {2}\u00b7 {2}/g, "\n"); },
+          function () { hover.textContent = text; }))));
       });
     });
     Object.keys(lay.pos).forEach(function (id) {
@@ -639,7 +818,8 @@
     });
     append(root, h("div", { class: "controls" }, zoomControls(zoom)), legend([["var(--gained)", "gained (in " + names[1] + " only)"], ["var(--lost)", "lost (in " + names[0] + " only)"],
                          ["var(--kept)", "kept (in both)"]]),
-      h("div", { class: "layout" }, h("div", { class: "card" }, svg, hover), panel));
+      h("div", { class: "layout" }, h("div", { class: "card graph-card" }, svg, hover), panel));
+    fitToWindow(svg, lay);
     var changes = Object.keys(la).filter(function (k) {
       return lb[k] && (la[k].label !== lb[k].label || (la[k].role_tags || []).join() !== (lb[k].role_tags || []).join());
     }).map(function (k) { return [k, la[k].label, lb[k].label]; });
@@ -676,8 +856,8 @@
     function flags(p) { return (p.warnings || []).map(function (w) { return w.split(":")[0]; }); }
     points.forEach(function (p, i) {
       var warn = flags(p).join("; ");
-      append(svg, s("circle", { class: "point", cx: X(xs[i]), cy: YE(p.n_edges), r: 4, fill: "#2166ac" },
-        s("title", { text: pointName(p, i) + ": " + p.n_edges + " edges, faithfulness " + fmt(p.faithfulness) + (warn ? " (warning: " + warn + ")" : "") })));
+      append(svg, s("circle", Object.assign({ class: "point", cx: X(xs[i]), cy: YE(p.n_edges), r: 4, fill: "#2166ac" },
+        tipped(function () { return pointName(p, i) + ": " + p.n_edges + " edges, faithfulness " + fmt(p.faithfulness) + (warn ? " (warning: " + warn + ")" : ""); }))));
       if (p.faithfulness !== null && p.faithfulness !== undefined) {
         if (warn) {  // a warning: this faithfulness measures little; drawn hollow in red and named
           append(svg, s("rect", { class: "fpoint flagged", x: X(xs[i]) - 5, y: YF(p.faithfulness) - 5, width: 10, height: 10, fill: "#fff", stroke: "#c0142c", "stroke-width": 2 },
