@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from discovery.core.nodes import parse_node
 from discovery.methods.common import Setup
 from discovery.engine.patching import head_writes, run
 from discovery.model.tasks import iter_batches
@@ -89,7 +90,7 @@ def measured_effects(model, task, rows: list[int], components: list[str], metric
         for c in components:
             with torch.no_grad():
                 if c.startswith("a"):
-                    layer, head = (int(x) for x in c[1:].split(".h"))
+                    layer, head = parse_node(c).layer, parse_node(c).head
                     d = head_writes(adapter, layer, delta.z[layer].expand(n, p, -1, -1))[:, :, head]
                 else:
                     d = delta.mlp[int(c[1:])].expand(n, p, -1)

@@ -24,6 +24,7 @@ import torch
 
 from discovery.core.circuit import Circuit
 from discovery.core.graph import Graph
+from discovery.core.nodes import parse_node
 from discovery.model.adapters import LoadedModel
 from discovery.engine.patching import run
 from discovery.model.tasks import Task, iter_batches
@@ -136,8 +137,8 @@ def answer_positions(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def parse_head(node: str) -> tuple[int, int]:
-    layer, head = node[1:].split(".h")
-    return int(layer), int(head)
+    n = parse_node(node)
+    return n.layer, n.head
 
 
 # --- attention patterns ----------------------------------------------------------------------------

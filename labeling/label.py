@@ -14,6 +14,7 @@ from discovery.core.progress import progress as progress_bar
 
 from discovery.core.circuit import Circuit
 from discovery.core.errors import TaskError, UserError
+from discovery.core.nodes import group_heads, head_id, mlp_id, parse_node
 from discovery.model.adapters import LoadedModel
 from discovery.model.tasks import Task
 
@@ -50,8 +51,8 @@ def _skipped_kv(circuit: Circuit) -> list[LabelRecord]:
 def _check(circuit: Circuit, model: LoadedModel, components: list[str]) -> None:
     circuit.in_circuit(circuit.graph_for(model.adapter))  # same shape, every edge known (UserError otherwise)
     a = model.adapter
-    valid = {f"a{layer}.h{h}" for layer in range(a.n_layers) for h in range(a.n_heads)}
-    valid |= {f"m{layer}" for layer in range(a.n_layers)}
+    valid = {head_id(layer, h) for layer in range(a.n_layers) for h in range(a.n_heads)}
+    valid |= {mlp_id(layer) for layer in range(a.n_layers)}
     bad = [c for c in components if c not in valid]
     if bad:
         raise UserError(f"cannot label {bad[0]!r}: components are heads 'a{{L}}.h{{H}}' and MLPs 'm{{L}}' of this model")
@@ -189,8 +190,8 @@ def edge_labels(labeled: LabeledCircuit) -> list[EdgeLabel]:
         if node in ENDPOINT_LABELS:
             return ENDPOINT_LABELS[node]
         if ".kv" in node and node not in by:  # a shared key/value head: its query heads' labels
-            layer, g = node[1:].split(".kv")
-            heads = [f"a{layer}.h{h}" for h in range(int(g) * group, (int(g) + 1) * group)]
+            kv = parse_node(node)
+            heads = group_heads(kv.layer, kv.head, group)
             found = [f"{h}: {by[h]}" for h in heads if h in by]
             return "; ".join(found) or None
         return by.get(node)

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from ..core.nodes import kv_id, parse_node, reader_name
+
 PREV_THRESHOLD = 0.4
 CURRENT_THRESHOLD = 0.4
 INDUCTION_THRESHOLD = 0.4
@@ -125,8 +127,8 @@ def graph_edge_name(graph, name: str) -> str:
     src, dst = name.split("->")
     owner, slot = dst[:-3], dst[-2]
     if slot in "kv" and dst.endswith(">"):
-        layer, head = owner[1:].split(".h")
-        alt = f"{src}->a{layer}.kv{int(head) // (graph.n_heads // graph.n_kv_heads)}<{slot}>"
+        head = parse_node(owner)
+        alt = f"{src}->{reader_name(kv_id(head.layer, head.head // graph.group_size), slot)}"
         if alt in graph.edge_index:
             return alt
     return name

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core import nodes
 from ..core.errors import UserError
 from ..core.graph import Graph
 from ..model.adapters import LoadedModel, check_supported, wrap_model
@@ -134,31 +135,22 @@ def component_ids(n_layers: int, n_heads: int) -> list[str]:
     """Every head and MLP, in the graph's source order."""
     out = []
     for layer in range(n_layers):
-        out += [f"a{layer}.h{h}" for h in range(n_heads)] + [f"m{layer}"]
+        out += [nodes.head_id(layer, h) for h in range(n_heads)] + [nodes.mlp_id(layer)]
     return out
 
 
 def parse_node(node, n_layers: int, n_heads: int) -> tuple[int, int | None]:
     """(layer, head) of `a{L}.h{H}`, (layer, None) of `m{L}`; a UserError saying what to fix otherwise."""
     fmt = "circuit nodes are 'a{L}.h{H}' (head H of layer L) or 'm{L}' (the MLP of layer L), e.g. 'a0.h1', 'm2'"
-    layer = head = None
-    if isinstance(node, str):
-        try:
-            if node.startswith("m"):
-                layer = int(node[1:])
-                ok = node == f"m{layer}"
-            elif node.startswith("a") and ".h" in node:
-                a, h = node[1:].split(".h")
-                layer, head = int(a), int(h)
-                ok = node == f"a{layer}.h{head}"
-            else:
-                ok = False
-        except ValueError:
-            ok = False
-        if not ok:
-            raise UserError(f"unknown circuit node '{node}'; {fmt}")
-    else:
+    if not isinstance(node, str):
         raise UserError(f"circuit node {node!r} is not a string; {fmt}")
+    try:
+        parsed = nodes.parse_node(node)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.kind not in ("attention", "mlp"):
+        raise UserError(f"unknown circuit node '{node}'; {fmt}")
+    layer, head = parsed.layer, parsed.head
     if not 0 <= layer < n_layers:
         raise UserError(f"circuit node '{node}': layer {layer} is out of range; this model has layers 0..{n_layers - 1}")
     if head is not None and not 0 <= head < n_heads:
@@ -367,9 +359,9 @@ class Planted:
         def reader_true(owner: str) -> bool:
             if owner == "logits" or owner in circuit:
                 return True
-            if ".kv" in owner:
-                layer, kv = owner[1:].split(".kv")
-                return any(f"a{layer}.h{h}" in circuit for h in range(int(kv) * group, (int(kv) + 1) * group))
+            kv = nodes.parse_node(owner)
+            if kv.kind == "kv_head":
+                return any(h in circuit for h in nodes.group_heads(kv.layer, kv.head, group))
             return False
 
         src = np.array([s == "input" or s in circuit for s in g.sources])

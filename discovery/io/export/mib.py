@@ -27,6 +27,7 @@ attributes them (`common.loss_sign`: circuitry's logit-difference scores negated
 from __future__ import annotations
 
 from ...core.errors import UserError
+from ...core.nodes import head_id, parse_node
 from .common import loss_sign, model_shape, per_head_edges, refuse_positional
 
 
@@ -161,8 +162,8 @@ def to_mib(data: dict, d_model: int | None = None, *, scores: bool = True) -> di
         if per_neuron is not None and name != "logits":
             empty = ([False] * config["d_model"], [float("nan")] * config["d_model"])
             if name.startswith("a"):  # to_json indexes a head with its layer's slice: every head of the layer
-                layer = name[1:].split(".")[0]
-                rows = [per_neuron.get(f"a{layer}.h{h}", empty) for h in range(shape["n_heads"])]
+                layer = parse_node(name).layer
+                rows = [per_neuron.get(head_id(layer, h), empty) for h in range(shape["n_heads"])]
                 mask, nscores = [r[0] for r in rows], [r[1] for r in rows]
             else:
                 mask, nscores = per_neuron.get(name, empty)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ...core.errors import UserError
+from ...core.nodes import group_heads, parse_node, reader_name, split_edge
 from . import mib
 
 
@@ -66,11 +67,10 @@ class MibGraph:
         scores = np.zeros(graph.n_edges)
         keep = np.zeros(graph.n_edges, dtype=bool)
         for i, name in enumerate(graph.edge_names):
-            src, reader = name.split("->")
-            if ".kv" in reader:  # a grouped k/v reader: the query heads of its group
-                layer, rest = reader[1:].split(".kv")
-                group, slot = int(rest.split("<")[0]), rest.split("<")[1].rstrip(">")
-                members = [f"{src}->a{layer}.h{h}<{slot}>" for h in range(group * size, (group + 1) * size)]
+            src, owner, slot = split_edge(name)
+            if parse_node(owner).kind == "kv_head":  # a grouped k/v reader: the query heads of its group
+                kv = parse_node(owner)
+                members = [f"{src}->{reader_name(h, slot)}" for h in group_heads(kv.layer, kv.head, size)]
             else:
                 members = [name]
             values = [self.edges.get(m, (0.0, False)) for m in members]
@@ -133,7 +133,7 @@ def _from_json(path: str, d) -> MibGraph:
         if node.get("neurons") is not None:
             kept, values = list(node["neurons"]), node.get("neurons_scores")
             if kept and isinstance(kept[0], list):  # a head's entry holds its layer's rows (to_json's slice)
-                head = int(name.split(".h")[1]) if ".h" in name else 0
+                head = parse_node(name).head if parse_node(name).kind == "attention" else 0
                 kept, values = kept[head], (values[head] if values is not None else None)
             neurons[name] = (kept, values)
     return MibGraph(path, d["cfg"], edges, node_scores, neurons)
