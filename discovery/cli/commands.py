@@ -67,9 +67,9 @@ def _add_model_args(p):
 def build_parser() -> argparse.ArgumentParser:
     # light names only (discovery/core/names.py): --help and argument errors answer before torch loads
     from ..io.export import FORMATS as EXPORT_FORMATS
-    from ..core.names import ACDC_METHODS, AUTO_METHOD, INTERVENTIONS, LEARNED_METHODS, LEVELS, METHOD_NAMES as METHODS
+    from ..core.names import ALL_METHODS, INTERVENTIONS, LEVELS
     from ..core.names import METRIC_NAMES as METRICS
-    DEFAULT_METHOD = AUTO_METHOD  # = discovery.pipeline.options.DEFAULT_METHOD (tests/test_cli.py); pydantic stays unloaded for --help
+    from ..core.registry import DEFAULT_METHOD  # the method registry: choices in its order; pydantic stays unloaded
 
     parser = _Parser(prog="circuitry", description="Circuit discovery on Hugging Face causal LMs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("discover", help="score every edge, select a circuit, evaluate it, write circuit JSON")
     _add_model_args(d)
     d.add_argument("--method", default=None,
-                   choices=[AUTO_METHOD] + list(METHODS) + list(ACDC_METHODS) + list(LEARNED_METHODS),
+                   choices=list(ALL_METHODS),
                    help="auto (EAP-IG with the QK fix, the smallest circuit meeting --target, exact verification "
                         "when that is over 40%% of the edges), an edge scoring (then --target/--top-n/--threshold/"
                         "--greedy), acdc / eap-ig+acdc (then --tau), or edge-pruning (learned edge masks, then "
