@@ -15,8 +15,9 @@ positions with the largest |e|; the decoys are as many positions drawn (seeded) 
 at or below the median.
 
 Prediction from the label (the heuristic's predicate; tokens only, never the model):
-- name_mover, copy_suppression: p is the prediction position (the row's last) and the answer or the
-  wrong token occurs earlier in the prompt;
+- name_mover, negative_name_mover, backup_name_mover, copy_suppression, s_inhibition (the IOI heads
+  write at the prediction position): p is the prediction position (the row's last) and the answer or
+  the wrong token occurs earlier in the prompt;
 - induction (duplicate_token): the token at p occurred earlier, with a token after it (anywhere
   before): 1 at the prediction position, 0.5 elsewhere (the metric is read at the prediction position,
   which an earlier position's write reaches only through later layers);
@@ -24,11 +25,14 @@ Prediction from the label (the heuristic's predicate; tokens only, never the mod
   (what an induction head there reads), 0.5 at any other position p >= 1;
 - the label's quoted tokens (and, for a heuristic MLP label, its evidence's top tokens): the token at p
   is one of them;
-- anything else: 0.5 (no prediction). Several tags: the largest prediction.
+- anything else (attention_sink, positional, other): no prediction. Several tags: the largest of the
+  tags' predictions, tags without one left out (a sink tag beside a predicting tag does not raise
+  every position to 0.5); no predicting tag and no quoted token: 0.5 everywhere.
 With an LLM scorer the label and description and each position's context go to the LLM, which answers a
 probability per context (labeling/prompts.py, detection_messages).
 
-Random-label baseline: for the predicate, the mean AUC over the labels made of one role tag each and of
+Random-label baseline: for the predicate, the mean AUC over the labels made of one role tag each
+(scoring.BASELINE_TAGS: the negative and backup name movers predict as name_mover and are not counted again) and of
 as many random tokens of the held-out prompts as the label quotes (20 draws); for the LLM, another
 component's label (labeling/scoring.py)."""
 
@@ -45,8 +49,8 @@ from discovery.methods.common import Setup
 from discovery.engine.patching import head_writes, run
 from discovery.model.tasks import iter_batches
 
-from .schema import ROLE_TAGS, DataRef, LabelRecord, ScoreResult
-from .scoring import quoted_tokens
+from .schema import DataRef, LabelRecord, ScoreResult
+from .scoring import ANSWER_READERS, BASELINE_TAGS, quoted_tokens
 from .stats import auc as _auc, auc_ci
 
 
@@ -119,10 +123,13 @@ def heldout_positions(effects: list[tuple], n_heldout: int, seed: int, component
            [Position(ids, q, e, False, a, w) for e, _, q, ids, a, w in neg]
 
 
+PREDICTING = (*ANSWER_READERS, "s_inhibition", "induction", "duplicate_token", "previous_token")
+
+
 def tag_predicts(tag: str, x: Position) -> float:
     ids, p = x.ids, x.pos
     last = len(ids) - 1
-    if tag in ("name_mover", "copy_suppression"):
+    if tag in ANSWER_READERS or tag == "s_inhibition":
         return float(p == last and bool(set(ids[:p]) & (set(x.answer_ids) | set(x.wrong_ids))))
     if tag in ("induction", "duplicate_token"):
         repeats = ids[p] in (ids[:p - 1] if tag == "induction" else ids[:p])
@@ -135,7 +142,7 @@ def tag_predicts(tag: str, x: Position) -> float:
 
 
 def predict(tags: list[str], tokens: set[str], x: Position, names) -> float:
-    vals = [tag_predicts(t, x) for t in tags if t != "other"]
+    vals = [tag_predicts(t, x) for t in tags if t in PREDICTING]
     if tokens:
         vals.append(float(names(x.ids[x.pos]) in tokens))
     return max(vals) if vals else 0.5
@@ -155,7 +162,7 @@ def detection_score(rec: LabelRecord, positions: list[Position], names, data: Da
     scores = [predict(rec.role_tags, tokens, x, names) for x in positions]
     value = _auc(y, scores)
     lo, hi = auc_ci(y, scores, seed) if value is not None else (None, None)
-    base = [_auc(y, [tag_predicts(t, x) for x in positions]) for t in ROLE_TAGS]
+    base = [_auc(y, [tag_predicts(t, x) for x in positions]) for t in BASELINE_TAGS]
     pool = sorted({names(x.ids[x.pos]) for x in positions})
     rng = random.Random(f"{seed}:{rec.component}:random-tokens")
     for _ in range(20 if tokens else 0):  # random tokens stand in for quoted ones

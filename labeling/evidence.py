@@ -414,8 +414,12 @@ class Collector:
 
 
 def collect_evidence(model: LoadedModel, task: Task, circuit: Circuit, components: list[str],
-                     cfg: EvidenceConfig | None = None) -> EvidenceBundle:
-    """Evidence for the given heads (`a{L}.h{H}`) and MLPs (`m{L}`), and their held-out scoring data."""
+                     cfg: EvidenceConfig | None = None, thresholds: dict | None = None) -> EvidenceBundle:
+    """Evidence for the given heads (`a{L}.h{H}`) and MLPs (`m{L}`), and their held-out scoring data.
+    thresholds: the heuristic's (overrides), for the name-mover set of the IOI measurements."""
+    from .heuristic import THRESHOLDS
+    from .ioi import collect_ioi
+
     cfg = cfg or EvidenceConfig()
     c = Collector(model, task, circuit, cfg)
     heads = [n for n in components if n.startswith("a")]
@@ -428,6 +432,8 @@ def collect_evidence(model: LoadedModel, task: Task, circuit: Circuit, component
         task_acc, best, answer_att = c.task_attention(heads, c.ev_rows, keep_all=False)
         _, ho_best, _ = c.task_attention(heads, c.ho_rows, keep_all=True)
     direct, mlp_acts, mlp_outs = c.direct_and_mlp(heads, mlps)
+    ioi = collect_ioi(model, task, c.ev_rows, heads, {**THRESHOLDS, **(thresholds or {})}, c.ev_ref,
+                      cfg.batch_size, c.pad_id) if heads else {}
     for node in heads:
         layer, head = parse_head(node)
         ev = HeadEvidence(
@@ -435,7 +441,7 @@ def collect_evidence(model: LoadedModel, task: Task, circuit: Circuit, component
                       PatternScores(data=c.ev_ref, **task_acc.scores(layer, head))],
             ov=c.ov_copying(layer, head), top_pairs=c.top_pairs(best[node], c.ev_rows),
             top_pairs_data=c.ev_ref, answer_attention=answer_att[node], logits=direct[node],
-            importance=c.importance(node))
+            importance=c.importance(node), ioi=ioi.get(node))
         bundle.evidence[node] = ev
         bundle.pairs[node] = c.heldout_pairs(ho_best[node], node)
     if mlps:

@@ -3,14 +3,17 @@
 A head gets an attention role when its pattern score reaches the threshold on the repeated random
 tokens or on the task prompts; copying roles need its OV circuit to copy (or anti-copy) and its direct
 write to move the answer. When nothing reaches a threshold the label says so: role `other`, status
-`heuristic_only`, and a description of what was measured, never an invented role. `s_inhibition` is
-never assigned here: it is a statement about what a head's output does to other heads' queries, which
-these measurements do not test.
+`heuristic_only`, and a description of what was measured, never an invented role. On tasks with the
+IOI structure (labeling/ioi.py) the IOI roles are tested first: name mover, negative and backup name
+mover, S-inhibition (path patching into the name movers' queries), or a fixed-offset head whose
+attention from the prediction position follows a position, not the name there; the copying roles of
+the generic path are then not assigned (the IOI tests decide them).
 """
 
 from __future__ import annotations
 
-from .schema import HeadEvidence, LabelRecord, MLPEvidence, Provenance
+from .ioi import IOI_ROLES, fixed_offset, ioi_role_test, reads
+from .schema import HeadEvidence, IOIEvidence, LabelRecord, MLPEvidence, Provenance
 
 LABELER_VERSION = "heuristic-v2"  # v2: induction only from repeated random tokens; statuses by labeling/verify.py
 
@@ -26,6 +29,12 @@ THRESHOLDS = {
     "answer_attention": 0.4,  # mean attention from the prediction position to the answer's / wrong token's positions
     "ov_relative": 5.0,  # with such attention, an OV copying / suppression score this many times chance suffices
     "min_queries": 20,  # a dataset's pattern score counts only when averaged over at least this many queries
+    # IOI roles (labeling/ioi.py), fixed before looking at any model's numbers:
+    "end_attention": 0.4,  # attention from the prediction position on the target (IO, S or S2) positions
+    "content_margin": 0.1,  # ... above the fixed-offset and the corrupted-prompt attention (not positional)
+    "name_copy": 0.5,  # the paper's copy score: share of name positions whose token the OV map puts in the top 5
+    "s_inhibition_effect": 0.1,  # share of the behaviour lost by patching it into the name movers' queries
+    "backup_gain": 0.1,  # rise of its direct effect with the name movers knocked out, x their summed direct effect
 }
 
 # pattern -> (role tag, label, what the head does)
@@ -79,6 +88,10 @@ def label_head(node: str, ev: HeadEvidence, max_direct: float, thresholds: dict 
         if best >= th[name]:
             fired.append((best, name))
     fired.sort(key=lambda x: -x[0])
+    if ev.ioi is not None and ev.ioi.rows:
+        rec = _ioi_label(node, ev, th, [PATTERN_ROLES[n][0] for _, n in fired])
+        if rec is not None:
+            return rec
     ov, direct = ev.ov, (ev.logits.answer_minus_wrong if ev.logits else None)
     strong = direct is not None and max_direct > 0 and abs(direct) >= th["direct_relative"] * max_direct
     copies = ov is not None and ov.copying >= th["ov_copying"]
@@ -93,6 +106,8 @@ def label_head(node: str, ev: HeadEvidence, max_direct: float, thresholds: dict 
         elif aa.to_wrong >= th["answer_attention"]:
             looks_at = "wrong"
     relative = th["ov_relative"] * ov.chance if ov is not None else 1.0
+    if looks_at is not None and ev.ioi is not None and ev.ioi.rows and not _content(ev.ioi, looks_at, th):
+        looks_at = None  # a fixed-offset pattern that lands on the name, not a reader of it (_ioi_label)
     if looks_at is not None and strong and "induction" not in [PATTERN_ROLES[n][0] for _, n in fired]:
         role = _attended_role(looks_at, ov, direct, relative)
         if role is not None:
@@ -112,12 +127,13 @@ def label_head(node: str, ev: HeadEvidence, max_direct: float, thresholds: dict 
         label, confidence = None, 0.0
     # Copying roles: an induction head already copies by definition, so it is not also a name mover.
     copy_note = None
-    if copies and strong and direct > 0 and "induction" not in tags:
+    ioi_task = ev.ioi is not None and ev.ioi.rows > 0  # the IOI tests decide the copying roles there
+    if not ioi_task and copies and strong and direct > 0 and "induction" not in tags:
         tags.append("name_mover")
         if label is None:
             label, confidence = "Copying (name-mover) head", min(1.0, ov.copying)
         copy_note = "name_mover"
-    elif ov is not None and ov.suppression >= th["ov_suppression"] and strong and direct < 0:
+    elif not ioi_task and ov is not None and ov.suppression >= th["ov_suppression"] and strong and direct < 0:
         tags.append("copy_suppression")
         if label is None:
             label, confidence = "Copy-suppression head", min(1.0, ov.suppression)
@@ -144,6 +160,58 @@ def label_head(node: str, ev: HeadEvidence, max_direct: float, thresholds: dict 
     return LabelRecord(component=node, kind="head", label=label, description=" ".join(sentences[:3]),
                        role_tags=tags, confidence=round(confidence, 4), status="ok", evidence=ev,
                        provenance=_provenance())
+
+
+IOI_LABELS = {
+    "name_mover": ("Name mover head", "At the prediction position it reads the indirect object and copies it"),
+    "negative_name_mover": ("Negative name mover head",
+                            "At the prediction position it reads the indirect object and writes against it"),
+    "backup_name_mover": ("Backup name mover head",
+                          "It takes over copying the indirect object when the name movers are knocked out"),
+    "s_inhibition": ("S-inhibition head", "At the prediction position it reads the repeated subject (S2), and its "
+                     "output steers the name movers' queries away from the subject"),
+}
+
+
+def _content(ioi: IOIEvidence, target: str, th: dict) -> bool:
+    if target == "answer":
+        return reads(ioi.to_io, ioi.offset_attention, ioi.to_io_corrupted, th)[0]
+    return reads(ioi.to_s, ioi.offset_attention, ioi.to_s_corrupted, th)[0]
+
+
+def _ioi_label(node: str, ev: HeadEvidence, th: dict, pattern_tags: list[str]) -> LabelRecord | None:
+    """The first IOI role whose test passes (labeling/ioi.py), or a fixed-offset label for a head whose
+    attention from the prediction position is positional, or None."""
+    ioi = ev.ioi
+    for role in IOI_ROLES:
+        ok, what = ioi_role_test(role, ioi, th)
+        if ok:
+            label, does = IOI_LABELS[role]
+            share = {"s_inhibition": ioi.to_s2, "backup_name_mover": ioi.knockout_to_io or 0.0}.get(role, ioi.to_io)
+            return LabelRecord(component=node, kind="head", label=label, description=f"{does} ({what}).",
+                               role_tags=[role] + pattern_tags, confidence=round(min(1.0, max(0.0, share)), 4),
+                               status="ok", evidence=ev, provenance=_provenance())
+    target, share = ("IO", ioi.to_io) if ioi.to_io >= ioi.to_s else ("S", ioi.to_s)
+    if fixed_offset(ioi, th)[0]:
+        return LabelRecord(
+            component=node, kind="head", label=f"Fixed-offset head: {ioi.offset} tokens back",
+            description=(f"From the prediction position it attends {ioi.offset} tokens back ({ioi.offset_attention:.2f} "
+                         f"of its attention), which is where the {target} name sits in these prompts ({share:.2f}); "
+                         f"it attends there as much on the corrupted prompts, where another token sits, so its attention "
+                         f"follows the position and these prompts cannot show that it reads the name. "
+                         f"Its OV map {_ov_phrase(ioi)}, and its direct write changes logit(IO) - logit(S) by "
+                         f"{ioi.direct:+.2f}."),
+            role_tags=["positional"] + [t for t in pattern_tags if t != "positional"],
+            confidence=round(min(1.0, ioi.offset_attention), 4), status="ok", evidence=ev, provenance=_provenance())
+    return None
+
+
+def _ov_phrase(ioi: IOIEvidence) -> str:
+    if ioi.name_suppression >= 0.5 > ioi.name_copy:
+        return f"suppresses the name it reads (suppression score {ioi.name_suppression:.2f})"
+    if ioi.name_copy >= 0.5:
+        return f"copies the name it reads (copy score {ioi.name_copy:.2f})"
+    return f"neither copies nor suppresses names (copy {ioi.name_copy:.2f}, suppression {ioi.name_suppression:.2f})"
 
 
 def _attended_role(looks_at: str, ov, direct: float, relative: float) -> str | None:

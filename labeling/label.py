@@ -100,7 +100,7 @@ def label_circuit(circuit: Circuit, model: LoadedModel, task: Task, backend: str
 
     bars = progress_bar(total=len(comps) * (2 + (backend == "openai") + use_llm_scorer), desc="labeling", unit="step",
                 file=sys.stderr, disable=not progress, leave=False)
-    bundle = collect_evidence(model, task, circuit, comps, cfg)
+    bundle = collect_evidence(model, task, circuit, comps, cfg, thresholds)
     bars.update(len(comps))
     records = heuristic.heuristic_labels(bundle.evidence, thresholds)
     names = TokenNames(model)

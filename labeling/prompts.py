@@ -16,7 +16,7 @@ import json
 
 from .schema import MAX_LABEL_WORDS, ROLE_TAGS, HeadEvidence, MLPEvidence
 
-TEMPLATE_VERSION = "label-v2"  # v2: attention on the answer / wrong positions
+TEMPLATE_VERSION = "label-v3"  # v2: attention on the answer / wrong positions; v3: the IOI roles
 SCORE_PAIRS_VERSION = "score-pairs-v1"
 DETECT_VERSION = "detect-v1"
 REPAIR_NOTE = "repair-v1"
@@ -29,8 +29,10 @@ ROLE_HELP = {
     "induction": "attends to the token after an earlier occurrence of the current token (and copies it)",
     "duplicate_token": "attends to earlier occurrences of the current token",
     "name_mover": "copy / name mover: copies the token it attends to into the output",
+    "negative_name_mover": "attends to the indirect object at the prediction position and lowers its logit",
+    "backup_name_mover": "acts as a name mover only when the name mover heads are knocked out",
     "copy_suppression": "lowers the logit of tokens it attends to",
-    "s_inhibition": "writes a signal that stops later heads from attending to a repeated name/token",
+    "s_inhibition": "attends to the repeated name (S2) and steers the name movers' queries away from it",
     "attention_sink": "puts most attention on the first position",
     "positional": "attention set by position (e.g. its own position), not by content",
     "other": "none of the above is supported by the evidence",

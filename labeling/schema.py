@@ -21,14 +21,17 @@ LABELED_SCHEMA_VERSION = SCHEMA_VERSION
 
 # The fixed role vocabulary. "name_mover" is the issue's "copy/name_mover": a head that copies the
 # tokens it attends to into the output.
-ROLE_TAGS = ("previous_token", "induction", "duplicate_token", "name_mover", "copy_suppression", "s_inhibition",
-             "attention_sink", "positional", "other")
-RoleTag = Literal["previous_token", "induction", "duplicate_token", "name_mover", "copy_suppression", "s_inhibition",
-                  "attention_sink", "positional", "other"]
+# The IOI roles (Wang et al. 2022) are tested as labeling/ioi.py defines them.
+ROLE_TAGS = ("previous_token", "induction", "duplicate_token", "name_mover", "negative_name_mover",
+             "backup_name_mover", "copy_suppression", "s_inhibition", "attention_sink", "positional", "other")
+RoleTag = Literal["previous_token", "induction", "duplicate_token", "name_mover", "negative_name_mover",
+                  "backup_name_mover", "copy_suppression", "s_inhibition", "attention_sink", "positional", "other"]
 # What a model may plausibly write for a tag; mapped onto the vocabulary before validation.
 TAG_ALIASES = {"copy": "name_mover", "copy/name_mover": "name_mover", "copying": "name_mover",
                "name mover": "name_mover", "prev_token": "previous_token", "previous token": "previous_token",
-               "sink": "attention_sink", "duplicate": "duplicate_token", "self": "positional"}
+               "sink": "attention_sink", "duplicate": "duplicate_token", "self": "positional",
+               "negative name mover": "negative_name_mover", "backup name mover": "backup_name_mover",
+               "s-inhibition": "s_inhibition"}
 # ok: every role test and every held-out score passed (labeling/verify.py); unverified: one did not
 # (status_reason says which); heuristic_only: written by files before labeler v2 (no role found).
 Status = Literal["ok", "unverified", "heuristic_only", "llm_failed", "unparsed", "skipped"]
@@ -143,6 +146,38 @@ class AnswerAttention(BaseModel):
     rows: int  # task rows whose prompt contains the answer or the wrong token at all
 
 
+class IOIEvidence(BaseModel):
+    """The IOI measurements of a head (labeling/ioi.py has the exact definitions). Positions: END is
+    each evidence prompt's last token, IO the earlier positions holding the answer, S those holding the
+    wrong token (the subject), S2 the last of them. Attention shares are averaged over the rows that
+    hold a name; `*_corrupted` is the same head's attention on the corrupted prompt at the positions
+    that held the name in the clean one (content control); `offset` is the fixed distance back from END
+    that gets the most attention, `offset_attention` that attention (positional control)."""
+
+    data: DataRef
+    rows: int
+    to_io: float
+    to_s: float
+    to_s2: float
+    to_io_corrupted: float | None = None
+    to_s_corrupted: float | None = None
+    to_s2_corrupted: float | None = None
+    offset: int = 0
+    offset_attention: float = 0.0
+    name_copy: float  # share of name positions whose own token is in the top 5 of the vocabulary under the OV map
+    name_suppression: float  # ... in the bottom 5
+    n_name_positions: int = 0
+    direct: float  # direct effect of its write at END on logit(IO) - logit(S)
+    max_direct: float  # the largest |direct| over every head of the model
+    name_movers: list[str] = Field(default_factory=list)  # the model's heads that pass the name-mover test
+    name_movers_direct: float | None = None  # their summed direct effect
+    s_inhibition_effect: float | None = None  # path patching into the name movers' queries: share of the behaviour lost
+    knockout_direct: float | None = None  # its direct effect with the name movers mean-ablated
+    knockout_to_io: float | None = None  # its END -> IO attention with the name movers mean-ablated
+    behaviour: float | None = None  # mean logit(IO) - logit(S) of the model on these rows
+    notes: list[str] = Field(default_factory=list)  # what could not be measured, and why
+
+
 class HeadEvidence(BaseModel):
     kind: Literal["head"] = "head"
     patterns: list[PatternScores] = Field(default_factory=list)  # repeated random tokens, then task prompts
@@ -152,6 +187,7 @@ class HeadEvidence(BaseModel):
     answer_attention: AnswerAttention | None = None
     logits: DirectLogits | None = None
     importance: Importance = Field(default_factory=Importance)
+    ioi: IOIEvidence | None = None  # on tasks whose prompts hold the answer and wrong tokens (IOI-like)
 
 
 class MLPEvidence(BaseModel):

@@ -9,12 +9,14 @@ its median; the score is the balanced accuracy of the scorer's yes/no (p >= 0.5)
 Two scorers:
 - evidence_agreement (offline): an explanation's role tags are turned into predicates on a pair (the
   key is the previous token / the token after an earlier copy of the query token / an earlier copy /
-  the first position / the query itself); tags without a positional predicate score every pair 0.5.
+  the first position / the query itself; for the answer readers (name movers, negative and backup name
+  movers, copy suppression) from the prediction position to the answer or the wrong token, for
+  s_inhibition to the wrong token's last earlier position, S2); tags without a positional predicate score every pair 0.5.
   For an MLP the explanation's tokens (those it quotes, or the evidence's top tokens for the heuristic
   label) predict "active" when the context ends in one of them.
 - llm: the explanation and the pairs (or contexts) go to the LLM, which answers probabilities.
 Each comes with a random-label baseline: the same scorer with a label that does not belong to the
-component (the evidence-agreement one averages over every single role tag; the LLM one takes another
+component (the evidence-agreement one averages over every single role tag of BASELINE_TAGS; the LLM one takes another
 component's label, drawn with the seed, or a neutral sentence when there is no other)."""
 
 from __future__ import annotations
@@ -36,12 +38,23 @@ NEUTRAL = ("A component of a transformer language model.", "It is part of the ci
 
 # --- predicates ----------------------------------------------------------------------------------
 
+# roles that read the answer or the wrong token from the prediction position (the IOI name movers among them)
+ANSWER_READERS = ("name_mover", "negative_name_mover", "backup_name_mover", "copy_suppression")
+# the random-label baselines average over these tags: the negative and backup name movers predict what
+# name_mover predicts, so counting them again would weigh that one predicate three times
+BASELINE_TAGS = tuple(t for t in ROLE_TAGS if t not in ("negative_name_mover", "backup_name_mover"))
+
+
 def pair_predicate(tag: str, ids: list[int], i: int, j: int, answers=(), wrongs=()) -> float:
     """1 when the (query i, key j) pair is what the role predicts, 0 when not, 0.5 when the role says
     nothing about positions. The answer-reading roles (name mover, copy suppression) predict: from the
-    prediction position (the prompt's last), a key holding the answer or the wrong token."""
-    if tag in ("name_mover", "copy_suppression"):
+    prediction position (the prompt's last), a key holding the answer or the wrong token; s_inhibition
+    (IOI): from the prediction position, the last earlier position holding the wrong token (S2)."""
+    if tag in ANSWER_READERS:
         return float(i == len(ids) - 1 and ids[j] in set(answers) | set(wrongs))
+    if tag == "s_inhibition":  # from the prediction position, the last earlier copy of the wrong token (S2)
+        s_pos = [k for k in range(i) if ids[k] in set(wrongs)]
+        return float(i == len(ids) - 1 and bool(s_pos) and j == s_pos[-1])
     if tag == "previous_token":
         return float(j == i - 1)
     if tag == "positional":
@@ -79,7 +92,7 @@ def agreement_head(tags: list[str], pairs: list[HeldOutPair], data: DataRef | No
     s = [tags_pair_score(tags, p) for p in pairs]
     value = _auc(y, s)
     lo, hi = auc_ci(y, s) if value is not None else (None, None)
-    base = [_auc(y, [tags_pair_score([t], p) for p in pairs]) for t in ROLE_TAGS]
+    base = [_auc(y, [tags_pair_score([t], p) for p in pairs]) for t in BASELINE_TAGS]
     base = [b for b in base if b is not None]
     return ScoreResult(scorer="evidence_agreement", metric="roc_auc", value=value, ci_low=lo, ci_high=hi,
                        random_baseline=float(np.mean(base)) if base else None,

@@ -13,7 +13,12 @@ it: the heuristic or the LLM). Thresholds are the heuristic's (labeling/heuristi
   copies (at least ov_relative x chance) and its direct write moves logit(answer) - logit(wrong) the
   way copying what it reads would (up for the answer, down for the wrong token);
 - copy_suppression: the same with the OV circuit suppressing, and the direct write the other way;
-- s_inhibition: no test here (it is about what the head does to other heads' queries), so never kept.
+- name_mover (on tasks whose prompts hold the names: IOI), negative_name_mover, backup_name_mover,
+  s_inhibition: the IOI tests of labeling/ioi.py (Wang et al. 2022: attention from the prediction
+  position that the content decides, the copy score, the direct effect, path patching into the name
+  movers' queries, the name movers knocked out); copy_suppression there also needs the content control;
+- positional: self-attention at threshold, or (IOI-like tasks) attention from the prediction position a
+  fixed distance >= 2 back at end_attention.
 A tag that fails is removed (the reason recorded); a label left with no role is tagged `other`.
 
 Status: `ok` only when every tag passed and every held-out score beats its random-label baseline
@@ -26,6 +31,7 @@ from __future__ import annotations
 import re
 
 from .heuristic import THRESHOLDS, pattern_score
+from .ioi import fixed_offset, ioi_role_test, reads as read_content
 from .schema import HeadEvidence, LabelRecord
 from .stats import beats_baseline, sentence
 
@@ -50,6 +56,11 @@ def role_test(tag: str, ev, th: dict | None = None) -> tuple[bool, str]:
     if tag == "induction":
         v = _repeated(ev, "induction", th)
         return v >= th["induction"], f"induction attention {v:.2f} on repeated random tokens (needs {th['induction']:.2f})"
+    if tag in ("negative_name_mover", "backup_name_mover", "s_inhibition") or \
+            (tag == "name_mover" and ev.ioi is not None and ev.ioi.rows):
+        return ioi_role_test(tag, ev.ioi, th)
+    if tag == "positional" and fixed_offset(ev.ioi, th)[0]:
+        return fixed_offset(ev.ioi, th)
     if tag in PATTERN_OF:
         name = PATTERN_OF[tag]
         v, _ = pattern_score(ev, name, th["min_queries"])
@@ -76,6 +87,12 @@ def role_test(tag: str, ev, th: dict | None = None) -> tuple[bool, str]:
         sign_ok = direct > 0 if reads == "wrong" else direct < 0
         what = (f"OV suppression {ov.suppression:.2f} (chance {ov.chance:.3f}), attends to "
                 f"{reads or 'neither answer nor wrong'}, direct write {direct:+.2f}")
+        if reads and ev.ioi is not None and ev.ioi.rows:  # the name it reads, not a position (labeling/ioi.py)
+            io = reads == "answer"
+            content, how = read_content(ev.ioi.to_io if io else ev.ioi.to_s, ev.ioi.offset_attention,
+                                        ev.ioi.to_io_corrupted if io else ev.ioi.to_s_corrupted, th)
+            if not content:
+                return False, f"{what}; its attention on the {'answer' if io else 'wrong'} name: {how}"
         return suppresses and sign_ok, what
     return False, f"no test for '{tag}' in these measurements"
 

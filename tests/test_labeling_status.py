@@ -47,7 +47,9 @@ def _passes(s) -> bool:
 def test_toy_ioi_ok_only_when_every_score_beats_its_baseline(ioi):
     model, task, circuit, labeled = ioi
     statuses = {r.component: r.status for r in labeled.labels}
-    assert "ok" in statuses.values() and "unverified" in statuses.values(), statuses
+    # toy:ioi has no head that passes an IOI role test (docs/labeling.md); the constructed model of
+    # tests/test_labeling_ioi.py has ok labels, checked the same way there
+    assert "unverified" in statuses.values(), statuses
     for r in labeled.labels:
         assert set(r.scores) >= {"evidence_agreement", "detection"}
         every = all(_passes(s) for s in r.scores.values())
@@ -65,15 +67,16 @@ def test_toy_ioi_ok_only_when_every_score_beats_its_baseline(ioi):
                 assert r.scores[k].scorer in r.status_reason
 
 
-def test_toy_ioi_detection_finds_the_answer_readers(ioi):
-    """The heads whose label reads the answer at the prediction position (name mover, copy suppression)
-    matter there: their detection AUC is far above the unlabeled heads'."""
+def test_toy_ioi_detection_of_labels_that_predict_nothing(ioi):
+    """toy:ioi's heads get no IOI role (its copy-suppression-looking heads attend a fixed distance back:
+    `positional`); a label whose tags predict no position (other, positional, attention_sink) scores
+    exactly 0.5 in detection."""
     *_, labeled = ioi
-    readers = [r for r in labeled.labels if {"name_mover", "copy_suppression"} & set(r.role_tags)]
-    unlabeled = [r for r in labeled.labels if r.kind == "head" and r.role_tags == ["other"]]
-    assert readers and unlabeled
-    assert min(r.scores["detection"].value for r in readers) >= 0.9
-    assert all(r.scores["detection"].value == 0.5 for r in unlabeled)  # "other" predicts nothing
+    heads = [r for r in labeled.labels if r.kind == "head"]
+    assert heads and not any({"name_mover", "negative_name_mover", "backup_name_mover", "s_inhibition",
+                              "copy_suppression"} & set(r.role_tags) for r in heads)
+    silent = [r for r in heads if set(r.role_tags) <= {"other", "positional", "attention_sink"}]
+    assert silent and all(r.scores["detection"].value == 0.5 for r in silent)
 
 
 def test_a_role_whose_own_test_fails_is_not_assigned():
