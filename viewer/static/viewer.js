@@ -257,6 +257,8 @@
     previous_token: ["#deebf7", "#2166ac", "prev-token"], induction: ["#d9f0d3", "#1b7837", "induction"],
     duplicate_token: ["#e0f3f8", "#2c7fb8", "dup-token"], name_mover: ["#fde0c5", "#b35806", "name mover"],
     copy_suppression: ["#f2e0f0", "#8e3b8a", "copy-supp."], s_inhibition: ["#f6e8c3", "#8c510a", "S-inhib."],
+    negative_name_mover: ["#fbe3d6", "#b2182b", "neg. name mover"],
+    backup_name_mover: ["#fff0d9", "#d9822b", "backup name mover"],
     attention_sink: ["#eeeeee", "#555555", "sink"], positional: ["#f0f0d0", "#6b6b00", "self-attn"],
     other: ["#f4f1fb", "#5b3fa8", null]
   };
