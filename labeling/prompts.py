@@ -16,7 +16,7 @@ import json
 
 from .schema import MAX_LABEL_WORDS, ROLE_TAGS, HeadEvidence, MLPEvidence
 
-TEMPLATE_VERSION = "label-v3"  # v2: attention on the answer / wrong positions; v3: the IOI roles
+TEMPLATE_VERSION = "label-v3"  # v2: attention on the answer / wrong positions; v3: the IOI roles and measurements
 SCORE_PAIRS_VERSION = "score-pairs-v1"
 DETECT_VERSION = "detect-v1"
 REPAIR_NOTE = "repair-v1"
@@ -118,8 +118,32 @@ def head_block(ev: HeadEvidence) -> list[str]:
                      f"holding the wrong answer ({aa.rows} rows)")
     if ev.logits is not None:
         lines += _logits_lines(ev.logits, "its direct write at the last position")
+    if ev.ioi is not None and ev.ioi.rows:
+        lines += _ioi_lines(ev.ioi)
     lines += _importance_lines(ev.importance)
     return lines
+
+
+def _opt(x) -> str:
+    return "not measured" if x is None else _num(x)
+
+
+def _ioi_lines(i) -> list[str]:
+    """The IOI measurements (labeling/ioi.py): END the last token, IO the answer's earlier positions, S
+    the wrong token's, S2 its last one."""
+    movers = ", ".join(i.name_movers) or "none"
+    return [
+        f"IOI measurements on {_data(i.data)} (END = last token, IO = the answer's earlier "
+        "positions, S = the wrong token's, S2 = its last one):",
+        f"  attention from END: IO {_num(i.to_io)}, S {_num(i.to_s)}, S2 {_num(i.to_s2)}; on the corrupted prompt at "
+        f"the same positions: IO {_opt(i.to_io_corrupted)}, S2 {_opt(i.to_s2_corrupted)}; the most-attended fixed "
+        f"distance back from END: {i.offset} ({_num(i.offset_attention)})",
+        f"  name copy score {_num(i.name_copy)}, negative copy score {_num(i.name_suppression)} (share of "
+        f"{i.n_name_positions} name positions whose own token is in the top / bottom 5 of its OV output)",
+        f"  direct effect on logit(IO) - logit(S): {i.direct:+.3f} (largest over the model's heads {_num(i.max_direct)})",
+        f"  heads passing the name-mover test: {movers}; behaviour lost by patching its corrupted output into "
+        f"their queries: {_opt(i.s_inhibition_effect)}; with them mean-ablated, its direct effect "
+        f"{_opt(i.knockout_direct)} and END -> IO attention {_opt(i.knockout_to_io)}"]
 
 
 def mlp_block(ev: MLPEvidence) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from labeling import prompts
-from labeling.schema import (AnswerAttention, AttentionPair, Context, DataRef, DirectLogits, HeadEvidence, Importance, MLPEvidence,
+from labeling.schema import (AnswerAttention, IOIEvidence, AttentionPair, Context, DataRef, DirectLogits, HeadEvidence, Importance, MLPEvidence,
                              OVCopying, PatternScores, TokenValue)
 
 GOLDEN = Path(__file__).parent / "labeling_golden"
@@ -67,6 +67,17 @@ def test_versions_are_pinned():
 
 def test_golden_label_prompt_head():
     check("label_head", render(prompts.label_messages("a1.h0", head_evidence(), "toy:induction", "induction")))
+
+
+def test_golden_label_prompt_head_ioi():
+    """An IOI task's head: its IOI measurements (labeling/ioi.py) are in the prompt."""
+    ev = head_evidence().model_copy(update={"ioi": IOIEvidence(
+        data=TASK, rows=4, to_io=0.91, to_s=0.05, to_s2=0.03, to_io_corrupted=0.5, to_s2_corrupted=0.02, offset=3,
+        offset_attention=0.4, name_copy=0.75, name_suppression=0.0, n_name_positions=12, direct=1.5, max_direct=2.0,
+        name_movers=["a2.h0"], knockout_direct=1.25, knockout_to_io=0.875)})
+    text = render(prompts.label_messages("a2.h0", ev, "toy:ioi", "ioi"))
+    check("label_head_ioi", text)
+    assert "attention from END: IO 0.910" in text and "heads passing the name-mover test: a2.h0" in text
 
 
 def test_golden_label_prompt_mlp():
