@@ -105,6 +105,13 @@ def peer(out, only=None):
                                                                  device=torch.device("cpu"), dtype=torch.float32)
         graph = attribute(prompt_for(out, model_name), model, batch_size=64, **SETTINGS)
         rs, cs = compute_graph_scores(graph)
+        from circuit_tracer.utils.create_graph_files import create_graph_files
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:  # its Neuronpedia JSON at the default thresholds
+            create_graph_files(graph, slug="peer", output_path=d, scan="peer", node_threshold=0.8,
+                               edge_threshold=0.98)
+            shutil.copy(os.path.join(d, "peer.json"), os.path.join(out, f"{model_name}-{kind}.ct-np.json"))
         np.savez(os.path.join(out, f"{model_name}-{kind}.ct.npz"), adjacency=graph.adjacency_matrix.numpy(),
                  features=graph.active_features[graph.selected_features].numpy(),
                  activations=graph.activation_values[graph.selected_features].numpy(),
@@ -114,12 +121,40 @@ def peer(out, only=None):
         print(f"{model_name}-{kind}: {graph.adjacency_matrix.shape[0]} nodes", flush=True)
 
 
+def neuronpedia_diff(graph, ct_path, model_doc: dict) -> str:
+    """Our pruned export (0.8 / 0.98) against circuit-tracer's create_graph_files JSON: same node ids and
+    fields, same links; the largest difference of influence and of link weight relative to its max."""
+    from discovery.io.export.feature_neuronpedia import feature_graph_to_neuronpedia
+    from discovery.features.graph_file import graph_document
+
+    if not os.path.exists(ct_path):
+        return "-"
+    theirs = json.load(open(ct_path))
+    ours = feature_graph_to_neuronpedia(graph_document(graph, node_threshold=0.8, edge_threshold=0.98, model=model_doc))
+    key = (lambda n: (n["node_id"], n["feature_type"], n["layer"], n["ctx_idx"], n["feature"], n["jsNodeId"]))
+    a, b = sorted(ours["nodes"], key=key), sorted(theirs["nodes"], key=key)
+    if [key(n) for n in a] != [key(n) for n in b]:
+        return f"NODES DIFFER ({len(a)} vs {len(b)})"
+    d_infl = max((abs((x["influence"] or 0) - (y["influence"] or 0)) for x, y in zip(a, b)), default=0.0)
+    d_act = max((abs((x["activation"] or 0) - (y["activation"] or 0)) for x, y in zip(a, b)), default=0.0)
+    la = sorted((x["source"], x["target"], x["weight"]) for x in ours["links"])
+    lb = sorted((x["source"], x["target"], x["weight"]) for x in theirs["links"])
+    if [x[:2] for x in la] != [x[:2] for x in lb]:
+        return f"LINKS DIFFER ({len(la)} vs {len(lb)})"
+    scale = max((abs(x[2]) for x in lb), default=1.0)
+    d_w = max((abs(x[2] - y[2]) for x, y in zip(la, lb)), default=0.0) / scale
+    meta = all(ours["metadata"][k] == theirs["metadata"][k] for k in ("prompt_tokens", "node_threshold"))
+    return (f"{len(a)} nodes, {len(la)} links equal; influence ±{d_infl:.1e}, activation ±{d_act:.1e}, "
+            f"weight rel. {d_w:.1e}{'' if meta else '; METADATA DIFFERS'}")
+
+
 def compare(out):
     import numpy as np
     import torch
 
     from discovery.features.attribution import attribute
     from discovery.features.pruning import graph_scores
+    from discovery.features.run import model_info
     from discovery.features.transcoders import load_transcoders
     from discovery.model.adapters import load_model
 
@@ -141,13 +176,14 @@ def compare(out):
         rel = float(np.abs(ours - ct["adjacency"]).max() / np.abs(ct["adjacency"]).max()) \
             if ours.shape == ct["adjacency"].shape else float("inf")
         rs, cs = graph_scores(g)
+        np_note = neuronpedia_diff(g, os.path.join(out, f"{model_name}-{kind}.ct-np.json"), model_info(model))
         worst = max(worst, rel)
         rows.append(f"| {model_name} | {kind} | {g.n_pos} | {g.n_features} | {g.n_logits} | "
                     f"{'yes' if same_tokens and same_feats and same_logits else 'NO'} | {rel:.2e} | "
-                    f"{rs:.4f} / {float(ct['scores'][0]):.4f} | {cs:.4f} / {float(ct['scores'][1]):.4f} |")
+                    f"{rs:.4f} / {float(ct['scores'][0]):.4f} | {cs:.4f} / {float(ct['scores'][1]):.4f} | {np_note} |")
     print("| model | transcoders | tokens | features | logits | same nodes | adjacency rel. error | "
-          "replacement ours / ct | completeness ours / ct |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "replacement ours / ct | completeness ours / ct | pruned Neuronpedia JSON |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print(f"worst relative error {worst:.2e} over {len(rows)} cases")
     return 0 if rows and worst <= 1e-4 else 1

@@ -448,6 +448,39 @@ def cmd_timeline(args) -> int:
     return 0
 
 
+def _is_feature_graph(path: str) -> bool:
+    """An attribution-graph file (circuitry attribute) rather than a circuit file: its kind says so, near
+    its start (graph_file.py writes schema_version and kind first)."""
+    import re
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            head = f.read(4096)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return re.search(r'"kind"\s*:\s*"feature_graph"', head) is not None
+
+
+def _export_feature_graph(args) -> int:
+    if args.format != "neuronpedia":
+        raise UserError(f"an attribution graph exports as --format neuronpedia (not {args.format})")
+    from ..features.graph_file import load_graph
+    from ..io.export.feature_neuronpedia import feature_graph_to_neuronpedia
+
+    graph = feature_graph_to_neuronpedia(load_graph(args.circuit), scan=args.scan, slug=args.slug)
+    out = Path(args.out)
+    if out.is_dir() or args.out.endswith(("/", os.sep)):
+        from ..io.export.neuronpedia import write_graph_dir
+
+        out = write_graph_dir(graph, out)
+        print(f"neuronpedia graph -> {out} (listed in {out.parent / 'graph-metadata.json'})")
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(graph))
+    print(f"neuronpedia: attribution graph of {len(graph['nodes'])} nodes, {len(graph['links'])} links -> {out}")
+    return 0
+
+
 def cmd_export(args) -> int:
     if not os.path.isfile(args.circuit):  # before pydantic and torch load
         raise UserError(f"circuit file '{args.circuit}' not found")
@@ -471,6 +504,8 @@ def cmd_export(args) -> int:
         return 0
     if args.format is None or args.out is None:
         raise UserError("give --format FORMAT and --out FILE (or --mib-submission DIR --task T --model M)")
+    if _is_feature_graph(args.circuit):
+        return _export_feature_graph(args)
     from ..io.export import export
 
     data = load_document(args.circuit)
