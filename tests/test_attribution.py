@@ -184,3 +184,41 @@ def test_feature_cap_keeps_the_most_influential_rows_consistent():
     cols = torch.cat([torch.tensor(idx), torch.arange(full.n_features, full.n_sources)])
     rows = torch.cat([torch.tensor(idx), torch.arange(full.n_features, full.n_features + full.n_logits)])
     torch.testing.assert_close(capped.adjacency, full.adjacency[rows][:, cols])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_bf16_weights_accumulate_in_fp32(family):
+    """A bfloat16 model: the graph is float32 and equals the float32 model's graph to bf16 precision
+    (the weights' rounding, 2^-8 relative), not to the much coarser error of bf16 sums; the active
+    features are the same."""
+    hf, model, tc = _setup(family, skip=True)
+    full = _attribute(model, tc, desired_logit_prob=0.99, max_logits=3)
+    half = _attribute(wrap_model(hf.to(torch.bfloat16)), tc, desired_logit_prob=0.99, max_logits=3)
+    assert half.adjacency.dtype == torch.float32 and half.activations.dtype == torch.float32
+    assert half.logit_tokens == full.logit_tokens
+    # a feature whose pre-activation sits at its threshold may switch: compare the common ones
+    fi, hi = ({tuple(f): i for i, f in enumerate(g.features.tolist())} for g in (full, half))
+    common = sorted(fi.keys() & hi.keys())
+    assert len(common) >= 0.97 * max(len(fi), len(hi))
+
+    def part(g, index):
+        feats = torch.tensor([index[f] for f in common])
+        cols = torch.cat([feats, torch.arange(g.n_features, g.n_sources)])
+        rows = torch.cat([feats, torch.arange(g.n_features, g.n_features + g.n_logits)])
+        return g.adjacency[rows][:, cols]
+
+    a, b = part(full, fi), part(half, hi)
+    rel = (b - a).abs().max() / a.abs().max()
+    assert 0 < rel < 0.05, rel
+
+
+def test_memory_budget_cuts_the_batch_not_the_result():
+    """A budget too small for two targets: one target per backward pass, the same adjacency."""
+    hf, model, tc = _setup("neox", cross_layer=True, skip=True)
+    full = _attribute(model, tc, desired_logit_prob=0.99, max_logits=3)
+    calls = []
+    tight = _attribute(model, tc, desired_logit_prob=0.99, max_logits=3, memory_budget=1,
+                       progress=lambda done, total: calls.append((done, total)))
+    assert tight.info["batch_size"] == 1 and full.info["batch_size"] > 1
+    assert len(calls) == full.n_features + full.n_logits and calls[-1] == (len(calls), len(calls))
+    torch.testing.assert_close(tight.adjacency, full.adjacency, rtol=1e-5, atol=1e-6)

@@ -127,9 +127,10 @@ def reads_pre_norm(tc) -> bool:
 class _Sources:
     """Where each source writes: per layer l, the features writing into the MLP output of l."""
 
-    cols: list[torch.Tensor]  # per layer [n_w] column indices
-    pos: list[torch.Tensor]  # per layer [n_w]
-    vecs: list[torch.Tensor]  # per layer [n_w, d] fp32 (activation * decoder row)
+    cols: list[torch.Tensor]  # per layer [n_w] column indices, sorted by position
+    pos: list[torch.Tensor]  # per layer [n_w], ascending
+    slot: list[torch.Tensor]  # per layer [n_w]: rank among the layer's writers at the same position
+    packed: list[torch.Tensor]  # per layer [P, c_max, d] fp32: packed[pos, slot] = activation * decoder row
     errors: torch.Tensor  # [L, P, d]
     tokens: torch.Tensor  # [P, d]
 
@@ -173,8 +174,19 @@ def _sources(rec, tc, features, acts, errors, model) -> _Sources:
         return torch.cat(parts) if parts else torch.zeros(shape, device=dev)
 
     tok = model.adapter.token_embed(rec.ids[None])[0].float()
-    return _Sources([cat(c, (0,)).long() for c in cols], [cat(p, (0,)).long() for p in pos],
-                    [cat(v, (0, d)) for v in vecs], errors, tok)
+    P = len(rec.ids)
+    packed = {"cols": [], "pos": [], "slot": [], "packed": []}
+    for c, p, v in zip(cols, pos, vecs):
+        c, p, v = cat(c, (0,)).long(), cat(p, (0,)).long(), cat(v, (0, d))
+        order = torch.argsort(p, stable=True)
+        c, p, v = c[order], p[order], v[order]
+        counts = torch.bincount(p, minlength=P)
+        slot = torch.arange(len(p), device=dev) - (torch.cumsum(counts, 0) - counts)[p]
+        table = torch.zeros(P, int(counts.max()) if len(p) else 0, d, device=dev)
+        table[p, slot] = v
+        for key, value in zip(packed, (c, p, slot, table)):
+            packed[key].append(value)
+    return _Sources(**packed, errors=errors, tokens=tok)
 
 
 class _Engine:
@@ -238,14 +250,18 @@ class _Engine:
         B, P, _ = g.shape
         e0 = self.n_features + layer * self.P
         out[:, e0:e0 + P] = (g * self.src.errors[layer, :P]).sum(-1)
-        pos, cols, vecs = self.src.pos[layer], self.src.cols[layer], self.src.vecs[layer]
-        keep = pos < P
-        if not bool(keep.all()):
-            pos, cols, vecs = pos[keep], cols[keep], vecs[keep]
-        chunk = max(1, self.budget // (4 * 4 * B * self.d))
-        for i in range(0, len(pos), chunk):
-            gathered = g[:, pos[i:i + chunk]]  # [B, c, d]
-            out[:, cols[i:i + chunk]] += (gathered * vecs[i:i + chunk]).sum(-1)
+        pos, cols, slot, table = self.src.pos[layer], self.src.cols[layer], self.src.slot[layer], self.src.packed[layer]
+        if not len(pos):
+            return
+        # one batched matrix product per chunk of positions: [p, B, d] x [p, d, c_max] -> [p, B, c_max]
+        chunk = max(1, self.budget // (4 * 2 * B * max(table.shape[1], self.d)))
+        bounds = torch.searchsorted(pos, torch.arange(0, P + chunk, chunk, device=pos.device).clamp(max=P)).tolist()
+        for k, p0 in enumerate(range(0, P, chunk)):
+            a, b = bounds[k], bounds[k + 1]
+            if a == b:
+                continue
+            prod = torch.bmm(g[:, p0:p0 + chunk].transpose(0, 1), table[p0:min(p0 + chunk, P)].transpose(1, 2))
+            out[:, cols[a:b]] += prod[pos[a:b] - p0, :, slot[a:b]].T
 
 
 def logit_targets(rec: rep.Recorded, model: LoadedModel, desired_logit_prob: float, max_logits: int):

@@ -145,8 +145,10 @@ def attention_transpose(model: LoadedModel, layer: int, pattern: torch.Tensor, g
     h, dh, d = w.out.shape
     kv = w.v.shape[0]
     p = g.shape[1]
-    gz = (g @ w.out.float().reshape(h * dh, d).T).view(g.shape[0], p, h, dh).transpose(1, 2)  # [B, H, P, dh]
-    gv = pattern[:, :p, :p].transpose(-1, -2) @ gz  # [B, H, Pk, dh]
-    gv = gv.view(g.shape[0], kv, h // kv, p, dh).sum(2).transpose(1, 2).reshape(g.shape[0], p, kv * dh)
+    B = g.shape[0]
+    # the batch rides in the matrix product's columns: one [P, P] x [P, B * dh] product per head
+    gz = (g @ w.out.float().reshape(h * dh, d).T).view(B, p, h, dh).permute(2, 1, 0, 3).reshape(h, p, B * dh)
+    gv = torch.bmm(pattern[:, :p, :p].transpose(-1, -2), gz)  # [H, Pk, B * dh]
+    gv = gv.view(kv, h // kv, p, B, dh).sum(1).permute(2, 1, 0, 3).reshape(B, p, kv * dh)
     return gv @ w.v.float().reshape(kv * dh, d)
 
