@@ -109,7 +109,9 @@ def test_progress_over_backward_batches_on_stderr(tc_dir, tmp_path, capsys, monk
     doc = load_graph(out)
     total = doc["scores"]["n_active_features"] + sum(n["type"] == "logit" for n in doc["nodes"])
     lines = [line for line in cap.err.splitlines() if line.startswith("attribution")]
-    assert total > 32 and len(lines) >= 2 and f"{total}/{total}" in lines[-1]
+    # plain lines come at most every 2 s (core/progress.py), so a fast run may print the last one only;
+    # the per-batch calls themselves are counted in test_attribution's memory-budget test
+    assert total > 32 and lines and f"{total}/{total}" in lines[-1]
     assert cap.out.count("\n") == 1 and "graph:" in cap.out
 
 
