@@ -191,7 +191,7 @@ def test_circuit_plot_is_laid_out_like_the_viewer(browser, big, tmp_path, shape)
     MLPs in their own column, not the input/logits one; grouped-query groups apart; each node named."""
     import matplotlib
     matplotlib.use("Agg")
-    from discovery.io.notebook import layout
+    from discovery.core.notebook import layout
 
     c = big[0] if shape == "gpt2" else gqa_circuit()
     path = tmp_path / f"{shape}.json"
