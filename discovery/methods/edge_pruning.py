@@ -120,6 +120,7 @@ def edge_pruning(setup: Setup, sparsity: float | None = DEFAULT_SPARSITY, lam: f
                disable=not (setup.progress if progress is None else progress), leave=False)
     kl_value = float("nan")
     for step in bar:
+        setup.tick(step, steps, "edge-pruning")  # progress and cancellation, once per step
         batch, ref, clean_logp = data[step % len(data)]
         z = sample_gate(logits, gen)
         off = torch.zeros(1, g.n_sources, g.n_readers, device=dev, dtype=z.dtype)
@@ -145,6 +146,7 @@ def edge_pruning(setup: Setup, sparsity: float | None = DEFAULT_SPARSITY, lam: f
         kl_value = float(kl.detach())
         bar.set_postfix(kl=f"{kl_value:.3g}", density=f"{float(density.detach()):.3f}", refresh=False)
     bar.close()
+    setup.tick(steps, steps, "edge-pruning")
 
     final = logits.detach()
     p = keep_probability(final)
