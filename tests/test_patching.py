@@ -97,3 +97,29 @@ def test_zero_ablating_every_edge_leaves_only_biases():
         zeros = {k: torch.zeros(2, 7, a.d_model) for k in g.sources}
         expected, _ = gpt2_edge_forward(model, ids, zeros, set(g.edge_names))
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_learned_mask_mixing_equals_the_per_row_path(models, family):
+    """A learned mask [1, S, R] (edge pruning) goes through the source-major mixing of
+    discovery/engine/mixing.py (one buffer of writes, one product per stage); the same mask expanded
+    to one copy per row [N, S, R] goes through the per-row einsums. Logits and the mask's gradient
+    (and the embedding's) agree."""
+    lm = models[family]
+    a, g = lm.adapter, Graph.from_adapter(lm.adapter)
+    clean, corrupted = _ids(11, n=3), _ids(12, n=3)
+    with torch.no_grad():
+        ref = run(a, g, corrupted, record=True).acts
+    valid = torch.as_tensor(g.valid, dtype=torch.float32)
+    z = torch.rand(g.n_sources, g.n_readers, generator=torch.Generator().manual_seed(3)) * valid
+    out = {}
+    for name in ("mixing", "per_row"):
+        off1 = z.clone().requires_grad_(True)
+        emb = a.embed(clean).detach().requires_grad_(True)
+        off = off1[None] if name == "mixing" else off1[None].expand(clean.shape[0], -1, -1)
+        logits = run(a, g, clean, ref=ref, off=off, embeds=emb, last=torch.tensor([6, 3, 5])).logits
+        (logits.float() ** 2).sum().backward()
+        out[name] = (logits.detach(), off1.grad, emb.grad)
+    assert out["mixing"][1].abs().max() > 1e-4  # the gradient comparison is not vacuous
+    for got, want in zip(out["mixing"], out["per_row"]):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -34,6 +34,7 @@ import torch
 from . import positions as positional
 from ..core.graph import Graph, Stage
 from ..model.adapters import Adapter
+from .mixing import SourceWrites
 from .attention import PatternHook, attend, attention_output, head_writes, per_query_head, project, project_qkv
 
 
@@ -70,12 +71,18 @@ def _mix(delta: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def _stage_update(adapter, graph: Graph, stage: Stage, off: torch.Tensor, live_nonzero, deltas,
-                  dims: torch.Tensor | None = None) -> torch.Tensor | None:
-    """Sum over the stage's out-of-circuit edges of (live - reference) source outputs, per reader.
-    dims [N|1, n_sources, d]: each source's difference is first weighted per output dimension."""
+                  dims: torch.Tensor | None = None, writes: SourceWrites | None = None) -> torch.Tensor | None:
+    """Sum over the stage's out-of-circuit edges of (live - reference) source outputs, per reader:
+    [N, P, readers, d]. dims [N|1, n_sources, d]: each source's difference is first weighted per output
+    dimension. With `writes` (one mask for every row, no dims): products of the source-major writes
+    with the mask's rows (discovery/engine/mixing.py)."""
     emb, zs, mlps = deltas
     sl = slice(stage.start, stage.stop)
     total = None
+    if writes is not None and dims is None and off.shape[0] == 1:
+        n_up = stage.n_upstream
+        total = writes.stage_sum(off[0, :n_up, sl], live_nonzero[:n_up, sl])  # [R, N * P * d]
+        return total.view(total.shape[0], *writes.shape).permute(1, 2, 0, 3).contiguous()
     weigh = (lambda t, rows: t) if dims is None else (lambda t, rows: t * dims[:, None, rows])  # noqa: E731
 
     def add(term):
@@ -174,6 +181,10 @@ def run(
         dims = None if off_dims is None else off_dims.to(resid.dtype)
         d_emb = emb - ref.embed if emb is not None else None
     d_z, d_mlp = [None] * graph.n_layers, [None] * graph.n_layers
+    writes = None
+    if patching and off.dim() == 3 and off.shape[0] == 1 and dims is None:
+        writes = SourceWrites(adapter, graph, resid.shape, d_emb, d_z, d_mlp,
+                              stacked=off.requires_grad and torch.is_grad_enabled())
     rec = Activations(emb.detach() if (record and emb is not None) else None, [None] * graph.n_layers,
                       [None] * graph.n_layers)
 
@@ -191,7 +202,7 @@ def run(
                                                       (d_emb, d_z, d_mlp))
                 return local if cross is None else (local, cross)
             x = resid.unsqueeze(2) - _stage_update(adapter, graph, stage, off, live_nonzero, (d_emb, d_z, d_mlp),
-                                                   dims)
+                                                   dims, writes)
             if wants_grad(stage_idx) and x.requires_grad:
                 x.register_hook(lambda g, st=stage: grad_hook(st, 0, g))
             return x
@@ -221,8 +232,8 @@ def run(
                 k, v = positional.project_per_query(adapter, graph, layer, norm(x[1]))
                 z = positional.attend_per_query(adapter, layer, q, k, v, rotary)
             elif xn.dim() == 4:  # readers see different inputs: k/v projected per reader (per query head)
-                q, k, v = project_qkv(adapter, layer, xn[:, :, :h], xn[:, :, h:h + kv], xn[:, :, h + kv:],
-                                      kv_heads=graph.kv_weight_heads())
+                xq, xk, xv = xn.split([h, kv, xn.shape[2] - h - kv], dim=2)  # (one gradient buffer, not three)
+                q, k, v = project_qkv(adapter, layer, xq, xk, xv, kv_heads=graph.kv_weight_heads())
             else:  # one input for all: the model's own projections
                 q, k, v = project_qkv(adapter, layer, xn, xn, xn)
                 if wants_grad(idx) and q.requires_grad:
