@@ -75,6 +75,10 @@ RUN = [
     ("viewer.md", "circuitry view a.json --diff b.json --out diff.html"),
     ("viewer.md", "circuitry view step-*.json --timeline --out timeline.html"),
     ("scans.md", "circuitry diff A.json B.json"),
+    ("README.md", "circuitry transcoders train --model toy:ioi --data ioi --out tc --steps 200 --features 128"),
+    ("README.md", 'circuitry attribute --model toy:ioi --transcoders tc --prompt "When Mary and John went to the '
+                  'store, John gave a drink to" --out features.json'),
+    ("README.md", "circuitry export features.json --format neuronpedia --out features-np.json"),
 ]
 
 
@@ -87,14 +91,17 @@ def test_offline_examples_run_as_written(tmp_path):
     lines = [f'circuitry() {{ "{sys.executable}" -m discovery.cli "$@"; }}', "set -e"]
     for doc, cmd in RUN:
         lines.append(f"echo '>>> {cmd}' >&2")
-        lines.append(cmd + " --quiet" if cmd.startswith(("circuitry discover", "circuitry label")) else cmd)
+        lines.append(cmd + " --quiet" if cmd.startswith(("circuitry discover", "circuitry label", "circuitry transcoders",
+                                                         "circuitry attribute")) else cmd)
         if cmd.startswith("circuitry label c.json --out labeled.json --neuronpedia"):
             lines.append(setup)
-    r = subprocess.run(["bash", "-c", "\n".join(lines)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(["bash", "-c", "\n".join(lines)], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
-    for f in ("c.json", "labeled.json", "graph.json", "circuit.html", "diff.html", "timeline.html"):
+    for f in ("c.json", "labeled.json", "graph.json", "circuit.html", "diff.html", "timeline.html", "tc/report.json",
+              "features.json", "features-np.json"):
         assert (tmp_path / f).stat().st_size > 0, f
     assert "ioi" in r.stdout and "labeled" in r.stdout
+    assert "replacement" in r.stdout and "intervention check r =" in r.stdout and "neuronpedia: attribution graph" in r.stdout
 
 
 def python_blocks(path: Path) -> list[str]:
