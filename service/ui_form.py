@@ -24,6 +24,7 @@ SCORING = tuple(m for m in ALL_METHODS if m not in ACDC_METHODS and m != AUTO_ME
 APPLIES = {
     "method.tau": ACDC_METHODS, "method.candidates": ("eap-ig+acdc",),
     "method.sparsity": LEARNED_METHODS, "method.lam": LEARNED_METHODS, "method.train_steps": LEARNED_METHODS,
+    "method.max_verify": (AUTO_METHOD,),
     "selection.top_n": SCORING, "selection.threshold": SCORING, "selection.greedy": SCORING,
     "selection.target": tuple(m for m in ALL_METHODS if m not in ACDC_METHODS),
 }

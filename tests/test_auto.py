@@ -193,3 +193,47 @@ def test_the_cli_prints_result_warnings_on_stderr(tmp_path, capsys):
     assert json.loads(out.read_text())["warnings"][0].startswith("no behaviour")
     assert main(["evaluate", "--model", "toy:induction", "--task", str(path), "--circuit", str(out), "--quiet"]) == 0
     assert "circuitry: warning: no behaviour" in capsys.readouterr().err
+
+
+def test_max_verify_caps_the_verification_and_an_estimate_comes_first(trained, monkeypatch, capsys):
+    """max_verify caps step 3; the estimate of its time is written before the rest of it runs; 0 skips it."""
+    lm, task, _ = trained["toy:induction"]
+    setup = Setup(lm, task, get_metric("logit_diff"), progress=True)
+    monkeypatch.setattr(auto_module, "MAX_FRACTION", 0.05)
+    scores, _, params = auto_module.auto(setup, max_verify=12)
+    err = capsys.readouterr().err
+    assert params["verified"] == 12 and params["verify_estimate_s"] > 0
+    assert "verifying 12 edges by exact patching, about" in err
+    ig = score_edges(setup, "eap-ig", steps=5, qk_fix=True).numpy()
+    top = np.argsort(-np.abs(ig), kind="stable")[:12]
+    if params["used_verified"]:  # the probe's edges and the rest's, measured in two calls, are each edge's own effect
+        np.testing.assert_allclose(scores[top], exact(setup, edges=top).numpy()[top], rtol=1e-5, atol=1e-6)
+    _, _, params0 = auto_module.auto(setup, max_verify=0)
+    assert params0["verified"] == 0 and "verify_estimate_s" not in params0
+
+
+def test_max_verify_is_an_option_of_auto_only(tmp_path, capsys):
+    from discovery.cli import main
+    out = tmp_path / "c.json"
+    assert main(["discover", "--model", "toy:induction", "--task", "induction", "--out", str(out), "--method", "eap",
+                 "--max-verify", "5"]) == 2
+    assert "max_verify applies to auto" in capsys.readouterr().err
+    assert main(["discover", "--model", "toy:induction", "--task", "induction", "--out", str(out),
+                 "--max-verify", "-1"]) == 2
+    assert "--max-verify" in capsys.readouterr().err
+
+
+def test_progress_callback_in_the_python_api(trained):
+    """discover(progress=callable) gets (done, total, desc) for every pass, each ending at its total:
+    EAP-IG once per (batch, interpolation step), the target search naming the sizes it evaluates."""
+    lm, task, _ = trained["toy:induction"]
+    calls = []
+    discover(lm, task, "eap-ig", steps=3, curve=False, batch_size=8,
+             progress=lambda done, total, desc: calls.append((done, total, desc)))
+    ig = [(d, t) for d, t, x in calls if x == "eap-ig"]
+    assert ig == [(i, 6) for i in range(7)]  # 2 batches x 3 steps, then the end
+    search = {x for _, _, x in calls if x and x.startswith("target search: ")}
+    assert search and all(x.endswith(f"of {Setup(lm, task, 'logit_diff').graph.n_edges} edges") for x in search)
+    for desc in {x for _, _, x in calls}:
+        seen = [(d, t) for d, t, x in calls if x == desc]
+        assert seen[-1][0] == seen[-1][1]

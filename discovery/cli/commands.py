@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--lam", type=float, default=None,
                    help="edge-pruning: an L0 penalty weight instead of a target sparsity")
     d.add_argument("--train-steps", type=int, default=None, help="edge-pruning: optimisation steps (default 200)")
+    d.add_argument("--max-verify", type=int, default=None,
+                   help="auto: verify at most N edges by exact patching (default 2000; 0: never); the time it "
+                        "will take is estimated on stderr before it starts")
     sel = d.add_mutually_exclusive_group()
     sel.add_argument("--target", type=float, default=None,
                      help="keep the smallest top-k circuit whose faithfulness is within 1-T of 1 (the default "
@@ -320,7 +323,7 @@ def discovery_options(args):
                 candidates=args.candidates, kv_edges=args.kv_edges, level=args.level,
                 positions=True if args.positions else None, position_names=_names(args.position_names),
                 qk_fix=args.qk_fix, target=args.target, sparsity=args.sparsity, lam=args.lam,
-                train_steps=args.train_steps, label_backend=args.label_backend if args.label else None)
+                train_steps=args.train_steps, max_verify=args.max_verify, label_backend=args.label_backend if args.label else None)
     options = DiscoveryOptions.from_flat(spell=flag, **flat)
     validated(WorkerOptions, {"workers": args.workers, "worker_cpus": args.worker_cpus,
                               "worker_gpus": args.worker_gpus}, flag)

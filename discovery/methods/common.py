@@ -88,14 +88,20 @@ class Setup:
     def device(self):
         return self.adapter.device
 
-    def batches(self, desc: str | None = None):
+    def n_batches(self) -> int:
+        return -(-len(self.task) // self.batch_size)
+
+    def batches(self, desc: str | None = None, *, bar: bool = True, watch: bool = True):
+        """The task's data batches; with `bar` a progress bar named desc (when progress is on), with
+        `watch` on_batch(done, total, desc) before each and at the end. A pass that reports finer
+        steps itself (tick) asks for neither."""
         if self._order is None:
             self._order = divergence_order(self.task)
         it = iter_batches(self.task, self.batch_size, device=self.device, order=self._order)
-        total = -(-len(self.task) // self.batch_size)
-        bar = progress_bar(it, total=total, desc=desc, file=sys.stderr, disable=not self.progress or desc is None,
-                   leave=False)
-        return bar if self.on_batch is None else self._watched(bar, total, desc)
+        total = self.n_batches()
+        it = progress_bar(it, total=total, desc=desc, file=sys.stderr,
+                          disable=not bar or not self.progress or desc is None, leave=False)
+        return it if self.on_batch is None or not watch else self._watched(it, total, desc)
 
     def _watched(self, batches, total: int, desc: str | None):
         for done, batch in enumerate(batches):

@@ -14,8 +14,11 @@ sign (Pearson -0.94 with exact patching over k edges, against +0.99 at the clean
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
+from ..core.progress import progress as progress_bar
 from ..engine.patching import RunResult, run
 from .common import Setup, edge_score_hook, new_neuron_matrix, new_score_matrix, neuron_score_hook, to_edge_scores
 from .qk import ComposedMaps, PatternGradients, add_qk_scores, qk_readers
@@ -32,14 +35,17 @@ def input_path_scores(setup: Setup, alphas: list[float], desc: str, neurons: boo
     qk_scores = new_score_matrix(setup) if qk_fix else None
     composed = ComposedMaps()  # the QK fix's per-layer maps, shared by the batches
     alphas = sorted(alphas, key=lambda a: a != 1.0)  # the clean point first: it records the clean run
-    for batch in setup.batches(desc):
+    total = setup.n_batches() * len(alphas)  # progress: one step per (batch, interpolation point)
+    bar = progress_bar(total=total, desc=desc, file=sys.stderr, disable=not setup.progress, leave=False)
+    for b_idx, batch in enumerate(setup.batches(desc, bar=False, watch=False)):
         ref = setup.reference(batch)
         with torch.no_grad():
             clean_embed = adapter.embed(batch.clean)
         clean = None if 1.0 in alphas else setup.clean_run(batch, record_resid=qk_fix)
         patterns = PatternGradients(graph.n_layers) if qk_fix else None
         state = {}
-        for alpha in alphas:
+        for a_idx, alpha in enumerate(alphas):
+            setup.tick(b_idx * len(alphas) + a_idx, total, desc)
             point = clean_embed if alpha == 1.0 else ref.embed + alpha * (clean_embed - ref.embed)
             embeds = point.detach().clone().requires_grad_(True)
             hook = lambda stage, first, g: state["hook"](stage, first, g)  # bound once the clean run is known
@@ -53,11 +59,14 @@ def input_path_scores(setup: Setup, alphas: list[float], desc: str, neurons: boo
                 state["hook"] = make_hook(setup, state["delta"], scores, 1.0 / len(alphas))
             value = metric(result.logits, batch, clean.logits).sum()
             value.backward()
+            bar.update(1)
         if qk_fix:
             add_qk_scores(setup, clean.acts.resid, state["delta"], patterns.grads, qk_scores, composed)
         if clean.acts.resid:  # the clean run with its residuals: the batch's RunCache need not run it again
             setup.keep_run(batch, "clean", clean)
         n_examples += len(batch.rows)
+    setup.tick(total, total, desc)
+    bar.close()
     if neurons:
         return (scores / n_examples).cpu()
     if qk_fix:

@@ -20,10 +20,12 @@ target the most faithful one evaluated is kept (and the circuit's warnings say s
 1. Score every edge with EAP-IG (5 steps) with the QK fix (methods/qk.py).
 2. Select by the faithfulness target as above.
 3. Only if that needs more than MAX_FRACTION of the edges (or misses the target): measure the top
-   candidates (2x the edges step 2 kept, at most MAX_VERIFY) by exact single-edge patching, rank them
+   candidates (2x the edges step 2 kept, at most max_verify, default MAX_VERIFY) by exact single-edge patching, rank them
    by the measured effect ahead of the rest, and select again; the smaller circuit that meets the
    target wins (else the more faithful). The circuit's scores are then the measured effects where
-   measured and EAP-IG's elsewhere (params["verified"] says how many).
+   measured and EAP-IG's elsewhere (params["verified"] says how many). The first PROBE edges are
+   timed first: the estimate of the whole step (params["verify_estimate_s"]) is written to stderr
+   (with progress) before the rest runs; max_verify (--max-verify) caps it, 0 skips it.
 
 Cost: EAP-IG's (steps + 1 forwards and steps backwards per batch, plus the QK fix), then the
 selection's evaluations (patched forwards, several masks per pass on CUDA): |GRID| at most, plus
@@ -31,6 +33,9 @@ about log2(bracket / (RESOLUTION * edges)) on CPU (7 for a 20% -> 50% bracket); 
 """
 
 from __future__ import annotations
+
+import sys
+import time
 
 import numpy as np
 
@@ -44,6 +49,7 @@ REFINE = 4  # sizes per refinement round on CUDA (CPU: 1, bisection)
 RESOLUTION = 0.005  # the refinement stops at a bracket of this fraction of the edges
 MAX_FRACTION = 0.4
 MAX_VERIFY = 2000
+PROBE = 8  # edges verified (and timed) before the estimate of the verification is written
 AUTO_STEPS = 5
 
 
@@ -71,7 +77,8 @@ def smallest_faithful(setup: Setup, scores, target: float = DEFAULT_TARGET, *, a
             c = top_n(graph, scores, k, higher_is_better=hib, absolute=absolute)
             circuits.append(prune_edges(graph, c) if prune else c)
         extra = [] if base else [np.ones(n_edges, bool), np.zeros(n_edges, bool)]
-        means = circuit_metrics(setup, extra + circuits)
+        means = circuit_metrics(setup, extra + circuits,
+                                desc=f"target search: {', '.join(str(k) for k in ks)} of {n_edges} edges")
         if not base:
             base.extend(means[:2])
             means = means[2:]
@@ -108,13 +115,26 @@ def smallest_faithful(setup: Setup, scores, target: float = DEFAULT_TARGET, *, a
     return keep, info
 
 
-def _verified_scores(setup: Setup, scores: np.ndarray, n_verify: int) -> np.ndarray:
+def _verified_scores(setup: Setup, scores: np.ndarray, n_verify: int, params: dict) -> np.ndarray:
     """EAP-IG's scores with the top n_verify (by |score|) replaced by their exact effects, ranked ahead
-    of every unverified edge (an unverified edge's |score| is capped below the smallest verified one)."""
+    of every unverified edge (an unverified edge's |score| is capped below the smallest verified one).
+    The first PROBE edges are measured alone and timed: params["verify_estimate_s"] is the whole
+    verification's time at that rate, written to stderr (with progress) before the rest starts."""
     from ..methods.exact import exact
 
     order = np.argsort(-np.abs(scores), kind="stable")[:n_verify]
-    measured = exact(setup, edges=order).numpy().astype(np.float64)[order]
+    probe = order[:PROBE]
+    t0 = time.perf_counter()
+    measured = exact(setup, edges=probe).numpy().astype(np.float64)[probe]
+    per_edge = (time.perf_counter() - t0) / len(probe)
+    params["verify_estimate_s"] = round(per_edge * n_verify, 1)
+    if setup.progress and len(order) > len(probe):
+        print(f"auto: the target needs over {MAX_FRACTION:.0%} of the edges: verifying {n_verify} edges by exact "
+              f"patching, about {_duration(per_edge * n_verify)} ({per_edge:.2f} s per edge; cap with "
+              f"--max-verify / max_verify=)", file=sys.stderr, flush=True)
+    if len(order) > len(probe):
+        rest_edges = order[len(probe):]
+        measured = np.concatenate([measured, exact(setup, edges=rest_edges).numpy().astype(np.float64)[rest_edges]])
     out = scores.astype(np.float64).copy()
     rest = np.ones(len(out), bool)
     rest[order] = False
@@ -125,17 +145,22 @@ def _verified_scores(setup: Setup, scores: np.ndarray, n_verify: int) -> np.ndar
     return out
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 def auto(setup: Setup, *, target: float = DEFAULT_TARGET, qk_fix: bool = True, prune: bool = True, workers=None,
-         steps: int = AUTO_STEPS) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(scores, in_circuit, params) of the default pipeline (module docstring)."""
+         steps: int = AUTO_STEPS, max_verify: int = MAX_VERIFY) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(scores, in_circuit, params) of the default pipeline (module docstring); max_verify caps step 3
+    (0: no verification)."""
     scores = score_edges(setup, "eap-ig", steps=steps, workers=workers, qk_fix=qk_fix).numpy()
     keep, info = smallest_faithful(setup, scores, target, prune=prune)
     params = {"scorer": "eap-ig", "steps": steps, "qk_fix": qk_fix, "target": target, "verified": 0,
               "search": info}
     n = setup.graph.n_edges
-    if not info["met"] or info["k"] > MAX_FRACTION * n:
-        n_verify = min(n, MAX_VERIFY, max(2 * info["k"], int(np.ceil(MAX_FRACTION * n))))
-        verified = _verified_scores(setup, scores, n_verify)
+    n_verify = min(n, max_verify, max(2 * info["k"], int(np.ceil(MAX_FRACTION * n))))
+    if (not info["met"] or info["k"] > MAX_FRACTION * n) and n_verify > 0:
+        verified = _verified_scores(setup, scores, n_verify, params)
         keep2, info2 = smallest_faithful(setup, verified, target, prune=prune)
         better = (info2["met"] and (not info["met"] or info2["n_edges"] < info["n_edges"])) or \
                  (not info["met"] and not info2["met"] and abs(1 - info2["faithfulness"]) < abs(1 - info["faithfulness"]))

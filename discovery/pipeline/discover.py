@@ -84,7 +84,8 @@ def discover(model: LoadedModel, task: Task | str, method: str | None = None, *,
              worker_cpus: float | None = None, worker_gpus: float | None = None, kv_edges: str | None = None,
              on_batch=None, level: str | None = None, positions: bool | None = None,
              position_names: list[str] | None = None, qk_fix: bool | None = None, target: float | None = None,
-             sparsity: float | None = None, lam: float | None = None, train_steps: int | None = None):
+             sparsity: float | None = None, lam: float | None = None, train_steps: int | None = None,
+             max_verify: int | None = None):
     """Find a circuit: scores for every edge, the selected circuit, its faithfulness (and curve).
 
     task: a Task, a JSONL file's path, or a built-in task's name (built for the model's tokenizer with
@@ -135,7 +136,11 @@ def discover(model: LoadedModel, task: Task | str, method: str | None = None, *,
 
     edge-pruning (discovery/methods/edge_pruning.py): learned hard-concrete edge masks trained on the
     patching core; sparsity (fraction of edges removed, default 0.95) or lam (L0 penalty weight),
-    train_steps (default 200). The circuit is the learned mask unless top_n / threshold / greedy /
+    train_steps (default 200). max_verify (auto): at most this many edges verified by exact patching
+    (default 2000, 0: none); an estimate of the verification's time is written first (with progress)
+    and kept in params["verify_estimate_s"]. progress: True for bars on stderr, or a callable
+    progress(done, total, desc) called before each batch, training step or mask evaluation of every
+    pass (as on_batch; desc names the pass). The circuit is the learned mask unless top_n / threshold / greedy /
     target select by its scores (the gates' open probabilities); params record the final sparsity."""
     started = time.perf_counter()
     if tau is not None and taus is not None:
@@ -149,7 +154,8 @@ def discover(model: LoadedModel, task: Task | str, method: str | None = None, *,
                                       curve=curve, tau=taus if taus is not None else tau, candidates=candidates,
                                       kv_edges=kv_edges, level=level, positions=positions,
                                       position_names=position_names, qk_fix=qk_fix, target=target,
-                                      sparsity=sparsity, lam=lam, train_steps=train_steps)
+                                      sparsity=sparsity, lam=lam, train_steps=train_steps,
+                                      max_verify=max_verify)
     if workers is None or isinstance(workers, int):
         validated(WorkerOptions, {"workers": workers, "worker_cpus": worker_cpus, "worker_gpus": worker_gpus})
     m, sel = opts.method, opts.selection
@@ -159,6 +165,10 @@ def discover(model: LoadedModel, task: Task | str, method: str | None = None, *,
         torch.cuda.reset_peak_memory_stats(model.adapter.device)
     if m.positions and workers is not None:
         raise UserError("--positions runs in one process; drop --workers")
+    if callable(progress):  # progress(done, total, desc): the caller's own progress, instead of bars
+        if on_batch is not None:
+            raise UserError("give progress as a callback or on_batch, not both")
+        progress, on_batch = False, progress
     setup = Setup(model, task, metric, batch_size=m.batch_size, intervention=m.intervention, progress=progress,
                   kv_edges=m.kv_edges, positions=m.positions, position_names=m.position_names)
     setup.on_batch = on_batch
@@ -192,9 +202,10 @@ def discover(model: LoadedModel, task: Task | str, method: str | None = None, *,
                 raise UserError(f"{m.name} trains in one process; drop --workers")
             return _discover_edge_pruning(setup, model, task, params, m, sel, started=started)
         if spec.kind == "pipeline":
-            from .auto import auto
+            from .auto import MAX_VERIFY, auto
             t = DEFAULT_TARGET if sel.target is None else sel.target
-            scores, keep, auto_params = auto(setup, target=t, qk_fix=m.use_qk_fix, prune=sel.prune, workers=pool)
+            scores, keep, auto_params = auto(setup, target=t, qk_fix=m.use_qk_fix, prune=sel.prune, workers=pool,
+                                             max_verify=MAX_VERIFY if m.max_verify is None else m.max_verify)
             params.update(auto_params)
             selection = SelectionInfo(kind="faithfulness", value=t, absolute=True, pruned=sel.prune)
             return _package(setup, model, task, m.name, params, scores, keep, selection, curve=m.curve,

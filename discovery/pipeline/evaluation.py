@@ -67,7 +67,7 @@ def circuit_metrics(setup: Setup, circuits: list[np.ndarray], max_rows: int | No
         if todo else None
     bar = progress_bar(total=len(todo) * -(-len(setup.task) // setup.batch_size), desc=desc, file=sys.stderr,
                disable=not setup.progress or desc is None, leave=False)
-    for batch in setup.batches():
+    for batch in setup.batches(desc, bar=False):  # on_batch sees the pass's name (its own bar is above)
         b = len(batch.rows)
         c = setup.run_cache(batch)
         clean_logits = c.clean_logits if setup.metric.needs_clean_logits else None

@@ -103,6 +103,9 @@ class MethodOptions(Strict):
                               description="edge-pruning: an L0 penalty weight instead of a target sparsity")
     train_steps: int | None = Field(None, ge=1, le=100_000,
                                     description=f"edge-pruning: optimisation steps (default {DEFAULT_TRAIN_STEPS})")
+    max_verify: int | None = Field(None, ge=0, le=1_000_000,
+                                   description="auto: verify at most this many edges by exact patching when the "
+                                               "target needs over 40% of the edges (default 2000; 0: never)")
     # method options other parts of discovery add go here
 
     @model_validator(mode="after")
@@ -112,6 +115,8 @@ class MethodOptions(Strict):
         learned = (self.sparsity, self.lam, self.train_steps)
         if self.name not in LEARNED_METHODS and any(x is not None for x in learned):
             raise ValueError(f"sparsity, lam and train_steps apply to {', '.join(LEARNED_METHODS)}, not to '{self.name}'")
+        if self.max_verify is not None and self.name != AUTO_METHOD:
+            raise ValueError(f"max_verify applies to {AUTO_METHOD}, not to '{self.name}'")
         if self.sparsity is not None and self.lam is not None:
             raise ValueError("give a target sparsity or an L0 penalty lam, not both")
         if self.name in LEARNED_METHODS and (self.level != "edge" or self.positions):
