@@ -127,9 +127,10 @@ def library_node_scores(model, clean, corrupted, metric, *, method="EAP", steps=
     return scores if neuron else scores.sum(1)
 
 
-def patched_logits(model, clean, corrupted, node: str, dims=None):
+def patched_logits(model, clean, corrupted, node, dims=None):
     """Logits of a clean run in which `node`'s output (only its output dimensions `dims`, when given)
-    is the corrupted run's; everything downstream is recomputed."""
+    is the corrupted run's; everything downstream is recomputed. node: one node's name, or a list of
+    nodes whose outputs are all the corrupted run's (a node circuit's out-of-circuit nodes)."""
     parts = Parts(model)
     corr = _record(parts, corrupted)
     mask = None
@@ -140,19 +141,23 @@ def patched_logits(model, clean, corrupted, node: str, dims=None):
     def mix(live, patched):
         return patched if mask is None else torch.where(mask, patched, live)
 
-    if node == "input":
-        handle = parts.embed.register_forward_hook(lambda m, i, o: mix(o, corr["input"]))
-    elif node.startswith("m"):
-        layer = int(node[1:])
-        handle = parts.mlp[layer].register_forward_hook(lambda m, i, o: mix(o, corr["mlp"][layer]))
-    else:
-        layer, head = (int(x) for x in node[1:].split(".h"))
+    handles = []
+    for node in [node] if isinstance(node, str) else node:
+        if node == "input":
+            handles.append(parts.embed.register_forward_hook(lambda m, i, o: mix(o, corr["input"])))
+        elif node.startswith("m"):
+            layer = int(node[1:])
+            handles.append(parts.mlp[layer].register_forward_hook(
+                lambda m, i, o, layer=layer: mix(o, corr["mlp"][layer])))
+        else:
+            layer, head = (int(x) for x in node[1:].split(".h"))
 
-        def hook(module, inputs, output):
-            live = parts.head_writes(layer, inputs[0])[:, :, head]
-            return output - live + mix(live, corr["heads"][layer][:, :, head])
-        handle = parts.out_proj[layer].register_forward_hook(hook)
+            def hook(module, inputs, output, layer=layer, head=head):
+                live = parts.head_writes(layer, inputs[0])[:, :, head]
+                return output - live + mix(live, corr["heads"][layer][:, :, head])
+            handles.append(parts.out_proj[layer].register_forward_hook(hook))
     with torch.no_grad():
         logits = model(clean).logits
-    handle.remove()
+    for handle in handles:
+        handle.remove()
     return logits

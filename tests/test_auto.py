@@ -144,7 +144,7 @@ def test_a_model_that_does_not_do_the_task_gets_a_warning(models):
     rows = [r if bi < 0 else _swap([r])[0] for r, bi in zip(rows, b)]  # every row: clean worse than corrupted
     task = task_from_rows(rows, vocab_size=tiny.VOCAB)
     with pytest.warns(ResultWarning, match="no behaviour"):
-        c = discover(lm, task, "eap", top_n=5, curve=False)
+        c = discover(lm, task, "eap", top_n=5, prune=False, curve=False)  # not empty: one warning
     assert len(c.warnings) == 1 and c.warnings[0].startswith("no behaviour")
     assert json.loads(c.model_dump_json())["warnings"] == c.warnings  # in the circuit JSON
     with pytest.warns(ResultWarning, match="no behaviour"):

@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..io.export import FORMATS as EXPORT_FORMATS
     from ..core.names import ALL_METHODS, INTERVENTIONS, LEVELS
     from ..core.names import METRIC_NAMES as METRICS
-    from ..core.registry import DEFAULT_METHOD  # the method registry: choices in its order; pydantic stays unloaded
+    from ..core.registry import DEFAULT_METHOD, method as method_spec  # the method registry: choices in its order; pydantic stays unloaded
 
     parser = _Parser(prog="circuitry", description="Circuit discovery on Hugging Face causal LMs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -89,14 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--level", default=None, choices=list(LEVELS),
                    help="what is scored and selected: edges (default), nodes (each head and MLP as one unit: eap, "
                         "eap-ig, clean-corrupted, exact) or neurons (each output dimension of each node); "
-                        "--top-n/--threshold then count nodes or neurons (default: the top 10%%)")
+                        "--top-n/--threshold then count nodes or neurons (default: the fewest meeting --target)")
     d.add_argument("--metric", default=None, metavar="|".join(METRICS) + "|FILE.py:NAME",
                    help="default: kl for ACDC; else the built-in task's own metric, else logit_diff; FILE.py:NAME "
                         "is your own fn(logits, batch, clean_logits=None) -> one value per example")
     d.add_argument("--lower-is-better", action="store_true",
                    help="your own metric measures distance from the behaviour (like kl), not the behaviour")
     d.add_argument("--tau", type=_taus, default=None,
-                   help="ACDC threshold(s): remove an edge if the metric moves by at most tau (default 0.01); "
+                   help="ACDC threshold(s): remove an edge if the metric moves by at most tau (default "
+                        f"{method_spec('acdc').defaults['tau_fraction']:g} x the behaviour |clean - corrupted| in the metric used); "
                         "a comma-separated list gives one circuit per tau from one run (files NAME.tau=T.json)")
     d.add_argument("--candidates", type=int, default=None,
                    help="eap-ig+acdc: ACDC decides only over the top-K edges by |EAP-IG score| (default 1000)")
@@ -358,7 +359,7 @@ def cmd_discover(args) -> int:
         circuit.save(out)  # saved before labeling: the circuit is kept whatever labeling does
         m, p = circuit.metrics, circuit.method.params
         acdc = f"tau {p['tau']:g}, {p['n_forward_passes']} forward passes; " if "tau" in p else ""
-        size = f"{m.n_edges} of {len(circuit.edges)} edges, {m.n_nodes} nodes"
+        size = f"{m.n_edges} of {circuit.n_graph_edges} edges, {m.n_nodes} nodes"
         if circuit.level == "node":
             scored = [n for n in circuit.nodes if n.score is not None]
             size = f"{sum(n.in_circuit for n in scored)} of {len(scored)} nodes, {m.n_edges} edges"

@@ -14,7 +14,7 @@ A method is one row:
   measured to hurt more than help, docs/benchmarks.md) or "no";
 - levels: the levels it scores ("edge", "node", "neuron"); at_level: the method a pipeline runs at
   another level instead (auto: exact nodes, EAP-IG neurons);
-- defaults: its own option defaults (tau, candidates, metric, sparsity, train_steps).
+- defaults: its own option defaults (tau, tau_fraction, candidates, metric, sparsity, train_steps).
 
 Adding a method: its module under discovery/methods/ and one row here. The table's order is the
 order users see (CLI choices, error messages)."""
@@ -45,7 +45,9 @@ class MethodSpec:
 
 
 _ALL_LEVELS = ("edge", "node", "neuron")
-_ACDC = MappingProxyType({"tau": 0.01, "metric": "kl"})  # Conmy et al.: KL from the clean model's outputs
+# Conmy et al.: KL from the clean model's outputs. tau: acdc()'s own default (an absolute threshold);
+# tau_fraction: discover()'s default tau, that fraction of the behaviour |m(full) - m(empty)| in ACDC's metric
+_ACDC = MappingProxyType({"tau": 0.01, "tau_fraction": 0.001, "metric": "kl"})
 
 METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("auto", "pipeline", None, qk_fix="default", levels=_ALL_LEVELS,

@@ -57,33 +57,20 @@ def meets(f: float, target: float) -> bool:
     return f == f and abs(1.0 - f) <= 1.0 - target + 1e-12
 
 
-def smallest_faithful(setup: Setup, scores, target: float = DEFAULT_TARGET, *, absolute: bool = True,
-                      prune: bool = True) -> tuple[np.ndarray, dict]:
-    """(in_circuit, info): the smallest top-k (pruned) meeting the target; info has the target,
-    whether it was met, k, the kept edge count, the faithfulness and every evaluated point."""
-    graph, hib = setup.graph, setup.metric.higher_is_better
-    n_edges = graph.n_edges
-    scores = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0)
+def smallest_meeting(n: int, make, faithfulness_of, target: float, *, chunk: int = 1
+                     ) -> tuple[int, bool, dict[int, tuple[np.ndarray, float]]]:
+    """The search of the module docstring over any ranked units (edges, nodes, neurons): make(k) is the
+    circuit of the top k of n units, faithfulness_of(ks, circuits) the faithfulness of those sizes' circuits
+    (one call per chunk of sizes). Returns (k, met, tried: k -> (circuit, faithfulness)); k is the most faithful size evaluated
+    when none meets the target."""
     tried: dict[int, tuple[np.ndarray, float]] = {}
-    base: list[float] = []
-    chunk = 1 if setup.device.type == "cpu" else len(GRID)  # sizes per call (CUDA: several per pass)
 
     def evaluate(ks):
-        ks = sorted({int(k) for k in ks if 1 <= k <= n_edges and k not in tried})
-        if not ks:
-            return
-        circuits = []
-        for k in ks:
-            c = top_n(graph, scores, k, higher_is_better=hib, absolute=absolute)
-            circuits.append(prune_edges(graph, c) if prune else c)
-        extra = [] if base else [np.ones(n_edges, bool), np.zeros(n_edges, bool)]
-        means = circuit_metrics(setup, extra + circuits,
-                                desc=f"target search: {', '.join(str(k) for k in ks)} of {n_edges} edges")
-        if not base:
-            base.extend(means[:2])
-            means = means[2:]
-        for k, c, m in zip(ks, circuits, means):
-            tried[k] = (c, faithfulness(m, base[0], base[1]))
+        ks = sorted({int(k) for k in ks if 1 <= k <= n and k not in tried})
+        if ks:
+            circuits = [make(k) for k in ks]
+            for k, c, f in zip(ks, circuits, faithfulness_of(ks, circuits)):
+                tried[k] = (c, float(f))
 
     def ascending(ks):  # smallest first, stopping at the first size that meets the target
         ks = sorted({int(k) for k in ks})
@@ -92,12 +79,12 @@ def smallest_faithful(setup: Setup, scores, target: float = DEFAULT_TARGET, *, a
             if any(meets(tried[k][1], target) for k in ks[:lo + chunk] if k in tried):
                 return
 
-    ascending(max(1, int(round(f * n_edges))) for f in GRID)
+    ascending(max(1, int(round(f * n))) for f in GRID)
     good = [k for k in sorted(tried) if meets(tried[k][1], target)]
     if good:  # narrow the bracket (lo: a size that missed or 0, hi: the smallest that met)
         hi = good[0]
         lo = max([k for k in tried if k < hi], default=0)
-        width = max(1, int(np.ceil(RESOLUTION * n_edges)))
+        width = max(1, int(np.ceil(RESOLUTION * n)))
         while hi - lo > width:
             inner = [k for k in np.linspace(lo, hi, (REFINE if chunk > 1 else 1) + 2)[1:-1].round() if lo < k < hi]
             ascending(inner)
@@ -105,11 +92,38 @@ def smallest_faithful(setup: Setup, scores, target: float = DEFAULT_TARGET, *, a
             lo = max([k for k in tried if lo <= k < hi], default=lo)
     good = [k for k in sorted(tried) if meets(tried[k][1], target)]
     if good:
-        k = good[0]
-    else:  # nothing meets the target: the most faithful (closest to 1)
-        k = min(tried, key=lambda j: (abs(1.0 - tried[j][1]) if tried[j][1] == tried[j][1] else np.inf, j))
+        return good[0], True, tried
+    # nothing meets the target: the most faithful (closest to 1)
+    k = min(tried, key=lambda j: (abs(1.0 - tried[j][1]) if tried[j][1] == tried[j][1] else np.inf, j))
+    return k, False, tried
+
+
+def smallest_faithful(setup: Setup, scores, target: float = DEFAULT_TARGET, *, absolute: bool = True,
+                      prune: bool = True) -> tuple[np.ndarray, dict]:
+    """(in_circuit, info): the smallest top-k (pruned) meeting the target; info has the target,
+    whether it was met, k, the kept edge count, the faithfulness and every evaluated point."""
+    graph, hib = setup.graph, setup.metric.higher_is_better
+    n_edges = graph.n_edges
+    scores = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0)
+    base: list[float] = []
+
+    def make(k):
+        c = top_n(graph, scores, k, higher_is_better=hib, absolute=absolute)
+        return prune_edges(graph, c) if prune else c
+
+    def faithfulness_of(ks, circuits):
+        extra = [] if base else [np.ones(n_edges, bool), np.zeros(n_edges, bool)]
+        means = circuit_metrics(setup, extra + circuits,
+                                desc=f"target search: {', '.join(str(k) for k in ks)} of {n_edges} edges")
+        if not base:
+            base.extend(means[:2])
+            means = means[2:]
+        return [faithfulness(m, base[0], base[1]) for m in means]
+
+    chunk = 1 if setup.device.type == "cpu" else len(GRID)  # sizes per call (CUDA: several per pass)
+    k, met, tried = smallest_meeting(n_edges, make, faithfulness_of, target, chunk=chunk)
     keep, f = tried[k]
-    info = {"target": target, "met": bool(good), "k": int(k), "n_edges": int(keep.sum()), "faithfulness": float(f),
+    info = {"target": target, "met": met, "k": int(k), "n_edges": int(keep.sum()), "faithfulness": float(f),
             "evaluated": [{"k": int(j), "n_edges": int(tried[j][0].sum()), "faithfulness": float(tried[j][1])}
                           for j in sorted(tried)]}
     return keep, info

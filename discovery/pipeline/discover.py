@@ -22,7 +22,7 @@ from ..model.adapters import LoadedModel
 from .options import ACDC_DEFAULT_METRIC, ACDC_METHODS  # noqa: F401 (re-exported)
 from ..core import registry
 from ..model.config import context_length
-from .options import (DEFAULT_CANDIDATES, DEFAULT_TARGET, DEFAULT_TAU, DEFAULT_TOP_N, DiscoveryOptions, WorkerOptions,
+from .options import (DEFAULT_CANDIDATES, DEFAULT_TARGET, DEFAULT_TAU_FRACTION, DEFAULT_TOP_N, DiscoveryOptions, WorkerOptions,
                       validated)
 from .selection import greedy, nodes_in_circuit, threshold, top_n
 from .selection import prune as prune_edges  # `prune` is discover()'s flag
@@ -52,13 +52,13 @@ def model_info(model: LoadedModel) -> ModelInfo:
 def select(setup: Setup, scores, *, top: int | None = None, thresh: float | None = None,
            grow: int | None = None, absolute: bool = True, do_prune: bool = True, target: float | None = None):
     """The circuit by top-n / threshold / greedy, or (by default, or given `target`) the smallest top-k
-    meeting a faithfulness target (discovery/pipeline/auto.py; position-aware graphs default to top-n).
+    meeting a faithfulness target (discovery/pipeline/auto.py; position-aware graphs too).
     Returns (in_circuit, SelectionInfo, the target search's info or None)."""
     chosen = [x is not None for x in (top, thresh, grow, target)]
     if sum(chosen) > 1:
         raise UserError("give only one of --top-n, --threshold, --greedy, --target")
     graph, hib = setup.graph, setup.metric.higher_is_better
-    if target is not None or (not any(chosen) and graph.n_positions is None):
+    if target is not None or not any(chosen):
         from .auto import smallest_faithful
         t = DEFAULT_TARGET if target is None else target
         keep, search = smallest_faithful(setup, scores, t, absolute=absolute, prune=do_prune)
@@ -108,8 +108,10 @@ def discover(model: LoadedModel, task: Task | str, method: str | None = None, *,
     (default True); its name is recorded in the circuit.
     Scoring methods select by top_n / threshold / greedy. ACDC methods (ACDC_METHODS) decide the
     circuit themselves: `acdc` over every edge, `eap-ig+acdc` over the `candidates` edges EAP-IG
-    ranks highest (|score|); tau is the threshold (default 0.01), and `taus` (or an options tau list
-    of several) gives one circuit per threshold from one run (a list of Circuits, in the order given).
+    ranks highest (|score|); tau is the threshold (default: DEFAULT_TAU_FRACTION of the behaviour
+    |m(full) - m(empty)| in the metric ACDC uses, recorded as params tau_fraction and behaviour), and
+    `taus` (or an options tau list of several) gives one circuit per threshold from one run (a list of
+    Circuits, in the order given). A tau at least the behaviour warns (sanity.tau_warning).
 
     workers: shard the scoring (and ACDC's mask evaluations) over that many Ray workers, each with
     worker_cpus / worker_gpus (default: an even share), started for the call (Ray: RAY_ADDRESS's
@@ -132,7 +134,8 @@ def discover(model: LoadedModel, task: Task | str, method: str | None = None, *,
     method there is exact (measured: one patched forward per node), and the QK fix applies to the
     gradient methods as the sum of a node's fixed edge scores) or "neuron" (each output dimension of
     each node; the same methods but exact, default eap-ig, no QK fix); then top_n /
-    threshold count nodes or neurons (default: the top 10%), see discovery/pipeline/levels.py.
+    threshold count nodes or neurons (default: as edges, the fewest meeting the faithfulness target),
+    see discovery/pipeline/levels.py.
 
     edge-pruning (discovery/methods/edge_pruning.py): learned hard-concrete edge masks trained on the
     patching core; sparsity (fraction of edges removed, default 0.95) or lam (L0 penalty weight),
@@ -188,12 +191,12 @@ def discover(model: LoadedModel, task: Task | str, method: str | None = None, *,
             raise UserError(f"workers shard edge-level scoring; drop them for level {m.level}")
         return _discover_units(setup, model, task, m.name, params, m.level, steps=m.steps, top=sel.top_n,
                                thresh=sel.threshold, grow=sel.greedy, absolute=sel.absolute, curve=m.curve,
-                               started=started, qk_fix=m.use_qk_fix)
+                               started=started, qk_fix=m.use_qk_fix, target=sel.target)
     with _worker_pool(workers, worker_cpus, worker_gpus) as pool:
         if pool is not None:
             params["workers"] = pool.n
         if spec.kind == "acdc":
-            circuits = _discover_acdc(setup, model, task, m.name, params, taus=m.tau or [DEFAULT_TAU],
+            circuits = _discover_acdc(setup, model, task, m.name, params, taus=m.tau,
                                       candidates=m.candidates, steps=m.steps, prune=sel.prune, curve=m.curve,
                                       started=started, workers=pool, qk_fix=m.use_qk_fix)
             return circuits if taus is not None or len(circuits) > 1 else circuits[0]
@@ -241,21 +244,24 @@ def _discover_edge_pruning(setup: Setup, model, task, params, m, sel, *, started
 
 
 def _discover_units(setup: Setup, model, task, method, params, level, *, steps, top, thresh, grow, absolute, curve,
-                    started, qk_fix=False) -> Circuit:
+                    started, qk_fix=False, target=None) -> Circuit:
     """discover() at the node or neuron level (discovery/pipeline/levels.py)."""
     from .levels import evaluate_units, neuron_edges, node_edges, select_units, unit_curves
     from ..methods.node import neuron_scores, node_scores
 
     graph = setup.graph
-    notes = _result_warnings(setup)
     if level == "node":
         scores = node_scores(setup, method, steps=steps, qk_fix=qk_fix).numpy()
         neuron = None
     else:
         neuron = neuron_scores(setup, method, steps=steps).numpy()
         scores = neuron.sum(1)
-    keep, kind, value = select_units(neuron if level == "neuron" else scores, top=top, thresh=thresh, grow=grow,
-                                     absolute=absolute, higher_is_better=setup.metric.higher_is_better)
+    keep, kind, value, search = select_units(setup, level, neuron if level == "neuron" else scores, top=top,
+                                             thresh=thresh, grow=grow, absolute=absolute, target=target)
+    if search is not None:
+        params = dict(params, search=search)
+    notes = _result_warnings(setup, search, kept=(int(keep.sum()), int(keep.size), "node" if level == "node"
+                                                  else "neuron"))
     edges = node_edges(graph, keep) if level == "node" else neuron_edges(graph, keep)
     result = evaluate_units(setup, level, keep)
     sources = np.flatnonzero(keep if level == "node" else keep.any(1))
@@ -323,6 +329,12 @@ def _discover_acdc(setup: Setup, model, task, method, params, *, taus, candidate
         ranking = score_edges(setup, "eap-ig", steps=steps, workers=workers, qk_fix=qk_fix).numpy()
         cand_mask = top_n(setup.graph, ranking, min(k, setup.graph.n_edges), absolute=True)
         params["candidates"] = int(cand_mask.sum())
+    if taus is None:  # the default: a fraction of the behaviour in ACDC's own metric
+        from .sanity import behaviour
+
+        scale = abs(float(behaviour(setup).mean()))
+        taus = [DEFAULT_TAU_FRACTION * scale]  # 0 without behaviour (warned): keep every edge that hurts
+        params.update(tau_fraction=DEFAULT_TAU_FRACTION, behaviour=scale)
     results = acdc(setup, taus=list(taus), candidates=cand_mask, workers=workers)
     circuits = []
     for r in results:
@@ -338,7 +350,8 @@ def _discover_acdc(setup: Setup, model, task, method, params, *, taus, candidate
 def _package(setup: Setup, model, task, method, params, scores, keep, selection, *, curve, prune,
              started, search: dict | None = None) -> Circuit:
     """Evaluate the chosen edges (and the faithfulness curve of the scores) into a Circuit."""
-    notes = _result_warnings(setup, search)
+    notes = _result_warnings(setup, search, kept=(int(keep.sum()), setup.graph.n_edges, "edge"),
+                             tau=params.get("tau") if selection.kind == "acdc" else None)
     result = evaluate_circuit(setup, keep)
     nodes = nodes_in_circuit(setup.graph, keep)
     metric = setup.metric.name
@@ -369,11 +382,15 @@ def _circuit(setup: Setup, model, task, method, params, selection, *, nodes, edg
         device=str(setup.device), code_version=code_version(), warnings=warnings)
 
 
-def _result_warnings(setup: Setup, search: dict | None = None) -> list[str]:
-    """discovery/pipeline/sanity.py's warnings for this setup (and the target search), each also issued."""
-    from .sanity import behaviour_warnings, emit, target_warning
+def _result_warnings(setup: Setup, search: dict | None = None, *, kept: tuple[int, int, str] | None = None,
+                     tau: float | None = None) -> list[str]:
+    """discovery/pipeline/sanity.py's warnings for this setup (the target search, the kept count of all
+    units, ACDC's tau), each also issued."""
+    from .sanity import behaviour_warnings, emit, size_warning, target_warning, tau_warning
 
     notes = behaviour_warnings(setup) + (target_warning(search) if search is not None else [])
+    notes += size_warning(*kept) if kept is not None else []
+    notes += tau_warning(setup, tau) if tau is not None else []
     emit(notes)
     return notes
 

@@ -11,6 +11,11 @@ A neuron circuit keeps, for each source, a subset of its d_model output dimensio
 of a source the kept dimensions carry the live value and the others the reference (the patching
 core's `off_dims`). Its edges in the file are those out of sources with a kept neuron.
 
+Selection: without --top-n / --threshold, the smallest top-k units (by |score|) whose circuit meets
+the faithfulness target (default 0.9: |1 - f| <= 0.1), searched as the edge selection searches edge
+counts (discovery/pipeline/auto.py: smallest_meeting, over the same fractions of the units); k is
+the number of nodes or of neurons. If no size meets it, the most faithful size evaluated is kept.
+
 Faithfulness curves rank the units (nodes or neurons) by their scores and evaluate the top k% for
 the same percentages as the edge curves; a point's `n_selected` counts units, `n_edges` the edges
 the selection stands for.
@@ -26,13 +31,14 @@ from ..core.progress import progress as progress_bar
 
 from ..core.errors import UserError
 from .evaluation import CURVE_PERCENTS, summarize_curves, circuit_metrics, faithfulness
+from .auto import GRID, smallest_meeting
+from .options import DEFAULT_TARGET
 from ..core.graph import Graph
 from ..methods.common import Setup
 from ..core.names import LEVELS  # noqa: F401 - the level names, light for the CLI
 from ..engine.patching import run
 from .selection import importance
 
-DEFAULT_FRACTION = 0.1  # without a selection flag, the top 10% of nodes (or neurons)
 
 
 def top_units(scores, n: int, *, higher_is_better: bool = True, absolute: bool = True) -> np.ndarray:
@@ -46,17 +52,59 @@ def top_units(scores, n: int, *, higher_is_better: bool = True, absolute: bool =
     return keep.reshape(s.shape)
 
 
-def select_units(scores, *, top: int | None, thresh: float | None, grow: int | None, absolute: bool,
-                 higher_is_better: bool) -> tuple[np.ndarray, str, float]:
-    if sum(x is not None for x in (top, thresh, grow)) > 1:
-        raise UserError("give only one of --top-n, --threshold, --greedy")
+def select_units(setup: Setup, level: str, scores, *, top: int | None, thresh: float | None, grow: int | None,
+                 absolute: bool, target: float | None = None) -> tuple[np.ndarray, str, float, dict | None]:
+    """(keep, selection kind, its value, the target search's info or None): top_n / threshold units, or
+    (by default, or given `target`) the smallest top-k units meeting the faithfulness target."""
+    if sum(x is not None for x in (top, thresh, grow, target)) > 1:
+        raise UserError("give only one of --top-n, --threshold, --greedy, --target")
     if grow is not None:
         raise UserError("--greedy grows edges from the logits; at --level node/neuron use --top-n or --threshold")
+    hib = setup.metric.higher_is_better
     if thresh is not None:
         s = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0)
-        return importance(s, higher_is_better, absolute) >= thresh, "threshold", thresh
-    n = max(1, int(round(DEFAULT_FRACTION * np.size(scores)))) if top is None else top
-    return top_units(scores, n, higher_is_better=higher_is_better, absolute=absolute), "top-n", n
+        return importance(s, hib, absolute) >= thresh, "threshold", thresh, None
+    if top is not None:
+        return top_units(scores, top, higher_is_better=hib, absolute=absolute), "top-n", top, None
+    t = DEFAULT_TARGET if target is None else target
+    keep, info = smallest_faithful_units(setup, level, scores, t, absolute=absolute)
+    return keep, "faithfulness", t, info
+
+
+def smallest_faithful_units(setup: Setup, level: str, scores, target: float = DEFAULT_TARGET, *,
+                            absolute: bool = True) -> tuple[np.ndarray, dict]:
+    """(keep, info): the smallest top-k nodes or neurons meeting the faithfulness target, by the edge
+    selection's search (discovery/pipeline/auto.py: smallest_meeting); info as smallest_faithful's, with
+    n_units (the kept nodes or neurons) and n_edges (the edges they stand for)."""
+    graph, hib = setup.graph, setup.metric.higher_is_better
+    scores = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0)
+    edges_of = node_edges if level == "node" else neuron_edges
+    base: list[float] = []
+
+    def faithfulness_of(ks, circuits):
+        desc = f"target search: {', '.join(str(k) for k in ks)} of {scores.size} {level}s"
+        if level == "node":
+            extra = [] if base else [np.ones(graph.n_edges, bool), np.zeros(graph.n_edges, bool)]
+            means = list(circuit_metrics(setup, extra + [node_edges(graph, c) for c in circuits], desc=desc))
+        else:
+            extra = [] if base else [np.ones(scores.shape, bool), np.zeros(scores.shape, bool)]
+            means = list(neuron_circuit_metrics(setup, extra + list(circuits), desc=desc))
+        if not base:
+            base.extend(means[:2])
+            means = means[2:]
+        return [faithfulness(m, base[0], base[1]) for m in means]
+
+    chunk = 1 if setup.device.type == "cpu" else len(GRID)
+    k, met, tried = smallest_meeting(scores.size, lambda k: top_units(scores, k, higher_is_better=hib,
+                                                                       absolute=absolute),
+                                     faithfulness_of, target, chunk=chunk)
+    keep, f = tried[k]
+    unit = "node" if level == "node" else "neuron"
+    info = {"target": target, "met": met, "k": int(k), "unit": unit, "n_units": int(keep.sum()),
+            "n_edges": int(edges_of(graph, keep).sum()), "faithfulness": float(f),
+            "evaluated": [{"k": int(j), "n_edges": int(edges_of(graph, tried[j][0]).sum()),
+                          "faithfulness": float(tried[j][1])} for j in sorted(tried)]}
+    return keep, info
 
 
 def node_edges(graph: Graph, keep_nodes) -> np.ndarray:

@@ -32,7 +32,8 @@ QK_FIXABLE = registry.names("score", qk_fix=True) + registry.names("acdc", qk_fi
 # on request only: measured to hurt more than help there (docs/benchmarks.md, "QK fix and the default pipeline")
 QK_FIX_OFF_BY_DEFAULT = tuple(m.name for m in registry.METHODS if m.qk_fix == "request")
 DEFAULT_TARGET = 0.9  # the faithfulness target of the default selection (discovery/pipeline/auto.py)
-DEFAULT_TAU = registry.method("acdc").defaults["tau"]
+DEFAULT_TAU = registry.method("acdc").defaults["tau"]  # acdc()'s own; discover() defaults to a fraction:
+DEFAULT_TAU_FRACTION = registry.method("acdc").defaults["tau_fraction"]  # tau = this x |m(full) - m(empty)|
 ACDC_DEFAULT_METRIC = registry.method("acdc").defaults["metric"]  # Conmy et al.: distance from the clean outputs
 DEFAULT_CANDIDATES = registry.method("eap-ig+acdc").defaults["candidates"]
 DEFAULT_SPARSITY = registry.method("edge-pruning").defaults["sparsity"]  # edge-pruning's target
@@ -80,7 +81,8 @@ class MethodOptions(Strict):
     tau: Annotated[list[Tau], BeforeValidator(_one_or_many)] | None = Field(
         None, min_length=1, max_length=MAX_TAUS,
         description=f"acdc, eap-ig+acdc: remove an edge when the metric moves by at most tau (default "
-                    f"{DEFAULT_TAU}); several give one circuit per tau from one run")
+                    f"{DEFAULT_TAU_FRACTION:g} x the behaviour |clean - corrupted| in the metric used); "
+                    "several give one circuit per tau from one run")
     candidates: int | None = Field(None, ge=1, le=MAX_EDGES, description="eap-ig+acdc: ACDC decides over the top-K "
                                                                          f"edges by |EAP-IG score| (default {DEFAULT_CANDIDATES})")
     kv_edges: Literal["head", "grouped"] = Field(
@@ -88,7 +90,7 @@ class MethodOptions(Strict):
     level: Literal[LEVELS] = Field(  # type: ignore[valid-type]
         "edge", description="what is scored and selected: edges, nodes (each head and MLP one unit) or neurons "
                             "(each output dimension of each node); top_n/threshold then count nodes or neurons "
-                            "(default: the top 10%)")
+                            "(default: the fewest meeting the faithfulness target)")
     positions: bool = Field(False, description="position-aware edges: every edge once per (source position -> "
                                                "destination position) pair; rows must share one token layout")
     position_names: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
@@ -212,8 +214,6 @@ class DiscoveryOptions(Strict):
         if self.method.name == AUTO_METHOD and any(x is not None for x in (s.top_n, s.threshold, s.greedy)):
             raise ValueError("auto selects by a faithfulness target (target); for top_n/threshold/greedy choose a "
                              "scoring method, e.g. eap-ig")
-        if s.target is not None and self.method.level != "edge":
-            raise ValueError("target selects edge circuits; at node or neuron level use top_n or threshold")
         if self.method.level != "edge" and self.selection.greedy is not None:
             raise ValueError(f"greedy grows edges from the logits; at level {self.method.level} use top_n or threshold")
         if self.method.positions and self.selection.greedy is not None:
@@ -322,4 +322,4 @@ class BuiltinTaskOptions(Strict):
 __all__ = ["DiscoveryOptions", "MethodOptions", "SelectionOptions", "LabelingOptions", "LabelOptions",
            "WorkerOptions", "BuiltinTaskOptions", "FLAT", "flat_error", "validated", "ACDC_METHODS", "ALL_METHODS",
            "LEARNED_METHODS",
-           "DEFAULT_METHOD", "DEFAULT_TAU", "DEFAULT_CANDIDATES", "DEFAULT_TOP_N", "MAX_BUILTIN_ROWS"]
+           "DEFAULT_METHOD", "DEFAULT_TAU", "DEFAULT_TAU_FRACTION", "DEFAULT_CANDIDATES", "DEFAULT_TOP_N", "MAX_BUILTIN_ROWS"]

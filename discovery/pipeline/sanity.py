@@ -11,6 +11,10 @@ metric and -1 otherwise, the behaviour is b_i = d * (m_i(full) - m_i(empty)). Wa
   standard errors of zero over the task's examples.
 - "target missed": the faithfulness-target selection found no circuit meeting its target (added by
   discover() from the search).
+- "empty circuit" / "whole graph": the selection kept no unit (edge, node or neuron) or every unit of
+  the graph; either explains nothing about which components carry the behaviour.
+- "tau above the behaviour": an ACDC threshold tau >= |mean(m(full) - m(empty))|, the whole behaviour
+  in the metric ACDC uses; a single removal may then lose all of it, and ACDC can remove every edge.
 
 `discover` and `evaluate` record them in the circuit JSON / result (`warnings`) and issue each as a
 `ResultWarning` (Python's warnings, shown on stderr; the CLI prints them as `circuitry: warning: ...`).
@@ -62,8 +66,28 @@ def behaviour_warnings(setup: Setup, b: np.ndarray | None = None) -> list[str]:
 def target_warning(info: dict) -> list[str]:
     if info.get("met", True):
         return []
+    size = f"{info['n_units']} {info['unit']}s" if "unit" in info else f"{info['n_edges']} edges"
     return [f"target missed: no top-k circuit reached faithfulness within {1 - info['target']:.2g} of 1 "
-            f"(best {info['faithfulness']:.3f} with {info['n_edges']} edges); kept the most faithful one"]
+            f"(best {info['faithfulness']:.3f} with {size}); kept the most faithful one"]
+
+
+def size_warning(n_kept: int, n_total: int, unit: str = "edge") -> list[str]:
+    if n_total and n_kept == 0:
+        return [f"empty circuit: no {unit} of {n_total} was kept; the circuit explains nothing (a lower "
+                "threshold or tau, or the default faithfulness-target selection, keeps what matters)"]
+    if n_total and n_kept == n_total:
+        return [f"whole graph: all {n_total} {unit}s were kept; the circuit is the model, not a part of it"]
+    return []
+
+
+def tau_warning(setup: Setup, tau: float) -> list[str]:
+    """Warn when an ACDC tau is at least the whole behaviour |mean(m(full) - m(empty))| in its metric."""
+    scale = abs(float(behaviour(setup).mean()))
+    if tau >= scale:
+        return [f"tau above the behaviour: tau {tau:.4g} >= |clean - corrupted| = {scale:.4g} in "
+                f"{setup.metric.name}; one removal may lose the whole behaviour (leave tau out for the default, "
+                "a fraction of the behaviour)"]
+    return []
 
 
 def emit(messages: list[str]) -> None:
