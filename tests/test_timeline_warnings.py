@@ -145,4 +145,4 @@ def test_service_timeline_points_carry_their_circuits_warnings(tmp_path, capsys)
     assert main(["scan", "--database-url", s.database_url, "timeline", wid]) == 0
     out = capsys.readouterr().out
     (dead,) = [line for line in out.splitlines() if "step-1" in line]
-    assert "[warning: no behaviour]" in dead
+    assert "[warning: no behaviour" in dead  # then "; empty circuit" (nothing kept)
