@@ -237,3 +237,20 @@ def test_progress_callback_in_the_python_api(trained):
     for desc in {x for _, _, x in calls}:
         seen = [(d, t) for d, t, x in calls if x == desc]
         assert seen[-1][0] == seen[-1][1]
+
+
+def test_default_verification_fits_in_a_budget_tied_to_the_scoring_time(trained, monkeypatch):
+    """By default step 3 is cut to the edges that fit in VERIFY_BUDGET x EAP-IG's own time (the
+    probe's edges always run); an explicit max_verify is not cut."""
+    lm, task, _ = trained["toy:induction"]
+    setup = Setup(lm, task, get_metric("logit_diff"))
+    monkeypatch.setattr(auto_module, "MAX_FRACTION", 0.05)
+    monkeypatch.setattr(auto_module, "VERIFY_BUDGET", 1e9)
+    _, _, wide = auto_module.auto(setup)
+    planned = wide["verified"]
+    assert planned > auto_module.PROBE and wide["score_s"] > 0 and wide["verify_budget_s"] > 0
+    monkeypatch.setattr(auto_module, "VERIFY_BUDGET", 0.0)
+    _, _, tight = auto_module.auto(setup)
+    assert tight["verified"] == auto_module.PROBE and tight["verify_budget_s"] == 0
+    _, _, explicit = auto_module.auto(setup, max_verify=planned)
+    assert explicit["verified"] == planned and "verify_budget_s" not in explicit

@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="edge-pruning: an L0 penalty weight instead of a target sparsity")
     d.add_argument("--train-steps", type=int, default=None, help="edge-pruning: optimisation steps (default 200)")
     d.add_argument("--max-verify", type=int, default=None,
-                   help="auto: verify at most N edges by exact patching (default 2000; 0: never); the time it "
+                   help="auto: verify at most N edges by exact patching (default: at most 2000, within the time "
+                        "EAP-IG's scoring took; 0: never); the time it "
                         "will take is estimated on stderr before it starts")
     sel = d.add_mutually_exclusive_group()
     sel.add_argument("--target", type=float, default=None,

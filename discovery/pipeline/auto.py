@@ -24,8 +24,10 @@ target the most faithful one evaluated is kept (and the circuit's warnings say s
    by the measured effect ahead of the rest, and select again; the smaller circuit that meets the
    target wins (else the more faithful). The circuit's scores are then the measured effects where
    measured and EAP-IG's elsewhere (params["verified"] says how many). The first PROBE edges are
-   timed first: the estimate of the whole step (params["verify_estimate_s"]) is written to stderr
-   (with progress) before the rest runs; max_verify (--max-verify) caps it, 0 skips it.
+   timed first: by default the step is cut to the edges that fit in VERIFY_BUDGET times EAP-IG's own
+   scoring time at that rate (params["verify_budget_s"]); the estimate of the whole step
+   (params["verify_estimate_s"]) is written to stderr (with progress) before the rest runs; an explicit
+   max_verify (--max-verify) replaces both caps by its count, 0 skips the step.
 
 Cost: EAP-IG's (steps + 1 forwards and steps backwards per batch, plus the QK fix), then the
 selection's evaluations (patched forwards, several masks per pass on CUDA): |GRID| at most, plus
@@ -49,6 +51,7 @@ REFINE = 4  # sizes per refinement round on CUDA (CPU: 1, bisection)
 RESOLUTION = 0.005  # the refinement stops at a bracket of this fraction of the edges
 MAX_FRACTION = 0.4
 MAX_VERIFY = 2000
+VERIFY_BUDGET = 1.0  # default: the verification takes at most this many times the scoring's own time
 PROBE = 8  # edges verified (and timed) before the estimate of the verification is written
 AUTO_STEPS = 5
 
@@ -129,11 +132,14 @@ def smallest_faithful(setup: Setup, scores, target: float = DEFAULT_TARGET, *, a
     return keep, info
 
 
-def _verified_scores(setup: Setup, scores: np.ndarray, n_verify: int, params: dict) -> np.ndarray:
+def _verified_scores(setup: Setup, scores: np.ndarray, n_verify: int, params: dict,
+                     budget_s: float | None = None) -> np.ndarray:
     """EAP-IG's scores with the top n_verify (by |score|) replaced by their exact effects, ranked ahead
     of every unverified edge (an unverified edge's |score| is capped below the smallest verified one).
-    The first PROBE edges are measured alone and timed: params["verify_estimate_s"] is the whole
-    verification's time at that rate, written to stderr (with progress) before the rest starts."""
+    The first PROBE edges are measured alone and timed; with budget_s, n_verify is cut to the edges
+    that fit in it at that rate (never below the probe). params["verify_estimate_s"]: the whole
+    verification's time at that rate, written to stderr (with progress) before the rest starts;
+    params["verified"]: the edges verified."""
     from ..methods.exact import exact
 
     order = np.argsort(-np.abs(scores), kind="stable")[:n_verify]
@@ -141,11 +147,17 @@ def _verified_scores(setup: Setup, scores: np.ndarray, n_verify: int, params: di
     t0 = time.perf_counter()
     measured = exact(setup, edges=probe).numpy().astype(np.float64)[probe]
     per_edge = (time.perf_counter() - t0) / len(probe)
-    params["verify_estimate_s"] = round(per_edge * n_verify, 1)
+    asked = len(order)
+    if budget_s is not None and per_edge * asked > budget_s:
+        order = order[:max(len(probe), int(budget_s / per_edge))]
+    params["verified"] = len(order)
+    params["verify_estimate_s"] = round(per_edge * len(order), 1)
     if setup.progress and len(order) > len(probe):
-        print(f"auto: the target needs over {MAX_FRACTION:.0%} of the edges: verifying {n_verify} edges by exact "
-              f"patching, about {_duration(per_edge * n_verify)} ({per_edge:.2f} s per edge; cap with "
-              f"--max-verify / max_verify=)", file=sys.stderr, flush=True)
+        cut = "" if len(order) == asked else \
+            f", cut from {asked} to fit {VERIFY_BUDGET:g}x the scoring's {params['score_s']:.0f} s; --max-verify N to verify N"
+        print(f"auto: the target needs over {MAX_FRACTION:.0%} of the edges: verifying {len(order)} edges by exact "
+              f"patching, about {_duration(per_edge * len(order))} ({per_edge:.2f} s per edge{cut})",
+              file=sys.stderr, flush=True)
     if len(order) > len(probe):
         rest_edges = order[len(probe):]
         measured = np.concatenate([measured, exact(setup, edges=rest_edges).numpy().astype(np.float64)[rest_edges]])
@@ -164,21 +176,27 @@ def _duration(seconds: float) -> str:
 
 
 def auto(setup: Setup, *, target: float = DEFAULT_TARGET, qk_fix: bool = True, prune: bool = True, workers=None,
-         steps: int = AUTO_STEPS, max_verify: int = MAX_VERIFY) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(scores, in_circuit, params) of the default pipeline (module docstring); max_verify caps step 3
-    (0: no verification)."""
+         steps: int = AUTO_STEPS, max_verify: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(scores, in_circuit, params) of the default pipeline (module docstring). max_verify: verify at
+    most this many edges (0: none); None: at most MAX_VERIFY and within VERIFY_BUDGET times the
+    scoring's own time (params["score_s"])."""
+    t0 = time.perf_counter()
     scores = score_edges(setup, "eap-ig", steps=steps, workers=workers, qk_fix=qk_fix).numpy()
+    score_s = time.perf_counter() - t0
     keep, info = smallest_faithful(setup, scores, target, prune=prune)
     params = {"scorer": "eap-ig", "steps": steps, "qk_fix": qk_fix, "target": target, "verified": 0,
-              "search": info}
+              "search": info, "score_s": round(score_s, 3)}
     n = setup.graph.n_edges
-    n_verify = min(n, max_verify, max(2 * info["k"], int(np.ceil(MAX_FRACTION * n))))
+    cap = MAX_VERIFY if max_verify is None else max_verify
+    n_verify = min(n, cap, max(2 * info["k"], int(np.ceil(MAX_FRACTION * n))))
     if (not info["met"] or info["k"] > MAX_FRACTION * n) and n_verify > 0:
-        verified = _verified_scores(setup, scores, n_verify, params)
+        budget = VERIFY_BUDGET * score_s if max_verify is None else None
+        if budget is not None:
+            params["verify_budget_s"] = round(budget, 3)
+        verified = _verified_scores(setup, scores, n_verify, params, budget)
         keep2, info2 = smallest_faithful(setup, verified, target, prune=prune)
         better = (info2["met"] and (not info["met"] or info2["n_edges"] < info["n_edges"])) or \
                  (not info["met"] and not info2["met"] and abs(1 - info2["faithfulness"]) < abs(1 - info["faithfulness"]))
-        params["verified"] = int(n_verify)
         params["verified_search"] = info2
         if better:
             scores, keep = verified.astype(np.float32), keep2

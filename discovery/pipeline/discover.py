@@ -140,7 +140,7 @@ def discover(model: LoadedModel, task: Task | str, method: str | None = None, *,
     edge-pruning (discovery/methods/edge_pruning.py): learned hard-concrete edge masks trained on the
     patching core; sparsity (fraction of edges removed, default 0.95) or lam (L0 penalty weight),
     train_steps (default 200). max_verify (auto): at most this many edges verified by exact patching
-    (default 2000, 0: none); an estimate of the verification's time is written first (with progress)
+    (default: at most 2000 and within the time EAP-IG's scoring took; 0: none); an estimate of the verification's time is written first (with progress)
     and kept in params["verify_estimate_s"]. progress: True for bars on stderr, or a callable
     progress(done, total, desc) called before each batch, training step or mask evaluation of every
     pass (as on_batch; desc names the pass). The circuit is the learned mask unless top_n / threshold / greedy /
@@ -205,10 +205,10 @@ def discover(model: LoadedModel, task: Task | str, method: str | None = None, *,
                 raise UserError(f"{m.name} trains in one process; drop --workers")
             return _discover_edge_pruning(setup, model, task, params, m, sel, started=started)
         if spec.kind == "pipeline":
-            from .auto import MAX_VERIFY, auto
+            from .auto import auto
             t = DEFAULT_TARGET if sel.target is None else sel.target
             scores, keep, auto_params = auto(setup, target=t, qk_fix=m.use_qk_fix, prune=sel.prune, workers=pool,
-                                             max_verify=MAX_VERIFY if m.max_verify is None else m.max_verify)
+                                             max_verify=m.max_verify)
             params.update(auto_params)
             selection = SelectionInfo(kind="faithfulness", value=t, absolute=True, pruned=sel.prune)
             return _package(setup, model, task, m.name, params, scores, keep, selection, curve=m.curve,

@@ -107,7 +107,8 @@ class MethodOptions(Strict):
                                     description=f"edge-pruning: optimisation steps (default {DEFAULT_TRAIN_STEPS})")
     max_verify: int | None = Field(None, ge=0, le=1_000_000,
                                    description="auto: verify at most this many edges by exact patching when the "
-                                               "target needs over 40% of the edges (default 2000; 0: never)")
+                                               "target needs over 40% of the edges (default: at most 2000, within the "
+                                               "time the scoring took; 0: never)")
     # method options other parts of discovery add go here
 
     @model_validator(mode="after")
