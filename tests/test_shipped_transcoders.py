@@ -27,9 +27,10 @@ SHIPPED = {"toy:ioi": ("ioi", 4, "jumprelu", 0.05), "toy:llama-induction": ("ind
 
 # The intervention check's correlation (10 features) on the shipped sets is low: -0.31 on toy:ioi ("When Mary
 # and John went to the store, John gave a drink to"), 0.43 on toy:llama-induction (an `induction` row, seed
-# 777). Not a bug of either side (test_intervention_check_on_a_shipped_toy recomputes both): the graph is
-# linear with norm denominators and attention frozen, and a switch-off lets them recompute; with a confident
-# target (demeaned logit ~19) the final norm's rescaling outweighs these small features' direct writes.
+# 777). Not a bug of either side (test_intervention_check_on_a_shipped_toy recomputes both on llama-induction):
+# the graph is linear with norm denominators and attention frozen, and a switch-off lets them recompute; with
+# a confident target (demeaned logit ~19) the final norm's rescaling outweighs a last-layer feature's direct
+# write. On toy:ioi the top features sit in layer 0, where recomputed attention is in play too (not separated).
 
 
 @pytest.fixture(scope="module", params=sorted(SHIPPED))
