@@ -86,8 +86,27 @@ def ioi_labeled(tmp_path_factory):
     return path
 
 
-def _open(browser, tmp_path, circuit_path, *extra):
-    out = tmp_path / "view.html"
+@pytest.fixture(scope="module")
+def induction_labeled(tmp_path_factory):
+    """toy:induction's circuit (EAP, top 20), labeled offline: its induction heads pass their role tests."""
+    import torch
+
+    from discovery.pipeline.discover import discover
+    from discovery.model.adapters import load_model
+    from discovery.task_library import build_task
+    from labeling import label_circuit
+
+    torch.set_num_threads(1)
+    model = load_model("toy:induction", device="cpu")
+    task = build_task("induction", tokenizer=model.tokenizer, vocab_size=model.vocab_size, n=32, seed=1)
+    circuit = discover(model, task, "eap", top_n=20, curve=False, progress=False)
+    path = tmp_path_factory.mktemp("induction") / "induction.json"
+    label_circuit(circuit, model, task).save(path)
+    return path
+
+
+def _open(browser, tmp_path, circuit_path, *extra, name="view.html"):
+    out = tmp_path / name
     assert main(["view", str(circuit_path), *map(str, extra), "--out", str(out)]) == 0
     page = Page(browser)
     page.goto(out.as_uri())
@@ -197,11 +216,7 @@ def test_labeled_toy_ioi_circuit(browser, ioi_labeled, tmp_path):
         role = next((t for t in rec["role_tags"] if t != "other"), None)
         if role in short:
             assert text.rstrip("?") == short[role]
-    ok = next(r for r in c["labels"] if r["status"] == "ok")
     unverified = next(r for r in c["labels"] if r["status"] == "unverified")
-    fill = lambda node: page.locator(f'#nodes [data-id="{node}"] circle, #nodes [data-id="{node}"] rect').first.evaluate(  # noqa: E731
-        "e => getComputedStyle(e).fill")
-    assert fill(ok["component"]) != fill(next(n["id"] for n in c["nodes"] if not n["in_circuit"]))
 
     # the node panel: label, status and why, the detection score beside its random label
     page.locator(f'#nodes [data-id="{unverified["component"]}"]').click()
@@ -209,9 +224,6 @@ def test_labeled_toy_ioi_circuit(browser, ioi_labeled, tmp_path):
     scores = page.locator("#scores").inner_text()
     det = unverified["scores"]["detection"]
     assert "detection" in scores and f"AUC {det['value']:.2f} [{det['ci_low']:.2f}" in scores
-    page.locator(f'#nodes [data-id="{ok["component"]}"]').click()
-    assert page.locator("#node-status").inner_text().endswith("status ok · heuristic")
-    assert page.locator("#node-reason").count() == 0
 
     # the curve: readable axes, a readout that matches the header
     header = page.locator("#summary").inner_text()
@@ -222,6 +234,22 @@ def test_labeled_toy_ioi_circuit(browser, ioi_labeled, tmp_path):
     assert len(sizes) >= 8 and min(sizes) >= 11
     assert page.locator("#curve line.axis").count() == 2
     _shot(page, tmp_path, "viewer.png")
+    assert page.errors == []
+
+
+def test_ok_labels_drawn_in_their_role_colour(browser, induction_labeled, tmp_path):
+    """A label that passed its role tests (toy:induction's induction heads; on toy:ioi none passes since
+    the IOI role tests, docs/labeling.md) is drawn in its role's colour, without "?", and its panel says ok."""
+    c = json.loads(Path(induction_labeled).read_text())
+    page = _open(browser, tmp_path, induction_labeled, name="induction.html")
+    ok = next(r for r in c["labels"] if r["status"] == "ok")
+    fill = lambda node: page.locator(f'#nodes [data-id="{node}"] circle, #nodes [data-id="{node}"] rect').first.evaluate(  # noqa: E731
+        "e => getComputedStyle(e).fill")
+    assert fill(ok["component"]) != fill(next(n["id"] for n in c["nodes"] if not n["in_circuit"]))
+    assert not page.locator(f'#nodes [data-id="{ok["component"]}"] text.node-label').text_content().endswith("?")
+    page.locator(f'#nodes [data-id="{ok["component"]}"]').click()
+    assert page.locator("#node-status").inner_text().endswith("status ok · heuristic")
+    assert page.locator("#node-reason").count() == 0
     assert page.errors == []
 
 
