@@ -308,18 +308,19 @@ def attribute(model: LoadedModel, transcoders, prompt: str | None = None, *, pro
         bs = eng.batch_rows(batch_size)
         total = n_log + n_keep
         done = 0
-        rows = torch.zeros(n_log + n_keep, eng.n_cols)
-        order = torch.zeros(n_log + n_keep, dtype=torch.long)  # node index of each row
+        # the adjacency itself: feature rows first (in the order computed), then the logit rows
+        rows = torch.zeros(n_keep + n_log, eng.n_cols)
+        order = torch.zeros(n_keep + n_log, dtype=torch.long)  # node index of each row
         for i in range(0, n_log, bs):
             k = min(bs, n_log - i)
-            rows[i:i + k] = eng.rows(torch.full((k,), L, device=device), torch.full((k,), P - 1, device=device),
-                                     logit_vecs[i:i + k]).cpu()
-            order[i:i + k] = n_active + (L + 1) * P + torch.arange(i, i + k)
+            rows[n_keep + i:n_keep + i + k] = eng.rows(torch.full((k,), L, device=device),
+                                                       torch.full((k,), P - 1, device=device), logit_vecs[i:i + k]).cpu()
+            order[n_keep + i:n_keep + i + k] = n_active + (L + 1) * P + torch.arange(i, i + k)
             done += k
             if progress:
                 progress(done, total)
         visited = torch.zeros(n_active, dtype=torch.bool)
-        st = n_log
+        st = 0  # feature rows done
 
         def encoders(idx: torch.Tensor) -> torch.Tensor:
             out = torch.empty(len(idx), eng.d, device=device)
@@ -328,13 +329,16 @@ def attribute(model: LoadedModel, transcoders, prompt: str | None = None, *, pro
                 out[sel] = rep.encoder_rows(tc, layer, features[idx[sel], 2])
             return out
 
-        while st < n_log + n_keep:
+        while st < n_keep:
             if n_keep == n_active:
-                pending = torch.arange(n_active)[st - n_log:]
-            else:
-                infl = partial_influences(rows[:st], logit_probs.cpu(), order[:st], n_active + (L + 1) * P + n_log)
+                pending = torch.arange(n_active)[st:]
+            else:  # rows so far: the logits', then the features' (a copy bounded by max_feature_nodes rows)
+                done_rows = torch.cat([rows[n_keep:], rows[:st]])
+                infl = partial_influences(done_rows, logit_probs.cpu(), torch.cat([order[n_keep:], order[:st]]),
+                                          n_active + (L + 1) * P + n_log)
+                del done_rows
                 rank = torch.argsort(infl[:n_active], descending=True, stable=True)
-                pending = rank[~visited[rank]][: min(update_interval * bs, n_log + n_keep - st)]
+                pending = rank[~visited[rank]][: min(update_interval * bs, n_keep - st)]
             for i in range(0, len(pending), bs):
                 idx = pending[i:i + bs]
                 idx_d = idx.to(device)
@@ -347,9 +351,12 @@ def attribute(model: LoadedModel, transcoders, prompt: str | None = None, *, pro
                 if progress:
                     progress(done, total)
     selected = torch.nonzero(visited)[:, 0]
-    feat_rows = rows[n_log:][torch.argsort(order[n_log:])] if n_keep else rows[:0]
-    keep_cols = torch.cat([selected, torch.arange(n_active, eng.n_cols)])
-    adjacency = torch.cat([feat_rows, rows[:n_log]])[:, keep_cols]
+    if n_keep == n_active:  # every feature, computed in node order: the rows are the adjacency (no copy)
+        adjacency = rows
+    else:  # feature rows into node order, then only the kept features' columns
+        rows[:n_keep] = rows[:n_keep][torch.argsort(order[:n_keep])]
+        adjacency = rows[:, torch.cat([selected, torch.arange(n_active, eng.n_cols)])]
+    del rows
     tok = model.tokenizer
     decode = (lambda i: tok.decode([i])) if tok is not None else str
     return AttributionGraph(
