@@ -21,9 +21,16 @@ the direct effect of a source on a target through the linear paths of the local 
   of targets at once; each batch starts at its deepest target's layer and stops at its last position
   (attention is causal), and reads every source it passes.
 
-Memory: the recorded run holds O(L * H * P^2) attention patterns plus O(L * P * d) activations; a
-batch of B targets holds B * P * d floats a few times over plus its B rows of the adjacency; the
-batch size is cut so that the batch's working set stays within `memory_budget` bytes.
+Memory (float32 throughout, whatever the model's dtype; P tokens, L layers, H heads, n active features):
+  recorded run   L * H * P^2 attention patterns, O(L * P * d) activations and errors, and each
+                 feature's decoder write packed by position (n * d, times the layers it writes to);
+  adjacency      (K + n_logits) * (n + (L + 1) * P) with K = n, or max_feature_nodes when given: the
+                 rows are written in place into this one buffer, which is returned as the adjacency
+                 (no copy when every feature is attributed). n grows about linearly with P, so this
+                 term grows as P^2 without a cap and linearly in P with one;
+  one batch      B targets: B * P * d floats a few times over plus B adjacency rows; B is cut so
+                 that this working set stays within `memory_budget` bytes (at least one target), and the
+                 reads of the sources are done in chunks of positions within the same budget.
 """
 
 from __future__ import annotations
