@@ -3,6 +3,8 @@ and `circuitry scan` (service/watches/cli.py)."""
 
 from __future__ import annotations
 
+import os
+import sys
 from datetime import datetime, timezone
 
 from discovery.core.errors import UserError
@@ -63,6 +65,13 @@ def cmd_serve(args) -> int:
                          device=args.device, lease_s=args.lease_s, heartbeat_s=args.heartbeat_s,
                          max_attempts=args.max_attempts, backoff_s=args.backoff_s, actor_cpus=args.actor_cpus,
                          actor_gpus=args.actor_gpus, max_actors=args.max_actors)
+    _check_serve_numbers(args)
+    for root in args.model_root or []:
+        if not os.path.isdir(root):
+            raise UserError(f"--model-root '{root}' is not a directory; give a directory that holds model directories")
+    for root in settings.model_roots:
+        if not os.path.isdir(root):
+            raise UserError(f"CIRCUITRY_MODEL_ROOTS names '{root}', which is not a directory; fix or unset it")
     if settings.heartbeat_s >= settings.lease_s:
         raise UserError(f"--heartbeat-s ({settings.heartbeat_s}) must be shorter than --lease-s ({settings.lease_s})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -70,6 +79,26 @@ def cmd_serve(args) -> int:
     serve(settings, args.host, args.port, dispatcher=not args.no_dispatcher, scheduler=not args.no_scheduler,
           announce=lambda line: print(line, flush=True))
     return 0
+
+
+def _check_serve_numbers(args) -> None:
+    """Every number flag of `serve` finite and in range (`--lease-s nan` would make every lease expire)."""
+    import math
+
+    positive = {"lease_s": "--lease-s", "heartbeat_s": "--heartbeat-s"}
+    non_negative = {"backoff_s": "--backoff-s", "actor_cpus": "--actor-cpus", "actor_gpus": "--actor-gpus"}
+    for key, flag in {**positive, **non_negative}.items():
+        value = getattr(args, key)
+        if value is None:
+            continue
+        low_ok = value > 0 if key in positive else value >= 0
+        if not math.isfinite(value) or not low_ok:
+            bound = "a positive" if key in positive else "a non-negative"
+            unit = " of seconds" if key.endswith("_s") else ""
+            raise UserError(f"{flag} must be {bound} finite number{unit} (got {value})")
+    for key, flag in {"max_attempts": "--max-attempts", "max_actors": "--max-actors"}.items():
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            raise UserError(f"{flag} must be at least 1 (got {getattr(args, key)})")
 
 
 def cmd_tokens(args) -> int:
@@ -82,11 +111,20 @@ def cmd_tokens(args) -> int:
         if args.max_active_jobs is not None and args.max_active_jobs < 1:
             raise UserError("--max-active-jobs must be at least 1")
         row, secret = create_token(db, args.name, args.max_active_jobs, admin=args.admin)
-        print(f"token {row.id} ({row.name}{', admin' if row.admin else ''}): {secret}")
-        print(f"callback signing secret: {row.callback_secret}")
+        # one line with both secrets (`tokens create | head -1` keeps them); the explanation goes to stderr
+        line = (f"token {row.id} ({row.name}{', admin' if row.admin else ''}): {secret}  "
+                f"callback signing secret: {row.callback_secret}\n")
+        try:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        except OSError:  # stdout closed (a pipe whose reader left): nobody saw the secret, so it must not stay valid
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the interpreter's final flush must not fail again)
+            revoke_token(db, row.id)
+            raise UserError(f"standard output was closed before the secret was written; token {row.id} was "
+                            "revoked: create another") from None
         print("keep them: the token is not stored and cannot be shown again (send it as 'Authorization: Bearer "
               "<token>'); callbacks of this token's jobs carry X-Circuitry-Signature, an HMAC-SHA256 with the "
-              "signing secret (docs/service.md)")
+              "signing secret (docs/service.md)", file=sys.stderr)
     elif args.tokens_command == "revoke":
         row = revoke_token(db, args.id)
         print(f"token {row.id} ({row.name}) revoked")

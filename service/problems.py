@@ -36,3 +36,19 @@ class TooManyActiveJobs(ApiError):
 
 class Unprocessable(ApiError):
     status, title = 422, "Invalid request"
+
+
+RETRY_AFTER_S = 5  # what a 503 of a store outage asks the client to wait before retrying
+
+
+class StoreUnavailable(ApiError):
+    """The store (database) failed: unreachable, locked, full or read-only. Nothing this request would have
+    written was committed; the client retries after Retry-After (a submission with the same
+    Idempotency-Key, so that a retry never makes two jobs)."""
+
+    status, title = 503, "Store unavailable"
+
+    def __init__(self, reason: str):
+        super().__init__(f"the job store is unavailable ({reason}); nothing was changed by this request: retry "
+                         f"after {RETRY_AFTER_S}s (submissions with the same Idempotency-Key are safe to repeat)",
+                         headers={"Retry-After": str(RETRY_AFTER_S)})

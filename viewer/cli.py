@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from discovery.core.errors import UserError
+from discovery.core.errors import UserError, check_output_path
 
 
 def register(subparsers) -> None:
@@ -41,6 +41,7 @@ def cmd_view(args) -> int:
         raise UserError("give --diff or --timeline, not both")
     if not args.timeline and len(args.circuits) != 1:
         raise UserError("give one circuit file (or --timeline for several checkpoints)")
+    check_output_path(args.out, "--out", stdout=True, make_parents=True)
     for p in args.circuits + ([args.diff] if args.diff else []):
         _check(p)  # every path before anything loads
     circuits = [_load(p) for p in args.circuits]
@@ -54,5 +55,8 @@ def cmd_view(args) -> int:
                            names=(os.path.basename(args.circuits[0]), os.path.basename(args.diff)))
     else:
         text = render_circuit(circuits[0], name=os.path.basename(args.circuits[0]))
+    if args.out == "-":
+        print(text)
+        return 0
     print(f"wrote {write_html(args.out, text)}")
     return 0

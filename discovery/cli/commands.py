@@ -7,6 +7,7 @@ packages' subcommands plug in through EXTENSION_MODULES)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -58,7 +59,9 @@ def _add_model_args(p):
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--task", required=True,
                    help="JSONL task file (text rows or token-id rows), or a built-in task name (see 'circuitry tasks')")
-    p.add_argument("--n", type=int, default=None, help="rows of a built-in task (default 200)")
+    p.add_argument("--n", type=int, default=None,
+                   help="rows of a built-in task (default 200), or the first N rows of a task file; at most "
+                        "CIRCUITRY_MAX_ROWS (10,000)")
     p.add_argument("--seed", type=int, default=None, help="seed of a built-in task (default 0)")
     p.add_argument("--batch-size", type=int, default=None, help="examples per forward pass (default 16)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -227,16 +230,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEFAULT_MAX_ROWS = 10_000  # as the service's CIRCUITRY_MAX_ROWS (service/config.py)
+
+
+def max_rows() -> int:
+    """Rows a task may have: $CIRCUITRY_MAX_ROWS, default 10,000 (the API's cap)."""
+    text = os.environ.get("CIRCUITRY_MAX_ROWS", "").strip()
+    if not text:
+        return DEFAULT_MAX_ROWS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"CIRCUITRY_MAX_ROWS must be a positive whole number (got '{text[:40]}')")
+    return value
+
+
 def _check_model_and_task(args) -> bool:
-    """Task and model names checked before torch and transformers load; True for a built-in task."""
+    """Task and model names checked before torch and transformers load; True for a built-in task. The
+    rows are capped like the API's (CIRCUITRY_MAX_ROWS): --n over the cap, or a file with more rows and
+    no --n, is refused; --n takes a file's first N rows."""
     from ..core.names import TASK_NAMES, check_model_ref
 
     builtin = not os.path.isfile(args.task) and args.task in TASK_NAMES  # a file of that name wins
     if not builtin and not os.path.isfile(args.task):
+        if os.path.exists(args.task):
+            raise UserError(f"task file '{args.task}' is not a regular file; give the path of a .jsonl file")
         if os.sep in args.task or args.task.endswith(".jsonl"):
             raise UserError(f"task file '{args.task}' not found")
         raise UserError(f"task '{args.task}' is neither a file nor a built-in task; "
                         f"built-in tasks: {', '.join(TASK_NAMES)}")
+    cap = max_rows()
+    n = getattr(args, "n", None)
+    if n is not None and not 1 <= n <= cap:
+        raise UserError(f"--n must be between 1 and {cap} (CIRCUITRY_MAX_ROWS) (got {n})")
+    if not builtin and n is None:
+        with open(args.task, "rb") as fh:  # counted without parsing, before torch loads
+            rows = sum(1 for line in fh if line.strip())
+        if rows > cap:
+            raise UserError(f"task file '{args.task}' has {rows} rows, more than CIRCUITRY_MAX_ROWS={cap}; give --n N "
+                            "to use its first N rows, or raise CIRCUITRY_MAX_ROWS")
     check_model_ref(args.model, args.revision)
     return builtin
 
@@ -256,7 +290,7 @@ def _load(args):
     if builtin:
         task = build_task(args.task, tokenizer=model.tokenizer, vocab_size=model.vocab_size, n=size.n, seed=size.seed)
     else:
-        task = load_task(args.task, tokenizer=model.tokenizer, vocab_size=model.vocab_size)
+        task = load_task(args.task, tokenizer=model.tokenizer, vocab_size=model.vocab_size, limit=args.n)
     return model, task
 
 
@@ -332,15 +366,12 @@ def discovery_options(args):
     return options
 
 
-def _check_out(path: str) -> None:
-    """--out can be written (checked before the work starts; the file is then written atomically)."""
-    parent = os.path.dirname(os.path.abspath(path)) or "."
-    if os.path.isdir(path):
-        raise UserError(f"--out '{path}' is a directory; give a file path such as {os.path.join(path, 'circuit.json')}")
-    if not os.path.isdir(parent):
-        raise UserError(f"--out: directory '{parent}' does not exist; create it first")
-    if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise UserError(f"--out '{path}' is not writable; choose another path")
+def _check_out(path: str, flag: str = "--out", **kw) -> None:
+    """An output path can be written, checked before the work starts (discovery/errors.py's rules: never a
+    FIFO, device, directory, read-only file or a symlink to one; the file is then written atomically)."""
+    from ..core.errors import check_output_path
+
+    check_output_path(path, flag, **kw)
 
 
 def cmd_discover(args) -> int:
@@ -436,6 +467,8 @@ def cmd_diff(args) -> int:
 
 def cmd_timeline(args) -> int:
     _check_files(args.circuits)
+    if args.chart is not None:
+        _check_out(args.chart, "--chart", make_parents=True)
     from ..io.timeline import plot_timeline, point_line, timeline
 
     circuits = [(path, _read_circuit(path)) for path in args.circuits]  # labels give the roles (HOOKS)
@@ -495,6 +528,7 @@ def cmd_export(args) -> int:
     if args.mib_submission is None and (args.task or args.model or args.circuits):
         raise UserError("--task, --model and --circuits go with --mib-submission DIR")
     if args.mib_submission is not None:
+        _check_out(args.mib_submission, "--mib-submission", folder=True, make_parents=True)
         if not (args.task and args.model):
             raise UserError("--mib-submission needs --task (the MIB task) and --model (the MIB model)")
         if args.format not in (None, "mib", "mib-pt"):
@@ -509,6 +543,10 @@ def cmd_export(args) -> int:
         return 0
     if args.format is None or args.out is None:
         raise UserError("give --format FORMAT and --out FILE (or --mib-submission DIR --task T --model M)")
+    folder = args.format == "neuronpedia" and (os.path.isdir(args.out) or args.out.endswith(("/", os.sep)))
+    _check_out(args.out, folder=folder, stdout=not folder, make_parents=True)
+    if args.d_model is not None and args.d_model < 1:
+        raise UserError(f"--d-model must be a positive width (got {args.d_model})")
     if _is_feature_graph(args.circuit):
         return _export_feature_graph(args)
     from ..io.export import export
@@ -517,19 +555,29 @@ def cmd_export(args) -> int:
     content = export(data, args.format, scan=args.scan, slug=args.slug, d_model=args.d_model,
                      all_edges=args.all_edges)
     out = Path(args.out)
-    if args.format == "neuronpedia" and (out.is_dir() or args.out.endswith(("/", os.sep))):
+    if folder:
         from ..io.export.neuronpedia import write_graph_dir
 
         out = write_graph_dir(json.loads(content), out)  # a circuit-tracer frontend data folder
         print(f"neuronpedia graph -> {out} (listed in {out.parent / 'graph-metadata.json'})")
+        return 0
+    n = sum(1 for e in data.get("edges") or [] if e.get("in_circuit"))
+    summary = f"{args.format} ({FORMATS[args.format].help}): circuit of {n} edges -> {out}"
+    if args.out == "-":  # the export itself on stdout, the summary on stderr
+        if isinstance(content, bytes):
+            sys.stdout.flush()
+            sys.stdout.buffer.write(content)
+        else:
+            sys.stdout.write(content if content.endswith("\n") else content + "\n")
+        sys.stdout.flush()
+        print(summary.replace("-> -", "-> standard output"), file=sys.stderr)
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(content, bytes):
         out.write_bytes(content)
     else:
         out.write_text(content)
-    n = sum(1 for e in data.get("edges") or [] if e.get("in_circuit"))
-    print(f"{args.format} ({FORMATS[args.format].help}): circuit of {n} edges -> {out}")
+    print(summary)
     return 0
 
 
@@ -586,6 +634,10 @@ def cmd_tasks(args) -> int:
     from ..core.names import TASK_NAMES
 
     if args.tasks_command is not None:  # before the task library (and torch) load
+        if not 1 <= args.n <= max_rows():
+            raise UserError(f"--n must be between 1 and {max_rows()} (CIRCUITRY_MAX_ROWS) (got {args.n})")
+        if args.seed < 0:
+            raise UserError(f"--seed must be non-negative (got {args.seed})")
         if args.name not in TASK_NAMES:
             raise UserError(f"unknown built-in task '{args.name}'; choose one of {', '.join(TASK_NAMES)}")
         if args.model is not None:
@@ -644,6 +696,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("circuitry: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `circuitry ... | head`: the reader left; stop quietly as other Unix tools do
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the final flush must not fail again
+        return 141  # 128 + SIGPIPE
 
 
 if __name__ == "__main__":

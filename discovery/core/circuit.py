@@ -181,6 +181,7 @@ class Circuit(BaseModel):
                 f"the circuit was made for {m.name} ({m.n_layers} layers, {m.n_heads} heads, {m.n_kv_heads} "
                 f"key/value heads) but this model has {shape[0]} layers, {shape[1]} heads, {shape[2]} key/value "
                 "heads; evaluate it on a model of the same shape")
+        self.check_graph()  # nodes and edges agree with the graph of that shape
         keep = np.zeros(graph.n_edges, dtype=bool)
         for edge in self.edges:
             idx = graph.edge_index.get(edge.name)
@@ -261,7 +262,9 @@ class Circuit(BaseModel):
         reader never sees half a file; a failed write leaves the old file)."""
         import tempfile
 
-        target = Path(path)
+        from .errors import output_target
+
+        target = Path(output_target(str(path)))  # through a symlink to its file, not over the link
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
@@ -274,12 +277,61 @@ class Circuit(BaseModel):
                 os.unlink(tmp)
             raise
 
+    def check_graph(self, graph: Graph | None = None, where: str = "the circuit") -> None:
+        """The file's nodes and edges exist in `graph` (default: the graph of the shape the file declares)
+        and agree with it: no unknown node (a99.h99), an edge's source/target/slot those its name says,
+        nodes and edges listed at all. One UserError naming the first problem."""
+        m = self.model
+        if graph is None:
+            if min(m.n_layers, m.n_heads, m.n_kv_heads) < 1 or m.n_heads % m.n_kv_heads:
+                raise UserError(f"{where}: model shape {m.n_layers} layers, {m.n_heads} heads, {m.n_kv_heads} "
+                                "key/value heads is impossible")
+            graph = Graph(m.n_layers, m.n_heads, m.n_kv_heads, m.parallel_residual, kv_edges=self.kv_edges)
+        if not self.nodes:
+            raise UserError(f"{where} lists no nodes; a circuit file lists every node of its model's graph")
+        if not self.edges:
+            raise UserError(f"{where} lists no edges; a circuit file lists the edges of its model's graph")
+        known = set(graph.node_ids())
+        for node in self.nodes:
+            if node.id not in known:
+                raise UserError(f"{where}: node '{node.id}' does not exist in the graph of {m.name} "
+                                f"({m.n_layers} layers, {m.n_heads} heads)")
+        missing = known - {n.id for n in self.nodes}
+        if missing:
+            raise UserError(f"{where} lists {len(known) - len(missing)} of the {len(known)} nodes of its graph "
+                            f"(e.g. '{sorted(missing)[0]}' is missing)")
+        positional = self.positions is not None
+        for edge in self.edges:
+            if edge.source not in known or edge.target not in known:
+                bad = edge.source if edge.source not in known else edge.target
+                raise UserError(f"{where}: edge '{edge.name}' has node '{bad}', which does not exist in the graph "
+                                f"of {m.name} ({m.n_layers} layers, {m.n_heads} heads)")
+            if positional:
+                continue  # named per position pair: the positional graph (made with the model) checks those
+            i = graph.edge_index.get(edge.name)
+            if i is None:
+                raise UserError(f"{where}: edge '{edge.name}' does not exist in the graph of {m.name} "
+                                f"({m.n_layers} layers, {m.n_heads} heads)")
+            d = graph.edge_dst[i]
+            expected = (graph.sources[graph.edge_src[i]], graph.reader_owner[d], graph.reader_slot[d])
+            if (edge.source, edge.target, edge.slot) != expected:
+                raise UserError(f"{where}: edge '{edge.name}' says source '{edge.source}', target '{edge.target}', "
+                                f"slot '{edge.slot}' but its name means {expected[0]} -> {expected[1]} "
+                                f"({expected[2]})")
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Circuit":
         try:
-            text = Path(path).read_text()
+            raw = Path(path).read_bytes()
         except FileNotFoundError:
             raise UserError(f"circuit file '{path}' not found") from None
+        except OSError as exc:
+            raise UserError(f"circuit file '{path}' cannot be read ({exc.strerror or type(exc).__name__})") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"circuit file '{path}' is binary, not circuit JSON (a MIB / EAP-IG .pt graph is read "
+                            "by export, evaluate and view when it is a torch file)") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -287,12 +339,16 @@ class Circuit(BaseModel):
         if isinstance(data, dict) and data.get("schema_version", SCHEMA_VERSION).split(".")[0] != SCHEMA_VERSION.split(".")[0]:
             raise UserError(f"circuit file '{path}' has schema_version {data.get('schema_version')}; "
                             f"this version reads {SCHEMA_VERSION}")
+        if not isinstance(data, dict):
+            raise UserError(f"circuit file '{path}' holds a JSON {type(data).__name__}, not a circuit object")
         try:
-            return cls.model_validate(data)
+            circuit = cls.model_validate(data)
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(x) for x in err["loc"])
             raise UserError(f"circuit file '{path}': field '{where}': {err['msg']}") from None
+        circuit.check_graph(where=f"circuit file '{path}'")
+        return circuit
 
 
 POSITIONAL_EDGES_LISTED = 50_000  # a position-aware file lists at most this many edges beyond the circuit's

@@ -398,22 +398,81 @@ def load_model(name_or_path: str, revision: str | None = None, dtype=None, devic
     check_model_ref(name_or_path)
     try:
         config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"could not load model config for '{name_or_path}': {first}") from None
+    except Exception as exc:  # noqa: BLE001 (a damaged or missing config.json is the user's file, in any way)
+        raise UserError(f"could not load model config for '{name_or_path}'{_file_hint(name_or_path, 'config.json')}: "
+                        f"{_first_line(exc)}") from None
     check_supported(config.model_type)
     torch_dtype = parse_dtype(dtype) or torch.float32
+    check_weight_files(name_or_path)  # damaged safetensors named before transformers reads them
     if not sys.stderr.isatty():  # Hugging Face's loading bar redraws: a log gets core.progress's plain lines only
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its multi-line load report would bury our one line
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, revision=revision, dtype=torch_dtype, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"could not load model weights for '{name_or_path}': {first}") from None
+        hf_model, info = AutoModelForCausalLM.from_pretrained(
+            name_or_path, revision=revision, dtype=torch_dtype, trust_remote_code=False,
+            ignore_mismatched_sizes=True, output_loading_info=True)  # mismatches are reported below, not ignored
+    except Exception as exc:  # noqa: BLE001 (weights files are the user's: any failure to read them is one line)
+        raise UserError(f"could not load model weights for '{name_or_path}': {_first_line(exc)}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    check_loading_info(name_or_path, info, hf_model)
     hf_model.to(torch.device(device) if device is not None else default_device())
     return wrap_model(hf_model, _load_tokenizer(name_or_path, revision), name_or_path, revision)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text and not isinstance(exc, (OSError, ValueError)) \
+        else (text.splitlines()[0] if text else type(exc).__name__)
+
+
+def _file_hint(name_or_path: str, file: str) -> str:
+    return f" ({os.path.join(name_or_path, file)})" if os.path.isdir(name_or_path) else ""
+
+
+def check_weight_files(name_or_path: str) -> None:
+    """Every *.safetensors file of a local model directory has a readable header that covers the file
+    (safetensors' own check): a damaged, truncated, empty or bad-header file is one UserError naming it."""
+    if not os.path.isdir(name_or_path):
+        return
+    from safetensors import safe_open
+
+    if not any(f.endswith((".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"))
+               for f in os.listdir(name_or_path)):
+        raise UserError(f"model directory '{name_or_path}' has no weights file (model.safetensors or "
+                        "pytorch_model.bin); copy the weights there")
+    for f in sorted(os.listdir(name_or_path)):
+        if not f.endswith(".safetensors"):
+            continue
+        path = os.path.join(name_or_path, f)
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except Exception as exc:  # noqa: BLE001 (SafetensorError and OSError alike)
+            size = os.path.getsize(path) if os.path.exists(path) else 0
+            raise UserError(f"weights file '{path}' is damaged ({size} bytes; safetensors says: "
+                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+                            "copy it again") from None
+
+
+def check_loading_info(name_or_path: str, info: dict, model) -> None:
+    """Weights whose shapes disagree with config.json, or parameters the weights files do not have (which
+    transformers would initialise at random): one UserError naming the first."""
+    mismatched = sorted(info.get("mismatched_keys") or [], key=lambda m: m[0])
+    if mismatched:
+        key, in_file, by_config = mismatched[0]
+        raise UserError(f"{_file_hint(name_or_path, 'config.json').strip(' ()') or 'the config'} disagrees with the "
+                        f"weights of '{name_or_path}': {key} is {list(in_file)} in the weights but "
+                        f"{list(by_config)} by the config ({len(mismatched)} tensor(s) differ); fix config.json")
+    params = dict(model.named_parameters())
+    missing = sorted(k for k in info.get("missing_keys") or [] if k in params)
+    if missing:
+        raise UserError(f"the weights of '{name_or_path}' lack {len(missing)} parameter(s) the config needs, e.g. "
+                        f"{missing[0]} (they would be random); use complete weights files")
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")

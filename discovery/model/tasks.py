@@ -83,8 +83,9 @@ class Task:
 
 
 def load_task(path: str | os.PathLike, tokenizer=None, vocab_size: int | None = None,
-              name: str | None = None) -> Task:
-    """A JSONL task file (`discovery.load_task`, in task_library/load.py, also takes a built-in task's name)."""
+              name: str | None = None, limit: int | None = None) -> Task:
+    """A JSONL task file (`discovery.load_task`, in task_library/load.py, also takes a built-in task's name).
+    `limit`: use only the file's first `limit` rows (its content hash is then of those lines only)."""
     p = Path(path)
     if not p.exists():
         raise TaskError(f"task file '{path}' not found")
@@ -92,8 +93,12 @@ def load_task(path: str | os.PathLike, tokenizer=None, vocab_size: int | None = 
         raise TaskError(f"task file '{path}' is not a file; give the path of a .jsonl file")
     data = p.read_bytes()
     numbered: list[tuple[int, Any]] = []
+    end = 0  # bytes of the file the rows used come from
     # Split on bytes so a bad line can be reported by its own line number.
     for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        if limit is not None and len(numbered) >= limit:
+            break
+        end += len(raw) + 1
         if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # UTF-8 BOM from some editors
             raw = raw[3:]
         try:
@@ -109,8 +114,9 @@ def load_task(path: str | os.PathLike, tokenizer=None, vocab_size: int | None = 
                             f"each line must be one JSON object") from None
     if not numbered:
         raise TaskError(f"task file '{path}' has no rows; give one JSON object per line")
+    used = data if limit is None else data[:end]
     return _build(numbered, tokenizer, vocab_size, name=name or p.stem, source=str(path),
-                  content_hash=hashlib.sha256(data).hexdigest())
+                  content_hash=hashlib.sha256(used).hexdigest())
 
 
 def task_from_rows(rows: list[dict], tokenizer=None, vocab_size: int | None = None,
@@ -190,6 +196,10 @@ def _encode_answer(n: int, field: str, text: str, tokenizer) -> int:
         pieces = [tokenizer.decode([i]) for i in ids]
         raise TaskError(f"row {n}: field '{field}': {text!r} is {len(ids)} tokens for this tokenizer "
                         f"({pieces}); answers must be single tokens")
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and int(ids[0]) == unk and text.strip() != (tokenizer.unk_token or "").strip():
+        raise TaskError(f"row {n}: field '{field}': {text!r} is not in this tokenizer's vocabulary (it reads as the "
+                        f"unknown token {tokenizer.unk_token!r}); use a word the model knows")
     return int(ids[0])
 
 

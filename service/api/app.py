@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -27,8 +28,8 @@ from discovery.core.errors import UserError
 from ..config import Settings
 from ..jobs.checks import validate_model, validate_task
 from ..jobs.queue import Queue
-from ..problems import ApiError, NotFound, Unauthorized, Unprocessable
-from ..store.db import Database
+from ..problems import RETRY_AFTER_S, ApiError, NotFound, StoreUnavailable, Unauthorized, Unprocessable
+from ..store.db import Database, is_outage, outage_reason
 from ..store.results import get_artifact
 from ..store.tables import TERMINAL, CircuitNode, CircuitRow, Job, owned_circuit
 from ..store.tokens import find_token
@@ -45,7 +46,8 @@ _bearer = HTTPBearer(auto_error=False, description="an API token from `circuitry
 _PROBLEM_RESPONSES = {code: {"model": schemas.Problem, "content": {PROBLEM: {}}, "description": text}
                       for code, text in ((400, "Bad request"), (401, "Missing or wrong token"), (404, "Not found"),
                                          (409, "Conflict"), (413, "Body too large"), (422, "Invalid request"),
-                                         (429, "Too many active jobs"))}
+                                         (429, "Too many active jobs"),
+                                         (503, "The store is unavailable: retry after Retry-After seconds"))}
 
 
 class Caller(NamedTuple):
@@ -174,6 +176,14 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
             detail = f"{request.method} is not allowed on {request.url.path}; see /openapi.json"
         return problem(exc.status_code, str(exc.status_code), detail, headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(SQLAlchemyError)
+    async def _store_error(request: Request, exc: SQLAlchemyError):
+        if not is_outage(exc):
+            return await _unexpected(request, exc)
+        log.warning("store unavailable on %s %s: %s", request.method, request.url.path, outage_reason(exc))
+        err = StoreUnavailable(outage_reason(exc))
+        return problem(err.status, err.title, err.detail, headers=err.headers, instance=request.url.path)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -190,7 +200,7 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
         if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
             raise Unauthorized("missing API token: send 'Authorization: Bearer <token>' (create one with "
                                "'circuitry tokens create --name NAME')")
-        token = find_token(db, creds.credentials)
+        token = await run_in_threadpool(find_token, db, creds.credentials)  # a slow store must not block the loop
         if token is None:
             raise Unauthorized("the API token is unknown or revoked; check it, or create a new one with "
                                "'circuitry tokens create --name NAME'")
@@ -347,15 +357,24 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
             headers["Content-Disposition"] = f'attachment; filename="{circuit_id}.pt"'
         return Response(body, media_type=media_type, headers=headers)
 
-    @app.get("/healthz", tags=["service"])
+    @app.get("/healthz", tags=["service"], response_model=schemas.Health,
+             responses={503: {"model": schemas.Health, "description": "a part is failing: `reason` says which"}})
     def health():
-        """Liveness, without a token and without any owner's data: 503 with the reason when this
-        process's dispatcher has not reached the store for longer than a job lease."""
+        """Health, without a token and without any owner's data. The store is probed now (a read, and a
+        write that changes nothing; a write that failed since the last good one counts too), with or
+        without a dispatcher in this process; the dispatcher's own store calls when it has one. 503 with
+        `checks` (each part: "ok" or why it fails), `reason` (the first failing part) and Retry-After."""
+        probe = db.probe()
+        checks = {f"store_{k}": v or "ok" for k, v in probe.items()}
         dispatcher = getattr(app.state, "dispatcher", None)
-        ok, why = dispatcher.health() if hasattr(dispatcher, "health") else (True, None)
-        if not ok:
-            return JSONResponse({"status": "unavailable", "reason": why}, status_code=503)
-        return {"status": "ok"}
+        if dispatcher is not None and hasattr(dispatcher, "health"):
+            ok, why = dispatcher.health()
+            checks["dispatcher"] = "ok" if ok else why
+        failing = [f"{part}: {why}" for part, why in checks.items() if why != "ok"]
+        if failing:
+            return JSONResponse({"status": "unavailable", "reason": failing[0], "checks": checks}, status_code=503,
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
+        return {"status": "ok", "checks": checks}
 
     from .watches import watch_router
     app.include_router(watch_router(db, queue, settings, Owner, _PROBLEM_RESPONSES))

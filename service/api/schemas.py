@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..jobs.spec import JobRequest, JobStatus, LabelingSpec, MethodSpec, ModelSpec, SelectionSpec, TaskSpec
 
 __all__ = ["JobRequest", "JobStatus", "LabelingSpec", "MethodSpec", "ModelSpec", "SelectionSpec", "TaskSpec", "Job",
-           "JobList", "JobEvent", "JobEventList", "CircuitSummary", "CircuitList", "Problem"]
+           "JobList", "JobEvent", "JobEventList", "CircuitSummary", "CircuitList", "Problem", "Health"]
 
 
 class Job(BaseModel):
@@ -87,3 +87,11 @@ class Problem(BaseModel):
     detail: str
     instance: str | None = None
     errors: list[dict[str, Any]] | None = None
+
+
+class Health(BaseModel):
+    """GET /healthz: "ok", or "unavailable" with the first failing part's reason; `checks` names every part
+    (store_read, store_write, and dispatcher when this process runs one): "ok" or why it fails."""
+    status: str
+    reason: str | None = None
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -233,7 +233,11 @@ def _run_now(args, db, settings) -> int:
 
 
 def _timeline(args, db, settings) -> int:
+    from discovery.core.errors import check_output_path
     from discovery.io.timeline import plot_timeline, point_line
+
+    if args.chart:
+        check_output_path(args.chart, "--chart", make_parents=True)  # before the store is read
 
     from .store import watch_timeline
 
