@@ -94,9 +94,9 @@ def cmd_label(args) -> int:
 
     if not os.path.isfile(args.circuit):  # path and argument errors before torch loads
         raise UserError(f"circuit file '{args.circuit}' not found")
-    check_output_path(args.out, "--out", make_parents=True)  # before ~a minute of labeling, not after
+    check_output_path(args.out, "--out")  # before ~a minute of labeling, not after
     if args.neuronpedia:
-        check_output_path(args.neuronpedia, "--neuronpedia", make_parents=True)
+        check_output_path(args.neuronpedia, "--neuronpedia")
     if args.task is not None and not os.path.isfile(args.task) and args.task not in TASK_NAMES:
         raise UserError(f"task '{args.task}' is neither a file nor a built-in task; "
                         f"built-in tasks: {', '.join(TASK_NAMES)}")

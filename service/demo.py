@@ -25,6 +25,11 @@ def register(subparsers) -> None:
 
 
 def cmd_demo(args) -> int:
+    from discovery.core.errors import check_output_path
+
+    check_output_path(args.out, "--out", folder=True, make_parents=True)  # before the service starts
+    if args.home is not None:
+        check_output_path(args.home, "--home", folder=True, make_parents=True)
     return run_demo(out=args.out, home=args.home, progress=not args.quiet)
 
 # The jobs: the default method (`auto`: EAP-IG with the QK fix, the smallest top-k circuit that reaches

@@ -41,7 +41,7 @@ def cmd_view(args) -> int:
         raise UserError("give --diff or --timeline, not both")
     if not args.timeline and len(args.circuits) != 1:
         raise UserError("give one circuit file (or --timeline for several checkpoints)")
-    check_output_path(args.out, "--out", stdout=True, make_parents=True)
+    check_output_path(args.out, "--out", stdout=True)
     for p in args.circuits + ([args.diff] if args.diff else []):
         _check(p)  # every path before anything loads
     circuits = [_load(p) for p in args.circuits]

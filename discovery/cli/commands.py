@@ -367,7 +367,7 @@ def discovery_options(args):
 
 
 def _check_out(path: str, flag: str = "--out", **kw) -> None:
-    """An output path can be written, checked before the work starts (discovery/errors.py's rules: never a
+    """An output path can be written, checked before the work starts (discovery/core/errors.py's rules: never a
     FIFO, device, directory, read-only file or a symlink to one; the file is then written atomically)."""
     from ..core.errors import check_output_path
 
@@ -468,7 +468,7 @@ def cmd_diff(args) -> int:
 def cmd_timeline(args) -> int:
     _check_files(args.circuits)
     if args.chart is not None:
-        _check_out(args.chart, "--chart", make_parents=True)
+        _check_out(args.chart, "--chart")
     from ..io.timeline import plot_timeline, point_line, timeline
 
     circuits = [(path, _read_circuit(path)) for path in args.circuits]  # labels give the roles (HOOKS)
@@ -544,7 +544,7 @@ def cmd_export(args) -> int:
     if args.format is None or args.out is None:
         raise UserError("give --format FORMAT and --out FILE (or --mib-submission DIR --task T --model M)")
     folder = args.format == "neuronpedia" and (os.path.isdir(args.out) or args.out.endswith(("/", os.sep)))
-    _check_out(args.out, folder=folder, stdout=not folder, make_parents=True)
+    _check_out(args.out, folder=folder, stdout=not folder, make_parents=folder)
     if args.d_model is not None and args.d_model < 1:
         raise UserError(f"--d-model must be a positive width (got {args.d_model})")
     if _is_feature_graph(args.circuit):

@@ -55,7 +55,7 @@ def check_output_path(path: str, flag: str = "--out", *, folder: bool = False, s
         if not stat.S_ISREG(mode):
             raise UserError(f"{flag} '{path}' is {kind}{via}, not a regular file; it is never written to or "
                             "replaced: choose a file path")
-        if not os.access(path, os.W_OK):
+        if not os.access(path, os.W_OK) or not mode & 0o222:  # no write bit: read-only even for root
             raise UserError(f"{flag} '{path}' is a read-only file; it is not replaced: make it writable or "
                             "choose another path")
     parent = os.path.dirname(os.path.abspath(path))

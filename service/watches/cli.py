@@ -237,7 +237,7 @@ def _timeline(args, db, settings) -> int:
     from discovery.io.timeline import plot_timeline, point_line
 
     if args.chart:
-        check_output_path(args.chart, "--chart", make_parents=True)  # before the store is read
+        check_output_path(args.chart, "--chart")  # before the store is read
 
     from .store import watch_timeline
 
