@@ -250,6 +250,7 @@ def _check(code, err, expected, match, case):
 
 @pytest.mark.parametrize("case,template,expected,match", CASES, ids=[c[0] for c in CASES])
 def test_case(case, template, expected, match, w, capsys, monkeypatch):
+    monkeypatch.chdir(w)
     monkeypatch.setenv("CIRCUITRY_MAX_ROWS", "100")
     monkeypatch.delenv("CIRCUITRY_LLM_BASE_URL", raising=False)
     _fresh_targets(w)
@@ -301,7 +302,8 @@ def _mutations(seed=0, n=120):
         yield argv
 
 
-def test_random_mutations(w, capsys):
+def test_random_mutations(w, capsys, monkeypatch):
+    monkeypatch.chdir(w)  # a mutated relative --out ('x', '-1') lands in the work folder, not the checkout
     _fresh_targets(w)
     drain = FifoDrain(w / "fifo")
     for argv in _mutations():
