@@ -62,12 +62,53 @@ Rows = Annotated[int, Field(ge=1, le=MAX_BUILTIN_ROWS, description="rows of a bu
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1, description="seed of a built-in task")]
 
 
+def _numeric_kind(annotation) -> str | None:
+    """"int", "float", "list" (of numbers) or None for a field's annotation (Optional and unions unwrapped)."""
+    import types
+    import typing
+
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Annotated:
+        return _numeric_kind(args[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds = {_numeric_kind(a) for a in args if a is not type(None)}
+        kinds.discard(None)
+        return kinds.pop() if len(kinds) == 1 else None
+    if annotation in (int, float):
+        return annotation.__name__
+    if typing.get_origin(annotation) is list and args and _numeric_kind(args[0]) in ("int", "float"):
+        return "list"
+    return None
+
+
 class Strict(BaseModel):
-    """A request model that refuses unknown fields (the service's job and watch bodies derive from it too)."""
+    """A request model that refuses unknown fields (the service's job and watch bodies derive from it too)
+    and numbers given as strings or booleans ("n": "4", "top_n": true): no coercion at the API boundary."""
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name, field in cls.model_fields.items():
+            kind = _numeric_kind(field.annotation)
+            if kind is None or name not in data:
+                continue
+            value = data[name]
+            values = value if kind == "list" and isinstance(value, (list, tuple)) else [value]
+            for v in values:
+                if isinstance(v, (str, bool)):
+                    raise ValueError(f"field '{name}' must be a number, not {type(v).__name__} {v!r} "
+                                     "(no string or boolean is read as a number)")
+        return data
 
 
 class MethodOptions(Strict):
+    # the spec says what the validator below refuses: tau and candidates only with an ACDC method
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={
+        "if": {"not": {"required": ["name"], "properties": {"name": {"enum": list(ACDC_METHODS)}}}},
+        "then": {"properties": {"tau": {"type": "null"}, "candidates": {"type": "null"}}}})
     name: MethodName = Field(DEFAULT_METHOD, description="auto (EAP-IG with the QK fix, the smallest circuit meeting "
                                                          "the faithfulness target, exact verification when that is "
                                                          "over 40% of the edges), an edge scoring (then selection), "

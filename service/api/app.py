@@ -12,7 +12,7 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Annotated, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -76,22 +76,17 @@ def _where(loc) -> str:
     return ".".join(str(x) for x in loc if x not in ("body",)) or "body"
 
 
+CURSOR_PATTERN = r"^s[0-9]{1,18}$"  # what next_cursor holds ("s" and a row's sequence number); the spec says it
+
+
 def _cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"s:{seq}".encode()).decode().rstrip("=")
+    return f"s{seq}"
 
 
 def _parse_cursor(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, seq = raw.split(":", 1)
-        if kind != "s" or not (seq.isascii() and seq.isdigit()) or len(seq) > 18:  # a seq fits in 63 bits
-            raise ValueError
-        return int(seq)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(f"cursor '{cursor[:40]}' is not valid; pass the next_cursor of the previous page unchanged",
-                       status=400, title="Invalid cursor") from None
+    """The sequence number of a cursor the query's pattern (CURSOR_PATTERN) has let through; "s0" is an
+    empty page."""
+    return None if cursor is None else int(cursor[1:])
 
 
 def _local_docs(app: FastAPI) -> None:
@@ -140,12 +135,17 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
             app.state.submit_writer.shutdown(wait=True)
             if dispatcher:
                 await run_in_threadpool(dispatcher.stop)
+            await run_in_threadpool(app.state.cancel_callbacks.close)
 
     app = FastAPI(title="circuitry", version="1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Circuit discovery as a service: submit a job, poll it, fetch its circuit.")
     _local_docs(app)
     app.state.db, app.state.queue, app.state.settings = db, queue, settings
     app.state.submit_writer = ThreadPoolExecutor(1, thread_name_prefix="circuitry-submit")
+    from .callbacks import Callbacks
+
+    # a job cancelled while queued never reaches a dispatcher: its callback is sent from here
+    app.state.cancel_callbacks = Callbacks(queue, settings)
 
     # ------------------------------------------------------------------------------- errors
     @app.exception_handler(ApiError)
@@ -174,7 +174,20 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
             detail = f"no such endpoint: {request.method} {request.url.path}; see /docs or /openapi.json"
         if exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}; see /openapi.json"
-        return problem(exc.status_code, str(exc.status_code), detail, headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # every method of the path (Starlette names only the first route's)
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return problem(exc.status_code, str(exc.status_code), detail, headers=headers)
+
+    def allowed_methods(request: Request) -> list[str]:
+        """The methods the OpenAPI spec documents on the request's path (its templates matched in turn)."""
+        import re
+
+        methods: set[str] = set()
+        for template, ops in app.openapi()["paths"].items():
+            if re.fullmatch(re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)), request.url.path):
+                methods |= {m.upper() for m in ops}
+        return sorted(methods)
 
     @app.exception_handler(SQLAlchemyError)
     async def _store_error(request: Request, exc: SQLAlchemyError):
@@ -244,7 +257,8 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
     def list_jobs(who: Owner, status: schemas.JobStatus | None = None,
                   model: Annotated[str | None, Query(max_length=512)] = None,
                   task: Annotated[str | None, Query(max_length=255)] = None,
-                  cursor: Annotated[str | None, Query(max_length=64)] = None,
+                  cursor: Annotated[str | None, Query(max_length=19, pattern=CURSOR_PATTERN,
+                                                      description="next_cursor of the previous page")] = None,
                   limit: Annotated[int, Query(ge=1, le=200)] = 50):
         """Jobs, newest first, one page at a time (follow next_cursor)."""
         rows = queue.list(owner=who.scope, status=status, model=model, task=task, before_seq=_parse_cursor(cursor),
@@ -259,8 +273,12 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
 
     @app.post("/v1/jobs/{job_id}/cancel", response_model=schemas.Job, tags=["jobs"], responses=_PROBLEM_RESPONSES)
     def cancel_job(job_id: str, who: Owner):
-        """Cancel a queued or running job (a running job's result, if it still arrives, is discarded)."""
-        return job_view(queue.cancel(job_id, who.scope))
+        """Cancel a queued or running job (a running job's result, if it still arrives, is discarded). A job
+        cancelled in the queue has its callback sent now (a running one's is sent when its attempt ends)."""
+        job = queue.cancel(job_id, who.scope)
+        if job.callback_url and job.cancelled_while_queued:
+            app.state.cancel_callbacks(job.id)
+        return job_view(job)
 
     @app.get("/v1/jobs/{job_id}/events", tags=["jobs"],
              responses={200: {"model": schemas.JobEventList, "description": "the job's events; with "
@@ -312,7 +330,8 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
                       method: Annotated[str | None, Query(max_length=64)] = None,
                       node: Annotated[str | None, Query(max_length=32, description="only circuits with this node "
                                                                                   "in the circuit, e.g. a5.h1")] = None,
-                      cursor: Annotated[str | None, Query(max_length=64)] = None,
+                      cursor: Annotated[str | None, Query(max_length=19, pattern=CURSOR_PATTERN,
+                                                      description="next_cursor of the previous page")] = None,
                       limit: Annotated[int, Query(ge=1, le=200)] = 50):
         q = select(CircuitRow).order_by(CircuitRow.seq.desc()).limit(limit + 1)
         if who.scope is not None:
@@ -340,9 +359,7 @@ def create_app(settings: Settings, db: Database | None = None, *, dispatcher_fac
                               "content": {"application/json": {"schema": {"type": "object"}}}},
                         **_PROBLEM_RESPONSES})
     def get_circuit(circuit_id: str, who: Owner,
-                    format: Annotated[str, Query(description=f"one of {', '.join(FORMATS)}")] = "json"):
-        if format not in FORMATS:
-            raise Unprocessable(f"format '{format[:40]}' is not known; use one of {', '.join(FORMATS)}")
+                    format: Annotated[Literal[tuple(FORMATS)], Query(description="an export format")] = "json"):
         with db.read() as s:
             row = s.scalar(owned_circuit(circuit_id, who.scope))
             if row is None:

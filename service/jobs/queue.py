@@ -216,6 +216,8 @@ class Queue:
             if job.status in TERMINAL:
                 raise Conflict(f"job {job_id} is already {job.status}; only queued or running jobs can be cancelled")
             # Clearing the lease fences off the worker: its heartbeat and result writes now match nothing.
+            # cancelled_while_queued (not stored): no dispatcher will end an attempt of it, nor send its callback
+            job.cancelled_while_queued = job.status == "queued"
             job.status, job.finished_at, job.updated_at = "cancelled", now, now
             job.lease_owner, job.lease_expires_at = None, None
             _event(s, job, kind="status", status="cancelled", attempt=job.attempt, message="cancelled by request",

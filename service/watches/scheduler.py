@@ -50,7 +50,13 @@ def next_run(watch, after: float) -> float:
 
 
 def check_cron(expr: str) -> None:
+    """A cron expression of exactly five fields (minute hour day month weekday, UTC); the cron library
+    would read a sixth leading field as seconds."""
     from cronsim import CronSim, CronSimError
+
+    if len(expr.split()) != 5:
+        raise UserError(f"cron expression '{expr}' has {len(expr.split())} fields; give five: minute hour day month "
+                        "weekday, e.g. '*/30 * * * *'")
 
     try:
         next(CronSim(expr, datetime.now(timezone.utc)))
