@@ -122,3 +122,34 @@ def test_spec_matches_the_server(api):
         assert r.status_code == 405, (path, r.status_code)
         allowed = {m.upper() for m in spec["paths"][path.replace("/x", "/{watch_id}")]}
         assert set(r.headers["allow"].replace(" ", "").split(",")) == allowed, (path, r.headers["allow"])
+
+
+def test_damaged_weights_fail_the_job_as_a_user_error(tmp_path):
+    """A truncated checkpoint under a model root: the job fails with one line naming the file (a user
+    error), not "internal error: SafetensorError"."""
+    import shutil
+
+    root = make_model_root(tmp_path)
+    shutil.copytree(f"{root}/tiny-gpt2", f"{root}/broken")
+    weights = f"{root}/broken/model.safetensors"
+    data = open(weights, "rb").read()
+    open(weights, "wb").write(data[: len(data) // 2])
+    s = settings(tmp_path, root)
+    db = Database(s.resolved_database_url())
+    db.migrate()
+    _, secret = create_token(db, "t")
+    server = BackgroundServer(build_app(s, dispatcher=True, db=db)).start()
+    client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+    try:
+        body = job_body()
+        body["model"] = {"name": "broken"}
+        r = client.post("/v1/jobs", json=body)
+        if r.status_code == 422:  # refused at submission: as good, if it names the file
+            assert "model.safetensors" in r.json()["detail"], r.text
+            return
+        job = wait_for(client, r.json()["id"])
+        assert job["status"] == "failed" and "internal error" not in job["error"], job
+        assert "model.safetensors" in job["error"] and "damaged" in job["error"] and "\n" not in job["error"], job
+    finally:
+        client.close()
+        server.stop()
