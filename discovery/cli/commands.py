@@ -506,6 +506,9 @@ def _export_feature_graph(args) -> int:
     from ..io.export.feature_neuronpedia import feature_graph_to_neuronpedia
 
     graph = feature_graph_to_neuronpedia(load_graph(args.circuit), scan=args.scan, slug=args.slug)
+    if args.out == "-":  # the graph on stdout
+        print(json.dumps(graph))
+        return 0
     out = Path(args.out)
     if out.is_dir() or args.out.endswith(("/", os.sep)):
         from ..io.export.neuronpedia import write_graph_dir
