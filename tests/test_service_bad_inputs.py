@@ -118,7 +118,7 @@ def test_cli_bad_inputs(tmp_path, capsys, model_dir, monkeypatch):
     _one_line_error(capsys, base + ["--out", tmp_path / "missing" / "o.json"], "does not exist")
     _one_line_error(capsys, base + ["--out", tmp_path], "is a directory")
     took = _one_line_error(capsys, ["discover", "--model", model_dir, "--task", "ioi", "--n", "1000000000",
-                                    "--out", tmp_path / "o.json"], "--n: must be at most")
+                                    "--out", tmp_path / "o.json"], "--n must be between 1 and")
     assert took < 5  # refused before any row is built
     long_rows = [{"clean_ids": [1] * 80, "corrupted_ids": [2] * 80, "answer_id": 3, "wrong_id": 4}]
     (tmp_path / "long.jsonl").write_text(json.dumps(long_rows[0]) + "\n")

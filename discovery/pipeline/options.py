@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from ..core.errors import UserError
 from ..core import registry
@@ -86,11 +87,17 @@ class Strict(BaseModel):
     and numbers given as strings or booleans ("n": "4", "top_n": true): no coercion at the API boundary."""
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    @model_validator(mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _numbers_are_numbers(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
+    def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = _numeric_kind(cls.model_fields[info.field_name].annotation)
+        if kind is None:
+            return value
+        for v in value if kind == "list" and isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, (str, bool)):
+                raise ValueError(f"field '{info.field_name}' must be a number, not {type(v).__name__} {v!r} "
+                                 "(no string or boolean is read as a number)")
+        return value
         for name, field in cls.model_fields.items():
             kind = _numeric_kind(field.annotation)
             if kind is None or name not in data:
