@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel = d.add_mutually_exclusive_group()
     sel.add_argument("--target", type=float, default=None,
                      help="keep the smallest top-k circuit whose faithfulness is within 1-T of 1 (the default "
-                          "selection of edges, T = 0.9)")
+                          "selection of edges, nodes, neurons and positional edges, T = 0.9)")
     sel.add_argument("--top-n", type=int, default=None, help="keep the N most important edges")
     sel.add_argument("--threshold", type=float, default=None, help="keep edges with importance >= T")
     sel.add_argument("--greedy", type=int, default=None, help="grow N edges from the logits")

@@ -213,7 +213,8 @@ class MethodOptions(Strict):
 class SelectionOptions(Strict):
     target: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False,
                                  description=f"keep the smallest top-k circuit whose faithfulness is within 1 - T of 1 "
-                                             f"(the default selection of edges, T = {DEFAULT_TARGET})")
+                                             f"(the default selection of edges, nodes, neurons and positional edges, "
+                                             f"T = {DEFAULT_TARGET})")
     top_n: int | None = Field(None, ge=1, le=MAX_EDGES, description="keep the N most important edges")
     threshold: Finite | None = Field(None, description="keep edges with importance >= T")
     greedy: int | None = Field(None, ge=1, le=MAX_EDGES, description="grow N edges from the logits")
