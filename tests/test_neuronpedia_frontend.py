@@ -104,3 +104,43 @@ def test_without_pins_the_frontend_draws_no_links(browser, graph_dir, tmp_path):
         assert page.locator(".link-graph text.node").count() == len(g["nodes"])
         assert page.evaluate(PAINTED)[1] == 0 and page.locator(".subgraph .supernode-container").count() == 0
         assert page.errors == []
+
+
+def test_a_feature_graph_export_draws_in_circuit_tracers_frontend(browser, tmp_path):
+    """An attribution graph (toy:ioi with its shipped transcoders) exported for Neuronpedia is drawn by
+    circuit-tracer's frontend: its nodes placed, a feature's links drawn when it is clicked."""
+    g = tmp_path / "g.json"
+    assert main(["attribute", "--model", "toy:ioi", "--transcoders", "toy:ioi", "--prompt",
+                 "When Mary and John went to the store, John gave a drink to", "--check", "0", "--quiet",
+                 "--out", str(g)]) == 0
+    assert main(["export", str(g), "--format", "neuronpedia", "--slug", "toy-ioi-features",
+                 "--out", f"{tmp_path}/graphs/"]) == 0
+    graph = json.loads((tmp_path / "graphs" / "toy-ioi-features.json").read_text())
+    ids = {n["node_id"] for n in graph["nodes"]}
+    with Frontend(tmp_path / "graphs") as url:
+        page, blocked = Page(browser), []
+        page.set_viewport_size({"width": 1500, "height": 950})
+        route_offline(page.page, url, blocked)
+        page.goto(url)
+        wait_drawn(page, len(ids))
+        page.wait_for_timeout(800)
+        placed = set(page.evaluate("() => d3.selectAll('.link-graph text.node').data().map(d => d.nodeId)"))
+        # nodes placed: all but 1 of 56 here (1_99_5, a feature the frontend itself leaves out of its layout; the
+        # file is the one circuit-tracer writes for the same graph, benchmarks/ct_compare.py)
+        assert placed <= ids and len(placed) >= 0.95 * len(ids), (sorted(ids - placed), sorted(placed - ids))
+        feature = next(n for n in graph["nodes"] if n["feature_type"] == "cross layer transcoder"
+                       and n["node_id"] in placed and any(k["target"] == n["node_id"] for k in graph["links"]))
+        xy = page.evaluate("id => d3.selectAll('.link-graph text.node').data().find(d => d.nodeId === id).pos",
+                           feature["node_id"])
+        box = page.locator(".link-graph svg").last.bounding_box()
+        margin = page.evaluate("() => { const t = document.querySelector('.link-graph svg').lastElementChild.getAttribute('transform'); "
+                               "return /translate\\(([-\\d.]+),\\s*([-\\d.]+)/.exec(t).slice(1).map(Number); }")
+        page.mouse.click(box["x"] + margin[0] + xy[0], box["y"] + margin[1] + xy[1])
+        page.wait_for_timeout(500)
+        assert page.evaluate(PAINTED)[3] > 100  # the clicked feature's links
+        page.screenshot(path=str(tmp_path / "neuronpedia-features.png"), full_page=True)
+        if os.environ.get("CIRCUITRY_UPDATE_DOCS"):
+            shutil.copy(tmp_path / "neuronpedia-features.png", DOCS / "neuronpedia-features.png")
+        # the frontend asks the hub for the scan's feature descriptions (offline here: refused); nothing else
+        assert all("/features/" in u for u in blocked), blocked
+        assert [e for e in page.errors if "Failed to" not in e and "fetch" not in e] == [], page.errors
