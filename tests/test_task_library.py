@@ -235,4 +235,4 @@ def test_cli_task_errors_are_one_line(capsys, toy_dir):
     assert code == 2 and err.count("\n") == 1 and "neither a file nor a built-in task; built-in tasks: ioi" in err
     code, out, err = _cli(capsys, "discover", "--model", toy_dir, "--task", "ioi", "--n", "0", "--out", "x.json",
                           "--quiet")
-    assert code == 2 and err.count("\n") == 1 and "--n: must be at least 1 (got 0)" in err
+    assert code == 2 and err.count("\n") == 1 and "--n must be between 1 and 10000 (CIRCUITRY_MAX_ROWS) (got 0)" in err
