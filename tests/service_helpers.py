@@ -6,8 +6,11 @@ from __future__ import annotations
 import os
 import socket
 import time
+import uuid
+from contextlib import contextmanager
 
 import httpx
+import pytest
 
 import tiny
 from conftest import token_rows
@@ -77,3 +80,26 @@ def start_service(tmp, *, dispatcher: bool = True, **kw):
     server = BackgroundServer(build_app(s, dispatcher=dispatcher, db=db)).start()
     client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
     return server, client, db, token
+
+
+PG = os.environ.get("CIRCUITRY_TEST_PG", "postgresql+psycopg://root@127.0.0.1:5432/test")
+
+
+@contextmanager
+def pg_schema(prefix: str):
+    """A fresh schema on the test PostgreSQL (PG), dropped afterwards; the test is skipped when the server
+    cannot be reached."""
+    psycopg = pytest.importorskip("psycopg")
+    dsn = PG.replace("postgresql+psycopg://", "postgresql://")
+    try:
+        conn = psycopg.connect(dsn, connect_timeout=3, autocommit=True)
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL is not reachable at {PG} ({str(exc).splitlines()[0]})")
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield schema
+    finally:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.close()
+

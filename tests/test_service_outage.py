@@ -6,21 +6,19 @@ During the outage every /v1 route, the token lookup included, answers 503 proble
 the failing part (store_read / store_write); a submission repeated with its Idempotency-Key after the
 outage makes one job."""
 
-import os
 import socket
 import threading
 import time
-import uuid
 
 import httpx
 import pytest
-from service_helpers import job_body, make_model_root, settings
+from service_helpers import PG, job_body, make_model_root, settings
+from service_helpers import pg_schema as pg_schema_of
 
 from service.server import BackgroundServer, build_app
 from service.store.db import Database
 from service.store.tokens import create_token
 
-PG = os.environ.get("CIRCUITRY_TEST_PG", "postgresql+psycopg://root@127.0.0.1:5432/test")
 
 
 class Proxy:
@@ -89,17 +87,8 @@ class Proxy:
 
 @pytest.fixture
 def pg_schema():
-    psycopg = pytest.importorskip("psycopg")
-    dsn = PG.replace("postgresql+psycopg://", "postgresql://")
-    try:
-        conn = psycopg.connect(dsn, connect_timeout=3, autocommit=True)
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL is not reachable at {PG} ({str(exc).splitlines()[0]})")
-    schema = f"circuitry_outage_{uuid.uuid4().hex[:8]}"
-    conn.execute(f"CREATE SCHEMA {schema}")
-    yield schema
-    conn.execute(f"DROP SCHEMA {schema} CASCADE")
-    conn.close()
+    with pg_schema_of("circuitry_outage") as schema:
+        yield schema
 
 
 def _is_503(r: httpx.Response) -> bool:

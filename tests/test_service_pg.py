@@ -2,34 +2,22 @@
 migrations, concurrent claims (FOR UPDATE SKIP LOCKED), fencing, and one job through HTTP."""
 
 import json
-import os
 import threading
-import uuid
 
 import httpx
 import pytest
-from service_helpers import job_body, make_model_root, settings, wait_for
+from service_helpers import PG, job_body, make_model_root, pg_schema, settings, wait_for
 
 from service.store.db import Database
 from service.jobs.queue import Queue
 from service.server import BackgroundServer, build_app
 
-PG = os.environ.get("CIRCUITRY_TEST_PG", "postgresql+psycopg://root@127.0.0.1:5432/test")
 
 
 @pytest.fixture
 def pg_url():
-    psycopg = pytest.importorskip("psycopg")
-    dsn = PG.replace("postgresql+psycopg://", "postgresql://")
-    try:
-        conn = psycopg.connect(dsn, connect_timeout=3, autocommit=True)
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL is not reachable at {PG} ({str(exc).splitlines()[0]})")
-    schema = f"circuitry_test_{uuid.uuid4().hex[:8]}"
-    conn.execute(f"CREATE SCHEMA {schema}")
-    yield f"{PG}?options=-csearch_path%3D{schema}"
-    conn.execute(f"DROP SCHEMA {schema} CASCADE")
-    conn.close()
+    with pg_schema("circuitry_test") as schema:
+        yield f"{PG}?options=-csearch_path%3D{schema}"
 
 
 def test_postgres_queue_and_api(pg_url, tmp_path):

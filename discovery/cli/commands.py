@@ -52,11 +52,16 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see '{self.prog} --help')")
 
 
-def _add_model_args(p):
-    p.add_argument("--model", required=True, help="local HF model directory or hub id")
+def _add_model_source(p, model_help: str = "local HF model directory or hub id",
+                      dtype_help: str = "float32 (default), bfloat16 or float16"):
+    p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    p.add_argument("--dtype", default=None, help=dtype_help)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+
+
+def _add_model_args(p):
+    _add_model_source(p)
     p.add_argument("--task", required=True,
                    help="JSONL task file (text rows or token-id rows), or a built-in task name (see 'circuitry tasks')")
     p.add_argument("--n", type=int, default=None,
@@ -190,10 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "importance-score file")
 
     at = sub.add_parser("attribute", help="attribution graph of one prompt over transcoder features (graph JSON)")
-    at.add_argument("--model", required=True, help="local HF model directory, hub id or toy:NAME")
-    at.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
-    at.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16 (sums stay float32)")
-    at.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    _add_model_source(at, model_help="local HF model directory, hub id or toy:NAME",
+                      dtype_help="float32 (default), bfloat16 or float16 (sums stay float32)")
     at.add_argument("--transcoders", required=True,
                     help="transcoder folder (circuit-tracer's formats or sparsify's), toy:NAME or a hub id")
     src = at.add_mutually_exclusive_group(required=True)
